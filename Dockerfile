@@ -1,0 +1,30 @@
+# Gatehouse container image. Not built on the development machine (no Docker engine there).
+#   docker build -t gatehouse .
+#   docker run -v $PWD/htpasswd:/etc/gatehouse/htpasswd:ro -p 3128:3128 gatehouse
+
+FROM swift:6.1-bookworm AS build
+RUN export DEBIAN_FRONTEND=noninteractive \
+ && apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends libssl-dev libcrypt-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Package.swift ./
+COPY Sources ./Sources
+COPY Tests ./Tests
+RUN swift build -c release --product gatehouse \
+ && install -D -m 0755 "$(swift build -c release --show-bin-path)/gatehouse" /out/gatehouse
+
+FROM swift:6.1-bookworm-slim
+RUN export DEBIAN_FRONTEND=noninteractive \
+ && apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends libssl3 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --no-create-home --shell /usr/sbin/nologin gatehouse \
+ && mkdir -p /etc/gatehouse
+COPY --from=build /out/gatehouse /usr/local/bin/gatehouse
+# Mount the credentials file read-only at /etc/gatehouse/htpasswd.
+USER gatehouse
+EXPOSE 3128
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/gatehouse"]
+CMD ["--listen","0.0.0.0:3128","--htpasswd","/etc/gatehouse/htpasswd","--access-log","-"]

@@ -1,0 +1,60 @@
+/// The users Gatehouse accepts: an htpasswd file and/or users given inline (`--user`).
+///
+/// Immutable and `Sendable`: a reload builds a new store and swaps it in whole, so a request
+/// never sees half of an update.
+public struct CredentialStore: Sendable {
+    public private(set) var hashes: [String: PasswordHash]
+    public private(set) var inlinePasswords: [String: String]
+    /// Problems that did not stop loading (unknown hash formats), for start-up warnings.
+    public private(set) var warnings: [String]
+    /// Verified for unknown users, so an unknown user costs as much time as a wrong password.
+    let dummyHash: PasswordHash
+
+    public init(htpasswd: HtpasswdFile? = nil, inlineUsers: [String: String] = [:]) {
+        self.hashes = htpasswd?.users ?? [:]
+        self.inlinePasswords = inlineUsers
+        self.warnings = htpasswd?.problems.filter { !$0.isFatal }.map(\.description) ?? []
+        // Match the cost of the formats actually in use: a bcrypt dummy next to apr1 users would
+        // make unknown users *slower* than wrong passwords, which leaks just the same.
+        if self.hashes.values.contains(where: { if case .bcrypt = $0 { return true } else { return false } }) {
+            self.dummyHash = .dummy
+        } else {
+            self.dummyHash = self.hashes.values.first ?? .dummy
+        }
+    }
+
+    public var isEmpty: Bool { self.hashes.isEmpty && self.inlinePasswords.isEmpty }
+
+    /// Checks a user name and password. May run bcrypt: call it off the event loop.
+    public func verify(user: String, password: String) -> Bool {
+        if let inline = self.inlinePasswords[user] {
+            return constantTimeEquals(Array(inline.utf8), Array(password.utf8))
+        }
+        if let hash = self.hashes[user] {
+            return hash.verify(password)
+        }
+        _ = self.dummyHash.verify(password)
+        return false
+    }
+
+    /// Whether checking this user's password is cheap enough to do on an event loop.
+    func isCheap(user: String) -> Bool {
+        if self.inlinePasswords[user] != nil { return true }
+        switch self.hashes[user] ?? self.dummyHash {
+        case .sha1: return true
+        default: return false
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how many bytes matched.
+func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
+    let count = max(a.count, b.count)
+    for i in 0..<count {
+        let x = i < a.count ? a[i] : 0
+        let y = i < b.count ? b[i] : 0
+        difference |= x ^ y
+    }
+    return difference == 0
+}

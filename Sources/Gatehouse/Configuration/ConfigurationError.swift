@@ -1,0 +1,29 @@
+/// A configuration problem found before Gatehouse starts serving.
+///
+/// Every case renders as one line that names what was wrong (and, for files, where), so the
+/// command-line tool can print it and exit non-zero.
+public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    case invalidListenAddress(String)
+    case invalidPortList(String)
+    case invalidDuration(String)
+    case invalidInlineUser(String)
+    case noCredentialSource
+    case htpasswd(String)
+
+    public var description: String {
+        switch self {
+        case .invalidListenAddress(let value):
+            return "invalid --listen address \"\(value)\": expected HOST:PORT or [IPv6]:PORT with a port from 0 to 65535"
+        case .invalidPortList(let value):
+            return "invalid --connect-ports list \"\(value)\": expected ports and ranges such as 443,8443,9000-9100"
+        case .invalidDuration(let value):
+            return "invalid duration \"\(value)\": expected a number followed by ms, s, m or h (for example 500ms, 10s, 2m)"
+        case .invalidInlineUser(let value):
+            return "invalid --user \"\(value.prefix(while: { $0 != ":" })):…\": expected NAME:PASSWORD with a non-empty name"
+        case .noCredentialSource:
+            return "no credentials configured: give --htpasswd PATH or --user NAME:PASSWORD; Gatehouse never runs as an open proxy"
+        case .htpasswd(let message):
+            return message
+        }
+    }
+}

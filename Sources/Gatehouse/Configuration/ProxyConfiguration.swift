@@ -1,0 +1,38 @@
+import NIOCore
+
+/// Everything that shapes how Gatehouse serves, fixed for the life of a server.
+///
+/// The value is immutable once the server starts and `Sendable`, so every connection reads it
+/// without locks. Defaults are the built-in ones documented in the README.
+public struct ProxyConfiguration: Sendable {
+    /// Addresses to listen on. Default `127.0.0.1:3128`: loopback only, so a fresh install is
+    /// never reachable from the network by accident.
+    public var listen: [ListenAddress] = [ListenAddress(host: "127.0.0.1", port: 3128)]
+    /// The realm in the `Proxy-Authenticate` challenge (RFC 9110 §11.5).
+    public var realm: String = "Gatehouse"
+    /// Ports that `CONNECT` may reach.
+    public var connectPorts: PortSet = PortSet([443...443])
+    /// How long to wait for a TCP connection to an origin (504 `upstream_connect_timeout`).
+    public var connectTimeout: TimeAmount = .seconds(10)
+    /// How long an origin may stay silent once the request has been sent (504 `upstream_timeout`).
+    public var upstreamTimeout: TimeAmount = .seconds(60)
+    /// How long a client may take to send a complete request head once it has started (408).
+    public var headerTimeout: TimeAmount = .seconds(20)
+    /// How long a keep-alive client connection may sit idle between requests.
+    public var idleTimeout: TimeAmount = .seconds(60)
+    /// How long a CONNECT tunnel may carry no bytes in either direction.
+    public var tunnelIdleTimeout: TimeAmount = .minutes(10)
+    /// How long graceful shutdown waits for in-flight requests and tunnels.
+    public var drainTimeout: TimeAmount = .seconds(30)
+    /// The longest request target accepted; longer ones get 414 (RFC 9112 §3 recommends
+    /// supporting at least 8000 octets).
+    public var maxURILength: Int = 8192
+    /// The largest request header section accepted; larger ones get 431 (RFC 6585 §5).
+    public var maxHeaderBytes: Int = 32 * 1024
+    /// The pseudonym in the `Via` header this proxy adds (RFC 9110 §7.6.3).
+    public var viaPseudonym: String = "gatehouse"
+    /// How long a verified credential is trusted without hashing the password again.
+    public var credentialCacheTTL: TimeAmount = .minutes(5)
+
+    public init() {}
+}

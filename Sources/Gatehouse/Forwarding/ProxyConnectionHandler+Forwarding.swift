@@ -1,0 +1,192 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+extension ProxyConnectionHandler {
+    /// Opens a connection to the origin and sends the request in origin form.
+    func forward(_ head: HTTPRequestHead, to uri: AbsoluteURI, context: ChannelHandlerContext) {
+        let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.shared.configuration.viaPseudonym)
+        let configuration = self.shared.configuration
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: configuration, halfClosure: false)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    let encoder = HTTPRequestEncoder()
+                    let decoder = HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
+                    try sync.addHandler(encoder)
+                    try sync.addHandler(ByteToMessageHandler(decoder))
+                    try sync.addHandler(IdleStateHandler(readTimeout: configuration.upstreamTimeout))
+                    try sync.addHandler(UpstreamHandler(client: bound.value))
+                }
+            }
+            .connect(host: uri.authority.host, port: uri.port)
+        connect.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                self.upstreamConnected(channel, head: upstreamHead, context: context)
+            case .failure(let error):
+                self.logger.debug("upstream connect failed", metadata: ["error": "\(error)", "target": "\(uri.authority)"])
+                self.upstreamConnectFailed(reason: UpstreamConnector.reason(for: error), context: context)
+            }
+        }
+    }
+
+    /// Builds the request the origin receives (RFC 9110 §7.6, RFC 9112 §3.2.1–3.2.2):
+    /// origin-form target, `Host` from the URI's authority (a received `Host` is replaced),
+    /// hop-by-hop fields and the proxy's credentials removed, and this proxy added to `Via`.
+    static func upstreamRequestHead(_ head: HTTPRequestHead, uri: AbsoluteURI, via: String) -> HTTPRequestHead {
+        var headers = head.headers
+        headers.removeHopByHopFields()
+        headers.replaceOrAdd(name: "Host", value: uri.hostHeader)
+        headers.add(name: "Via", value: "\(head.version.major).\(head.version.minor) \(via)")
+        if !headers.contains(name: "content-length") && !headers.contains(name: "transfer-encoding")
+            && [.POST, .PUT, .PATCH].contains(head.method)
+        {
+            // No framing means no body (RFC 9112 §6.3); say so, rather than let the encoder
+            // pick chunked for an empty upload.
+            headers.add(name: "Content-Length", value: "0")
+        }
+        // One origin connection per exchange: tell the origin not to wait for another.
+        headers.add(name: "Connection", value: "close")
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri.originForm, headers: headers)
+    }
+
+    private func upstreamConnected(_ channel: Channel, head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard self.context != nil, let complete = self.machine.upstreamConnected(),
+            let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
+        else {
+            channel.close(promise: nil)
+            return
+        }
+        self.upstream = handler
+        self.exchange?.upstream = channel.remoteAddress?.gatehouseDescription
+        handler.send(.head(head))
+        for buffer in self.bufferedBody {
+            handler.send(.body(.byteBuffer(buffer)))
+        }
+        self.bufferedBody.removeAll()
+        if complete {
+            handler.send(.end(nil))
+            handler.requestFinished()
+        }
+        handler.flush()
+        self.resumeReadingIfPossible()
+    }
+
+    private func upstreamConnectFailed(reason: ReasonCode, context: ChannelHandlerContext) {
+        guard self.context != nil, case .connecting = self.machine.state else { return }
+        self.answer(reason, context: context)
+    }
+
+    // MARK: The origin's response
+
+    func upstreamResponseHead(_ head: HTTPResponseHead) {
+        guard let context = self.context, var exchange = self.exchange else { return }
+        if head.status.code / 100 == 1 {
+            // 1xx: forward to HTTP/1.1 clients (RFC 9110 §15.2), e.g. 100 Continue for an
+            // upload with `Expect: 100-continue`. 101 is impossible: Upgrade was stripped.
+            if head.status == .switchingProtocols {
+                self.upstream?.close()
+                self.upstream = nil
+                self.upstreamFailed(reason: .upstreamBadResponse)
+                return
+            }
+            if exchange.version == .http1_1 {
+                var informational = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
+                informational.headers.removeHopByHopFields()
+                exchange.bytesOut += informational.wireSize
+                self.exchange = exchange
+                context.writeAndFlush(self.wrapOutboundOut(.head(informational)), promise: nil)
+            }
+            return
+        }
+
+        var headers = head.headers
+        headers.removeHopByHopFields()
+        // Framing towards the client is decided here, not by the encoder, because only the
+        // proxy knows the request method (HEAD) and the client's HTTP version.
+        let code = head.status.code
+        let bodyless = exchange.isHead || code == 204 || code == 304
+        var closeAfter = !exchange.clientKeepAlive || self.clientInputClosed
+        if code == 204 {
+            headers.remove(name: "content-length")
+            headers.remove(name: "transfer-encoding")
+        } else if bodyless {
+            headers.remove(name: "transfer-encoding")
+        } else if headers.contains(name: "content-length") && !headers.contains(name: "transfer-encoding") {
+            // Content-Length framing passes through unchanged.
+        } else {
+            headers.remove(name: "content-length")
+            headers.remove(name: "transfer-encoding")
+            if exchange.version == .http1_1 {
+                headers.add(name: "Transfer-Encoding", value: "chunked")
+            } else {
+                // An HTTP/1.0 client cannot read chunked: the body ends when we close.
+                closeAfter = true
+            }
+        }
+        headers.add(name: "Via", value: "\(head.version.major).\(head.version.minor) \(self.shared.configuration.viaPseudonym)")
+        if closeAfter {
+            headers.add(name: "Connection", value: "close")
+        } else if exchange.version == .http1_0 {
+            headers.add(name: "Connection", value: "keep-alive")
+        }
+        let response = HTTPResponseHead(version: .http1_1, status: head.status, headers: headers)
+        exchange.status = Int(code)
+        exchange.bytesOut += response.wireSize
+        self.exchange = exchange
+        self.closeAfterResponse = closeAfter
+        self.machine.responseHeadForwarded()
+        context.write(self.wrapOutboundOut(.head(response)), promise: nil)
+    }
+
+    func upstreamResponseBody(_ buffer: ByteBuffer) {
+        guard let context = self.context, self.machine.responseStarted else { return }
+        self.exchange?.bytesOut += buffer.readableBytes
+        if self.exchange?.isHead == true { return }
+        context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+    }
+
+    func upstreamReadComplete() {
+        self.context?.flush()
+    }
+
+    func upstreamResponseEnd() {
+        guard let context = self.context, let exchange = self.exchange, self.machine.responseStarted else { return }
+        self.upstream = nil
+        self.exchange = nil
+        let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
+        self.shared.accessLog.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .forwarded))
+        switch self.machine.responseEnded(keepAlive: !self.closeAfterResponse) {
+        case .close:
+            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        case .awaitNextRequest:
+            self.awaitRequest(context: context)
+        default:
+            break
+        }
+        self.resumeReadingIfPossible()
+    }
+
+    /// The origin connection failed: before the response head, answer 502/504; after it, the
+    /// client must not mistake a truncated body for a complete one, so close the connection.
+    func upstreamFailed(reason: ReasonCode) {
+        guard let context = self.context else { return }
+        self.upstream = nil
+        switch self.machine.upstreamFailed() {
+        case .sendError:
+            self.answer(reason, context: context)
+        case .close:
+            if var exchange = self.exchange {
+                self.exchange = nil
+                exchange.bytesOut += 0
+                self.shared.accessLog.record(
+                    exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .upstreamTruncated))
+            }
+            context.close(promise: nil)
+        case .ignore:
+            break
+        }
+    }
+}

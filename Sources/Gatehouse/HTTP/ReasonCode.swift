@@ -1,0 +1,85 @@
+import NIOHTTP1
+
+/// Why Gatehouse sent the status it sent.
+///
+/// Every access-log line carries one of these, and every error response states the same reason
+/// in plain words. The words never reveal whether a user name exists (RFC 9110 §11.6.2 leaves
+/// that to the proxy; revealing it would let anyone enumerate accounts).
+public enum ReasonCode: String, Sendable, CaseIterable {
+    case forwarded
+    case tunnel
+    case badRequest = "bad_request"
+    case originForm = "origin_form"
+    case badTarget = "bad_target"
+    case connectPortDenied = "connect_port_denied"
+    case authMissing = "auth_missing"
+    case authScheme = "auth_scheme"
+    case authMalformed = "auth_malformed"
+    case authInvalid = "auth_invalid"
+    case headerTimeout = "header_timeout"
+    case uriTooLong = "uri_too_long"
+    case headerTooLarge = "header_too_large"
+    case httpsAbsoluteForm = "https_absolute_form"
+    case upstreamDNS = "upstream_dns"
+    case upstreamRefused = "upstream_refused"
+    case upstreamUnreachable = "upstream_unreachable"
+    case upstreamBadResponse = "upstream_bad_response"
+    case upstreamClosed = "upstream_closed"
+    case upstreamConnectTimeout = "upstream_connect_timeout"
+    case upstreamTimeout = "upstream_timeout"
+    case versionNotSupported = "version_not_supported"
+    /// Log-only: the origin cut its body short; the client connection was closed.
+    case upstreamTruncated = "upstream_truncated"
+    /// Log-only: the client went away before the response was complete.
+    case clientClosed = "client_closed"
+
+    /// The status Gatehouse itself answers with for this reason.
+    public var status: HTTPResponseStatus {
+        switch self {
+        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed: return .ok
+        case .badRequest, .originForm, .badTarget: return .badRequest
+        case .connectPortDenied: return .forbidden
+        case .authMissing, .authScheme, .authMalformed, .authInvalid: return .proxyAuthenticationRequired
+        case .headerTimeout: return .requestTimeout
+        case .uriTooLong: return .uriTooLong
+        case .headerTooLarge: return .requestHeaderFieldsTooLarge
+        case .httpsAbsoluteForm: return .notImplemented
+        case .upstreamDNS, .upstreamRefused, .upstreamUnreachable, .upstreamBadResponse, .upstreamClosed:
+            return .badGateway
+        case .upstreamConnectTimeout, .upstreamTimeout: return .gatewayTimeout
+        case .versionNotSupported: return .httpVersionNotSupported
+        }
+    }
+
+    /// The short plain-text body of an error response.
+    public var message: String {
+        switch self {
+        case .forwarded: return "Forwarded."
+        case .tunnel: return "Connection established."
+        case .badRequest: return "Malformed HTTP request."
+        case .originForm:
+            return "This is Gatehouse, a forward proxy. Send requests in absolute form (GET http://host/path) by configuring it as your HTTP proxy."
+        case .badTarget: return "The request target is not a valid http:// URL or CONNECT host:port."
+        case .connectPortDenied: return "CONNECT to this port is not allowed by this proxy."
+        case .authMissing: return "Proxy authentication required: send Proxy-Authorization with Basic credentials."
+        case .authScheme: return "Proxy authentication required: only the Basic scheme is supported."
+        case .authMalformed: return "Proxy authentication required: the Basic credentials are malformed."
+        case .authInvalid: return "Proxy authentication required: the user name or password is not valid."
+        case .headerTimeout: return "The request header was not received in time."
+        case .uriTooLong: return "The request target is too long."
+        case .headerTooLarge: return "The request header section is too large."
+        case .httpsAbsoluteForm:
+            return "Gatehouse does not forward https:// URLs in absolute form. Use CONNECT (https_proxy) for https."
+        case .upstreamDNS: return "The destination host name could not be resolved."
+        case .upstreamRefused: return "The destination refused the connection."
+        case .upstreamUnreachable: return "The destination could not be reached."
+        case .upstreamBadResponse: return "The destination sent an invalid HTTP response."
+        case .upstreamClosed: return "The destination closed the connection without a response."
+        case .upstreamConnectTimeout: return "Connecting to the destination timed out."
+        case .upstreamTimeout: return "The destination did not respond in time."
+        case .versionNotSupported: return "Only HTTP/1.0 and HTTP/1.1 are supported."
+        case .upstreamTruncated: return "The destination cut its response short."
+        case .clientClosed: return "The client closed the connection."
+        }
+    }
+}

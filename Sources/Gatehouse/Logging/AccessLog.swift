@@ -1,0 +1,107 @@
+import Dispatch
+import NIOConcurrencyHelpers
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Writes access-log lines without ever blocking an event loop.
+///
+/// Event loops only append the entry to an in-memory batch under a lock; a serial dispatch
+/// queue formats and writes whole batches, so a slow disk delays the log, never the traffic.
+/// Observers (the test fixture) see every entry synchronously, in order.
+public final class AccessLog: Sendable {
+    public enum Destination: Sendable, Equatable {
+        case standardOutput
+        case file(String)
+        case none
+    }
+
+    public typealias Observer = @Sendable (AccessLogEntry) -> Void
+
+    private struct State {
+        var pending: [AccessLogEntry] = []
+        var flushScheduled = false
+    }
+
+    private let format: AccessLogFormat
+    private let fd: Int32
+    private let ownsDescriptor: Bool
+    private let observer: Observer?
+    private let state = NIOLockedValueBox(State())
+    private let queue = DispatchQueue(label: "gatehouse.access-log")
+
+    /// Opens the destination; a file is opened for appending and created with mode 0640.
+    public init(destination: Destination, format: AccessLogFormat, observer: Observer? = nil) throws(ConfigurationError) {
+        self.format = format
+        self.observer = observer
+        switch destination {
+        case .standardOutput:
+            self.fd = STDOUT_FILENO
+            self.ownsDescriptor = false
+        case .none:
+            self.fd = -1
+            self.ownsDescriptor = false
+        case .file(let path):
+            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+            guard fd >= 0 else {
+                throw .htpasswd("cannot open access log \(path): \(String(cString: strerror(errno)))")
+            }
+            self.fd = fd
+            self.ownsDescriptor = true
+        }
+    }
+
+    deinit {
+        if self.ownsDescriptor { close(self.fd) }
+    }
+
+    /// Records one response. Cheap and non-blocking: safe to call on an event loop.
+    public func record(_ entry: AccessLogEntry) {
+        self.observer?(entry)
+        guard self.fd >= 0 else { return }
+        let schedule = self.state.withLockedValue { state -> Bool in
+            state.pending.append(entry)
+            if state.flushScheduled { return false }
+            state.flushScheduled = true
+            return true
+        }
+        if schedule {
+            self.queue.async { self.writePending() }
+        }
+    }
+
+    /// Blocks until every recorded entry has been written. For shutdown and tests, not loops.
+    public func flush() {
+        self.queue.sync { self.writePending() }
+    }
+
+    private func writePending() {
+        let batch = self.state.withLockedValue { state -> [AccessLogEntry] in
+            state.flushScheduled = false
+            defer { state.pending.removeAll(keepingCapacity: true) }
+            return state.pending
+        }
+        guard !batch.isEmpty else { return }
+        var text = ""
+        for entry in batch {
+            text += self.format.format(entry)
+            text += "\n"
+        }
+        var utf8 = Array(text.utf8)
+        var offset = 0
+        while offset < utf8.count {
+            let written = utf8.withUnsafeMutableBytes { buffer in
+                write(self.fd, buffer.baseAddress! + offset, buffer.count - offset)
+            }
+            if written < 0 {
+                if errno == EINTR { continue }
+                return  // The log is best effort once open; the proxy keeps serving.
+            }
+            offset += written
+        }
+        utf8.removeAll()
+    }
+}

@@ -1,0 +1,76 @@
+import NIOCore
+import NIOHTTP1
+
+/// Bookkeeping for one request/response exchange, turned into an access-log line at its end.
+struct Exchange {
+    var method: String
+    var target: String
+    var version: HTTPVersion
+    var user: String?
+    var clientKeepAlive: Bool
+    var expectsContinue: Bool
+    var started: NIODeadline
+    var timestamp: Double
+    var bytesIn = 0
+    var bytesOut = 0
+    var upstream: String?
+    var status: Int = 0
+    var isHead: Bool
+    var isConnect: Bool
+
+    init(head: HTTPRequestHead, target: String) {
+        self.method = head.method.rawValue
+        self.target = target
+        self.version = head.version
+        self.clientKeepAlive = head.isKeepAlive
+            || (head.version == .http1_0 && head.headers["proxy-connection"].contains { $0.lowercased() == "keep-alive" })
+        self.expectsContinue = head.headers["expect"].contains { $0.lowercased() == "100-continue" }
+        self.started = .now()
+        self.timestamp = wallClockSeconds()
+        self.isHead = head.method == .HEAD
+        self.isConnect = head.method == .CONNECT
+    }
+
+    /// An exchange for a request whose head could not be parsed.
+    init(unparsedAt started: NIODeadline) {
+        self.method = "-"
+        self.target = "-"
+        self.version = .http1_1
+        self.clientKeepAlive = false
+        self.expectsContinue = false
+        self.started = started
+        self.timestamp = wallClockSeconds()
+        self.isHead = false
+        self.isConnect = false
+    }
+
+    func logEntry(client: String, status: Int, reason: ReasonCode) -> AccessLogEntry {
+        let elapsed = (NIODeadline.now() - self.started).nanoseconds / 1_000_000
+        return AccessLogEntry(
+            timestamp: self.timestamp, client: client, user: self.user, method: self.method, target: self.target,
+            version: "HTTP/\(self.version.major).\(self.version.minor)", status: status, reason: reason,
+            bytesOut: self.bytesOut, bytesIn: self.bytesIn, upstream: self.upstream,
+            durationMilliseconds: Int(max(0, elapsed)))
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+func wallClockSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1_000_000_000
+}
+
+extension HTTPResponseHead {
+    /// Bytes the status line and header section take on the wire, for the access log.
+    var wireSize: Int {
+        var size = 17 + self.status.reasonPhrase.utf8.count
+        for (name, value) in self.headers { size += name.utf8.count + value.utf8.count + 4 }
+        return size + 2
+    }
+}

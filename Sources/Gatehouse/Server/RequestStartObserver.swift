@@ -1,0 +1,40 @@
+import NIOCore
+
+/// Sits next to the socket and notices the first byte of each request head.
+///
+/// The HTTP decoder only reports a request once its head is complete, but the header timeout
+/// (the slowloris defence) must start at the head's first byte, and the idle timeout must stop
+/// there. This handler sees raw bytes, tells the connection handler when a new request begins,
+/// and lets it write a raw `408` that does not disturb the HTTP handlers' own bookkeeping
+/// (there is no request for the 408 to answer, as far as they know).
+final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    /// Set by the connection handler while it waits for a request head.
+    var awaitingRequest = true
+    weak var connection: ProxyConnectionHandler?
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if self.awaitingRequest {
+            self.awaitingRequest = false
+            self.connection?.requestBytesStarted()
+        }
+        context.fireChannelRead(data)
+    }
+
+    /// Writes bytes straight to the socket, below the HTTP encoder.
+    func writeRaw(_ buffer: ByteBuffer) -> EventLoopFuture<Void>? {
+        guard let context = self.context else { return nil }
+        return context.writeAndFlush(NIOAny(buffer))
+    }
+}

@@ -1,0 +1,89 @@
+import NIOCore
+import NIOHTTP1
+
+extension ProxyConnectionHandler {
+    /// Connects to the `CONNECT` destination; the 200 goes out once both the origin connection
+    /// and the request's end are in.
+    func openTunnel(to authority: Authority, context: ChannelHandlerContext) {
+        let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: self.shared.configuration, halfClosure: true)
+            .channelOption(.autoRead, value: false)
+            .connect(host: authority.host, port: authority.port ?? 443)
+        connect.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                guard self.context != nil, self.machine.upstreamConnected() != nil else {
+                    channel.close(promise: nil)
+                    return
+                }
+                self.tunnelUpstream = channel
+                self.exchange?.upstream = channel.remoteAddress?.gatehouseDescription
+                if self.bufferedEnd {
+                    self.startTunnel(with: channel, context: context)
+                }
+            case .failure(let error):
+                self.logger.debug("tunnel connect failed", metadata: ["error": "\(error)", "target": "\(authority)"])
+                guard self.context != nil, case .connecting = self.machine.state else { return }
+                self.answer(UpstreamConnector.reason(for: error), context: context)
+            }
+        }
+    }
+
+    /// Sends `200 Connection established` and turns the connection into a byte tunnel
+    /// (RFC 9110 §9.3.6). The 200 carries neither Content-Length nor Transfer-Encoding: the
+    /// bytes that follow belong to the tunnel.
+    func startTunnel(with upstream: Channel, context: ChannelHandlerContext) {
+        guard var exchange = self.exchange else { return }
+        self.timer?.cancel()
+        self.timer = nil
+        self.tunnelUpstream = nil
+        self.exchange = nil
+        let head = HTTPResponseHead(
+            version: .http1_1, status: .custom(code: 200, reasonPhrase: "Connection established"), headers: [:])
+        exchange.status = 200
+        exchange.bytesOut += head.wireSize
+        exchange.bytesIn = 0
+        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        self.machine.tunnelStarted()
+
+        let record = TunnelRecord(exchange: exchange, client: self.clientAddress, accessLog: self.shared.accessLog)
+        let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair(record: record)
+        do {
+            let pipeline = context.pipeline.syncOperations
+            // The HTTP handlers go first, in an order that never lets raw bytes reach a handler
+            // expecting HTTP parts; the decoder goes last and hands us the bytes it held.
+            pipeline.removeHandler(context: try pipeline.context(handlerType: HTTPServerPipelineHandler.self), promise: nil)
+            pipeline.removeHandler(context: try pipeline.context(handlerType: NIOHTTPResponseHeadersValidator.self), promise: nil)
+            pipeline.removeHandler(context: try pipeline.context(handlerType: HTTPResponseEncoder.self), promise: nil)
+            pipeline.removeHandler(context: try pipeline.context(handlerType: RequestStartObserver.self), promise: nil)
+            pipeline.removeHandler(context: try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self), promise: nil)
+            try pipeline.addHandler(IdleStateHandler(allTimeout: self.shared.configuration.tunnelIdleTimeout))
+            try pipeline.addHandler(clientGlue)
+            try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
+            // The origin's reads were held (autoRead off) so that a server that speaks first
+            // (SSH, SMTP) loses nothing before the glue is in place.
+            try upstream.syncOptions?.setOption(.autoRead, value: true)
+            upstream.read()
+            pipeline.removeHandler(context: context, promise: nil)
+        } catch {
+            self.logger.error("could not set up tunnel", metadata: ["error": "\(error)"])
+            upstream.close(promise: nil)
+            context.close(promise: nil)
+        }
+    }
+
+    /// Removal hands the bytes that followed the CONNECT head to the tunnel, in order.
+    func removeHandler(context: ChannelHandlerContext, removalToken: ChannelHandlerContext.RemovalToken) {
+        let pending = self.tunnelPendingReads
+        self.tunnelPendingReads.removeAll()
+        for data in pending {
+            context.fireChannelRead(data)
+        }
+        if !pending.isEmpty { context.fireChannelReadComplete() }
+        context.leavePipeline(removalToken: removalToken)
+        if self.readPending {
+            self.readPending = false
+            context.read()
+        }
+    }
+}

@@ -1,0 +1,159 @@
+import NIOCore
+
+/// Byte counts and timing shared by the two halves of a tunnel; logs the CONNECT line when
+/// both sides have closed.
+final class TunnelRecord {
+    private var exchange: Exchange
+    private let client: String
+    private let accessLog: AccessLog
+    private var openSides = 2
+
+    init(exchange: Exchange, client: String, accessLog: AccessLog) {
+        self.exchange = exchange
+        self.client = client
+        self.accessLog = accessLog
+    }
+
+    func countFromClient(_ bytes: Int) { self.exchange.bytesIn += bytes }
+    func countToClient(_ bytes: Int) { self.exchange.bytesOut += bytes }
+
+    func sideClosed() {
+        self.openSides -= 1
+        if self.openSides == 0 {
+            self.accessLog.record(self.exchange.logEntry(client: self.client, status: 200, reason: .tunnel))
+        }
+    }
+}
+
+/// Joins a client channel and an origin channel into a raw byte tunnel.
+///
+/// Modelled on swift-nio-examples' `GlueHandler`, with what that example leaves out:
+/// - backpressure: a side stops reading while its partner is not writable;
+/// - half-close: EOF on one side becomes a write shutdown on the other (TLS close_notify and
+///   `shutdown(SHUT_WR)` clients rely on it), and the tunnel ends when both directions are done;
+/// - an idle timeout, fed by an `IdleStateHandler` in front of the client side.
+final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var partner: TunnelGlueHandler?
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private var inputClosed = false
+    private let record: TunnelRecord
+    private let isClientSide: Bool
+
+    private init(record: TunnelRecord, isClientSide: Bool) {
+        self.record = record
+        self.isClientSide = isClientSide
+    }
+
+    static func matchedPair(record: TunnelRecord) -> (client: TunnelGlueHandler, upstream: TunnelGlueHandler) {
+        let client = TunnelGlueHandler(record: record, isClientSide: true)
+        let upstream = TunnelGlueHandler(record: record, isClientSide: false)
+        client.partner = upstream
+        upstream.partner = client
+        return (client, upstream)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if !context.channel.isActive {
+            // The channel closed before the tunnel was glued: finish this side now.
+            self.finish()
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        self.partner = nil
+    }
+
+    private var finished = false
+    private func finish() {
+        guard !self.finished else { return }
+        self.finished = true
+        self.record.sideClosed()
+    }
+
+    // MARK: Partner calls
+
+    private func partnerWrite(_ buffer: ByteBuffer) {
+        self.context?.write(self.wrapOutboundOut(buffer), promise: nil)
+    }
+
+    private func partnerFlush() {
+        self.context?.flush()
+    }
+
+    private func partnerInputClosed() {
+        // The other side will send no more: pass the EOF on as a write shutdown.
+        self.context?.close(mode: .output, promise: nil)
+    }
+
+    private func partnerClosed() {
+        self.context?.close(promise: nil)
+    }
+
+    private var partnerWritable: Bool { self.context?.channel.isWritable ?? false }
+
+    private func partnerBecameWritable() {
+        if self.pendingRead, let context = self.context {
+            self.pendingRead = false
+            context.read()
+        }
+    }
+
+    // MARK: Channel events
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = self.unwrapInboundIn(data)
+        let bytes = buffer.readableBytes
+        if self.isClientSide { self.record.countFromClient(bytes) } else { self.record.countToClient(bytes) }
+        self.partner?.partnerWrite(buffer)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.partner?.partnerFlush()
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.partner?.partnerClosed()
+        self.finish()
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            self.inputClosed = true
+            self.partner?.partnerInputClosed()
+            if self.partner?.inputClosed ?? true { context.close(promise: nil) }
+            return
+        }
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { self.partner?.partnerBecameWritable() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if self.partner?.partnerWritable ?? false {
+            context.read()
+        } else {
+            self.pendingRead = true
+        }
+    }
+}
+

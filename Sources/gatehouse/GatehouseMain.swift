@@ -1,0 +1,36 @@
+import ArgumentParser
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Entry point. Errors are printed as one line (`gatehouse: error: …`) with a non-zero exit, so
+/// scripts and the journal show exactly what was wrong; `--help` still prints the full usage.
+@main
+enum GatehouseMain {
+    static func main() async {
+        do {
+            let command = try GatehouseCommand.parse()
+            try await command.run()
+        } catch let error as CommandError {
+            writeStandardError("gatehouse: error: \(error.description)\n")
+            exit(1)
+        } catch {
+            let code = GatehouseCommand.exitCode(for: error)
+            if code == .success {
+                print(GatehouseCommand.fullMessage(for: error))
+                exit(0)
+            }
+            let message = GatehouseCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+            writeStandardError("gatehouse: error: \(message)\n")
+            exit(code.rawValue == 0 ? 2 : code.rawValue)
+        }
+    }
+
+    static func writeStandardError(_ text: String) {
+        var bytes = Array(text.utf8)
+        _ = bytes.withUnsafeMutableBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    }
+}

@@ -1,0 +1,193 @@
+import Foundation
+import Testing
+@testable import Gatehouse
+
+/// Tests for `HtpasswdFile` parsing and loading.
+@Suite("HtpasswdFile")
+struct HtpasswdFileTests {
+    static let bcrypt = "$2y$05$eyhstfk9lfM5fclJJoT5fuzpho1zFs/944K8vxifAoB5Ucc09U6a."  // bcrypt-secret
+    static let apr1 = "$apr1$4yCRZosZ$0RXjcixokb4A7k.IN5nRK."                         // apr1-secret
+    static let sha1 = "{SHA}F/WZ9PxtuIpP2yyadrWdU4eK0og="                              // sha1-secret
+
+    @Test func commentsBlankLinesAndCRLF() throws {
+        let contents = "# users\r\n\r\n   \r\n  # indented comment\r\nalice:\(Self.bcrypt)\r\n\t\nbob:\(Self.apr1)\r\n"
+        let file = HtpasswdFile(contents: contents, path: "users.htpasswd")
+        #expect(file.problems.isEmpty)
+        #expect(file.users.count == 2)
+        #expect(file.hash(for: "alice") == .bcrypt(Self.bcrypt))
+        #expect(file.hash(for: "bob") == .apr1(Self.apr1))
+        #expect(try #require(file.hash(for: "bob")).verify("apr1-secret"))
+        #expect(file.hash(for: "carol") == nil)
+        #expect(file.hash(for: "Alice") == nil, "user names are case-sensitive")
+    }
+
+    @Test func noTrailingNewlineAndByteOrderMark() {
+        let file = HtpasswdFile(contents: "\u{FEFF}alice:\(Self.sha1)", path: "p")
+        #expect(file.problems.isEmpty)
+        #expect(file.hash(for: "alice") == .sha1(Self.sha1))
+    }
+
+    @Test func trailingWhitespaceAfterHashIsIgnored() {
+        let file = HtpasswdFile(contents: "alice:\(Self.sha1) \t\n", path: "p")
+        #expect(file.problems.isEmpty)
+        #expect(file.hash(for: "alice") == .sha1(Self.sha1))
+    }
+
+    @Test func userIsSplitAtFirstColon() throws {
+        // Hashes never contain ':', so "alice:x:y" makes the hash field "x:y" (unrecognised,
+        // non-fatal) and the user name "alice" (not "alice:x").
+        let file = HtpasswdFile(contents: "alice:\(Self.sha1):comment\n", path: "p")
+        #expect(file.users.isEmpty)
+        let problem = try #require(file.problems.first)
+        #expect(problem.isFatal == false)
+        #expect(problem.message.contains("\"alice\""))
+        #expect(problem.line == 1)
+    }
+
+    @Test func malformedLineIsFatalWithLineNumber() {
+        let contents = "# header\nalice:\(Self.bcrypt)\n\nthis line has no colon\nbob:\(Self.apr1)\n"
+        let file = HtpasswdFile(contents: contents, path: "/etc/gatehouse/users")
+        #expect(file.problems.count == 1)
+        let problem = file.problems.first
+        #expect(problem?.line == 4)
+        #expect(problem?.isFatal == true)
+        #expect(problem?.path == "/etc/gatehouse/users")
+        #expect(problem?.description.hasPrefix("/etc/gatehouse/users:4: ") == true)
+        #expect(problem?.message.contains("this line") == false, "line content is not echoed")
+        #expect(file.firstFatalProblem == problem)
+        // Parsing continues so every problem is reported; valid users are still collected.
+        #expect(file.users.count == 2)
+    }
+
+    @Test(arguments: [
+        (":\(bcrypt)", "empty user name"),
+        ("al ice:\(bcrypt)", "whitespace"),
+        (" alice:\(bcrypt)", "whitespace"),
+        ("al\u{1}ice:\(bcrypt)", "control"),
+        ("al\tice:\(bcrypt)", "whitespace"),
+    ])
+    func invalidUserNamesAreFatal(line: String, expectedFragment: String) {
+        let file = HtpasswdFile(contents: "ok:\(Self.sha1)\n\(line)\n", path: "p")
+        #expect(file.problems.count == 1)
+        #expect(file.problems.first?.line == 2)
+        #expect(file.problems.first?.isFatal == true)
+        #expect(file.problems.first?.message.contains(expectedFragment) == true)
+        #expect(file.hash(for: "ok") != nil)
+    }
+
+    @Test func unknownFormatIsNonFatalAndUserExcluded() {
+        let secretLooking = "$1$saltsalt$2vw1eBFqvNQlnJhjA3mTU0"
+        let contents = "alice:\(Self.bcrypt)\nbob:\(secretLooking)\ncarol:plaintextpassword\n"
+        let file = HtpasswdFile(contents: contents, path: "users")
+        #expect(file.users.keys.sorted() == ["alice"])
+        #expect(file.problems.count == 2)
+        #expect(file.problems.allSatisfy { !$0.isFatal })
+        #expect(file.firstFatalProblem == nil)
+        #expect(file.problems.map(\.line) == [2, 3])
+        #expect(file.problems[0].message.contains("user \"bob\""))
+        #expect(file.problems[0].message.contains("cannot log in"))
+        #expect(file.problems[1].message.contains("user \"carol\""))
+    }
+
+    @Test func duplicateUserIsFatalAndNamesFirstLine() {
+        let contents = "alice:\(Self.bcrypt)\n# comment\nalice:\(Self.apr1)\n"
+        let file = HtpasswdFile(contents: contents, path: "users")
+        #expect(file.problems.count == 1)
+        let problem = file.problems.first
+        #expect(problem?.isFatal == true)
+        #expect(problem?.line == 3)
+        #expect(problem?.message.contains("\"alice\"") == true)
+        #expect(problem?.message.contains("line 1") == true)
+        #expect(file.hash(for: "alice") == nil, "an ambiguous user cannot log in")
+    }
+
+    @Test func noProblemMessageContainsHashText() {
+        let hashes = [
+            Self.bcrypt, Self.apr1, Self.sha1,
+            "$2y$05$eyhstfk9lfM5fclJJoT5fuzpho1zFs/944K8vxifAoB5Ucc09U6a",
+            "$apr1$4yCRZosZ$0RXjcixokb4A7k.IN5nRK",
+            "{SHA}F/WZ9PxtuIpP2yyadrWdU4eK0og",
+            "$6$NnmaURZ7q96rf0Gt$c.pHRfUALPeK8mZMc",
+            "$1$saltsalt$2vw1eBFqvNQlnJhjA3mTU0",
+            "hunter2-plaintext",
+        ]
+        var lines: [String] = []
+        for (index, hash) in hashes.enumerated() {
+            lines.append("user\(index):\(hash)")   // unknown formats (and later duplicates)
+            lines.append("user\(index):\(hash)")   // duplicate
+            lines.append(hash)                      // no colon for the ones without ':'
+            lines.append(" x\(index):\(hash)")     // invalid user name
+        }
+        let file = HtpasswdFile(contents: lines.joined(separator: "\n"), path: "p")
+        #expect(!file.problems.isEmpty)
+        for problem in file.problems {
+            for hash in hashes {
+                #expect(!problem.message.contains(hash))
+                #expect(!problem.message.contains(hash.suffix(10)))
+                #expect(!problem.description.contains(hash.suffix(10)))
+            }
+        }
+    }
+
+    @Test func loadMissingFileIsUnreadable() {
+        let path = "/nonexistent-\(UInt64.random(in: .min ... .max))/users.htpasswd"
+        do {
+            _ = try HtpasswdFile.load(path: path)
+            Issue.record("load unexpectedly succeeded")
+        } catch {
+            guard case .unreadable(let errorPath, let reason) = error else {
+                Issue.record("unexpected error \(error)")
+                return
+            }
+            #expect(errorPath == path)
+            #expect(!reason.isEmpty)
+            #expect(error.description.hasPrefix("cannot read \(path): "))
+        }
+    }
+
+    @Test func loadThrowsFirstFatalProblem() throws {
+        let url = FileManager.default.temporaryDirectory
+            .appendingPathComponent("gatehouse-htpasswd-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try "bob:nonsense\nalice:\(Self.bcrypt)\nbroken\nalice:\(Self.apr1)\n"
+            .write(to: url, atomically: true, encoding: .utf8)
+        #expect(throws: HtpasswdError.malformed(
+            HtpasswdFile.Problem(path: url.path, line: 3,
+                                 message: "expected \"user:hash\" but the line has no ':' separator",
+                                 isFatal: true))) {
+            try HtpasswdFile.load(path: url.path)
+        }
+    }
+
+    @Test func loadSucceedsWithOnlyNonFatalProblems() throws {
+        let url = FileManager.default.temporaryDirectory
+            .appendingPathComponent("gatehouse-htpasswd-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try "bob:nonsense\r\nalice:\(Self.bcrypt)\r\n".write(to: url, atomically: true, encoding: .utf8)
+        let file = try HtpasswdFile.load(path: url.path)
+        #expect(file.path == url.path)
+        #expect(file.users.keys.sorted() == ["alice"])
+        #expect(file.problems.count == 1)
+        #expect(file.problems.first?.isFatal == false)
+        #expect(file.problems.first?.description.hasPrefix("\(url.path):1: user \"bob\"") == true)
+    }
+
+    @Test func loadRejectsNonUTF8() throws {
+        let url = FileManager.default.temporaryDirectory
+            .appendingPathComponent("gatehouse-htpasswd-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try Data([0x61, 0xFF, 0x3A, 0x78, 0x0A]).write(to: url)
+        #expect(throws: HtpasswdError.unreadable(path: url.path, reason: "file is not valid UTF-8")) {
+            try HtpasswdFile.load(path: url.path)
+        }
+    }
+
+    @Test func fixtureLoads() throws {
+        let url = try #require(
+            Bundle.module.url(forResource: "vectors", withExtension: "htpasswd", subdirectory: "Fixtures"))
+        let file = try HtpasswdFile.load(path: url.path)
+        #expect(file.problems.isEmpty)
+        #expect(file.hash(for: "jöse")?.formatName == "bcrypt")
+        #expect(file.hash(for: "des-user") == .desCrypt("IAgU.J5U/DWzg"))
+    }
+}
