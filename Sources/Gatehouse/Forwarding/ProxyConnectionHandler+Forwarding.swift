@@ -156,15 +156,13 @@ extension ProxyConnectionHandler {
         guard let context = self.context, let exchange = self.exchange, self.machine.responseStarted else { return }
         self.upstream = nil
         self.exchange = nil
-        let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
         self.shared.accessLog.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .forwarded))
-        switch self.machine.responseEnded(keepAlive: !self.closeAfterResponse) {
-        case .close:
+        // Decide first: writing `.end` may deliver the next pipelined request re-entrantly.
+        let action = self.machine.responseEnded(keepAlive: !self.closeAfterResponse)
+        if action == .awaitNextRequest { self.awaitRequest(context: context) }
+        let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
+        if action == .close {
             written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        case .awaitNextRequest:
-            self.awaitRequest(context: context)
-        default:
-            break
         }
         self.resumeReadingIfPossible()
     }

@@ -306,11 +306,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let head = HTTPResponseHead(version: .http1_1, status: status, headers: headers)
         exchange.status = Int(status.code)
         exchange.bytesOut += head.wireSize + (exchange.isHead ? 0 : body.readableBytes)
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
-        if !exchange.isHead {
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        }
-        let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
         self.shared.accessLog.record(exchange.logEntry(client: self.clientAddress, status: Int(status.code), reason: reason))
         self.exchange = nil
         self.bufferedBody.removeAll()
@@ -318,10 +313,17 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.upstream = nil
         self.tunnelUpstream?.close(promise: nil)
         self.tunnelUpstream = nil
-        switch self.machine.answered(close: closing) {
-        case .close: written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        case .awaitNextRequest: self.awaitRequest(context: context)
-        default: break
+        // Decide the connection's next state before writing `.end`: writing it lets
+        // HTTPServerPipelineHandler deliver the next pipelined request, re-entrantly.
+        let action = self.machine.answered(close: closing)
+        if action == .awaitNextRequest { self.awaitRequest(context: context) }
+        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        if !exchange.isHead {
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
+        let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
+        if action == .close {
+            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
         self.resumeReadingIfPossible()
     }

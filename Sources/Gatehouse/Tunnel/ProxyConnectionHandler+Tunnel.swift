@@ -42,9 +42,9 @@ extension ProxyConnectionHandler {
         exchange.status = 200
         exchange.bytesOut += head.wireSize
         exchange.bytesIn = 0
+        self.machine.tunnelStarted()
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
-        self.machine.tunnelStarted()
 
         let record = TunnelRecord(exchange: exchange, client: self.clientAddress, accessLog: self.shared.accessLog)
         let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair(record: record)
@@ -65,6 +65,10 @@ extension ProxyConnectionHandler {
             try upstream.syncOptions?.setOption(.autoRead, value: true)
             upstream.read()
             pipeline.removeHandler(context: context, promise: nil)
+            // ByteToMessageHandler hands over its leftover bytes (anything the client sent
+            // right after the CONNECT head) in a later event-loop tick, as a read without a
+            // read-complete; flush them to the origin once they are through.
+            context.eventLoop.assumeIsolated().execute { upstream.flush() }
         } catch {
             self.logger.error("could not set up tunnel", metadata: ["error": "\(error)"])
             upstream.close(promise: nil)
