@@ -100,10 +100,6 @@ public final class GatehouseServer: Service, Sendable {
     /// assistance, response header validation, and the proxy handler.
     static func configureClientPipeline(_ channel: Channel, shared: ProxyContext) throws {
         shared.connections.add(channel)
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderFieldSize = shared.configuration.maxHeaderBytes
-        limits.maxHeaderListSize = shared.configuration.maxHeaderBytes
-        limits.maxHeaderFieldCount = 256
         var encoderConfiguration = HTTPResponseEncoder.Configuration()
         // Framing is decided by the proxy, which knows the request method and client version.
         encoderConfiguration.automaticallySetFramingHeaders = false
@@ -112,7 +108,7 @@ public final class GatehouseServer: Service, Sendable {
         try sync.addHandler(observer)
         try sync.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
         try sync.addHandler(
-            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: limits)))
+            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: shared.decoderLimits)))
         try sync.addHandler(HTTPServerPipelineHandler())
         try sync.addHandler(NIOHTTPResponseHeadersValidator())
         try sync.addHandler(ProxyConnectionHandler(shared: shared, observer: observer))

@@ -39,6 +39,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var headStarted = NIODeadline.now()
     /// The response in flight ends the connection (client asked, or close-delimited body).
     var closeAfterResponse = false
+    /// A refused CONNECT's `.end` is still due; swap in a fresh HTTP decoder once it arrives.
+    var replaceDecoderOnRequestEnd = false
 
     init(shared: ProxyContext, observer: RequestStartObserver) {
         self.shared = shared
@@ -117,6 +119,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 self.upstream?.send(.end(nil), flush: true)
                 self.upstream?.requestFinished()
             case .awaitNextRequest:
+                if self.replaceDecoderOnRequestEnd {
+                    self.replaceDecoderOnRequestEnd = false
+                    self.replaceDecoderAfterConnect(context: context)
+                }
                 self.awaitRequest(context: context)
             case .close:
                 context.close(promise: nil)
@@ -324,8 +330,32 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
         if action == .close {
             written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        } else if exchange.isConnect {
+            // The CONNECT's `.end` may still be on its way out of the old decoder; swap only
+            // once it is through, or the new decoder would be handed a parsed message.
+            if action == .awaitNextRequest {
+                self.replaceDecoderAfterConnect(context: context)
+            } else {
+                self.replaceDecoderOnRequestEnd = true
+            }
         }
         self.resumeReadingIfPossible()
+    }
+
+    /// NIO's parser treats CONNECT as a protocol switch and stops parsing after its head
+    /// (RFC 9112 §3.2.3). When Gatehouse refuses the CONNECT (407, 403, 502…) the connection
+    /// is still HTTP, so a fresh decoder takes over; the old one hands it the bytes it held.
+    private func replaceDecoderAfterConnect(context: ChannelHandlerContext) {
+        let pipeline = context.pipeline.syncOperations
+        do {
+            let old = try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            let decoder = ByteToMessageHandler(
+                HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: self.shared.decoderLimits))
+            try pipeline.addHandler(decoder, position: .after(old.handler))
+            pipeline.removeHandler(context: old, promise: nil)
+        } catch {
+            context.close(promise: nil)
+        }
     }
 
     private func parserError(_ error: HTTPParserError, context: ChannelHandlerContext) {

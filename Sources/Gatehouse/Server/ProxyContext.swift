@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 
 /// What every connection of one server shares: configuration, users, the access log, and the
 /// registry of open connections used to force-close stragglers at the end of a drain.
@@ -13,6 +14,8 @@ final class ProxyContext: Sendable {
     let challenge: String
     /// Listen addresses actually bound, for loop detection and reporting.
     let connections = ConnectionRegistry()
+    /// Parser limits: header section size (431) and field count.
+    let decoderLimits: NIOHTTPDecoderLimitConfiguration
 
     init(configuration: ProxyConfiguration, authenticator: Authenticator, accessLog: AccessLog, logger: Logger) {
         self.configuration = configuration
@@ -20,6 +23,11 @@ final class ProxyContext: Sendable {
         self.accessLog = accessLog
         self.logger = logger
         self.challenge = ProxyChallenge.basic(realm: configuration.realm)
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = configuration.maxHeaderBytes
+        limits.maxHeaderListSize = configuration.maxHeaderBytes
+        limits.maxHeaderFieldCount = 256
+        self.decoderLimits = limits
     }
 }
 

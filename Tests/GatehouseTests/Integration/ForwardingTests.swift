@@ -1,0 +1,158 @@
+import Foundation
+import Gatehouse
+import GatehouseTesting
+import NIOCore
+import Testing
+
+@Suite("Forwarding through the proxy")
+struct ForwardingTests {
+    @Test("curl fetches a page through the proxy, and the origin sees a clean origin-form request")
+    func curlForwardsAndStripsHopByHop() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let result = try await Curl.run([
+                "-x", proxy.authenticatedURL,
+                "-H", "Connection: X-Secret-Hop", "-H", "X-Secret-Hop: must-not-pass",
+                "-H", "Keep-Alive: timeout=5", "-H", "Proxy-Connection: keep-alive", "-H", "TE: trailers",
+                "-H", "Upgrade: websocket", "-H", "X-End-To-End: kept",
+                "http://127.0.0.1:\(origin.port)/headers",
+            ])
+            #expect(result.exitCode == 0, "\(result.stderr)")
+            let seen = result.body
+            #expect(seen.hasPrefix("GET /headers\n"), "origin must get origin form: \(seen)")
+            #expect(seen.contains("host: 127.0.0.1:\(origin.port)\n"))
+            #expect(seen.contains("via: 1.1 gatehouse\n"))
+            #expect(seen.contains("x-end-to-end: kept\n"))
+            for stripped in ["proxy-authorization", "proxy-connection", "x-secret-hop", "keep-alive", "te:", "upgrade", "connection: x"] {
+                #expect(!seen.contains(stripped), "\(stripped) was forwarded: \(seen)")
+            }
+            let records = proxy.records
+            #expect(records.count == 1)
+            #expect(records.first?.status == 200)
+            #expect(records.first?.reason == .forwarded)
+            #expect(records.first?.user == TestUser.name)
+            #expect(records.first?.target == "http://127.0.0.1:\(origin.port)/headers")
+        }
+    }
+
+    @Test("Host comes from the URI, not from the client's Host header")
+    func hostFromURI() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "GET http://127.0.0.1:\(origin.port)/headers HTTP/1.1\r\nHost: evil.example\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            let text = await client.waitFor { $0.contains("via:") }
+            #expect(text.contains("host: 127.0.0.1:\(origin.port)\n"))
+            #expect(!text.contains("evil.example"))
+            await client.close()
+        }
+    }
+
+    @Test("a 10 MiB download and a 10 MiB upload arrive byte-exact")
+    func largeBodiesAreByteExact() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let size = 10 * 1024 * 1024
+            let download = try await Curl.run(["-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/bytes/\(size)"])
+            #expect(download.exitCode == 0, "\(download.stderr)")
+            #expect(download.stdout.count == size)
+            let expected = TestData.sha256(TestData.bytes(count: size))
+            #expect(TestData.sha256([UInt8](download.stdout)) == expected)
+
+            let upload = TestData.bytes(count: size)
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("gatehouse-upload-\(UUID().uuidString)")
+            try Data(upload).write(to: file)
+            defer { try? FileManager.default.removeItem(at: file) }
+            // A large POST makes curl send `Expect: 100-continue`; the 100 must come through.
+            let posted = try await Curl.run([
+                "-x", proxy.authenticatedURL, "-H", "Expect: 100-continue", "--data-binary", "@\(file.path)",
+                "http://127.0.0.1:\(origin.port)/upload",
+            ])
+            #expect(posted.exitCode == 0, "\(posted.stderr)")
+            #expect(posted.body == "\(expected) \(size)")
+            let records = proxy.records
+            #expect(records.map(\.status) == [200, 200])
+            #expect(records.last?.bytesIn == size)
+        }
+    }
+
+    @Test("chunked responses are re-framed, HEAD, 204 and 304 carry no body, and the connection stays usable")
+    func framing() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            let base = "http://127.0.0.1:\(origin.port)"
+            let auth = "Proxy-Authorization: \(TestUser.basic)\r\n"
+            try await client.send(
+                "HEAD \(base)/bytes/1000 HTTP/1.1\r\nHost: x\r\n\(auth)\r\n"
+                    + "GET \(base)/status/204 HTTP/1.1\r\nHost: x\r\n\(auth)\r\n"
+                    + "GET \(base)/status/304 HTTP/1.1\r\nHost: x\r\n\(auth)\r\n"
+                    + "GET \(base)/chunked HTTP/1.1\r\nHost: x\r\n\(auth)\r\n"
+                    + "GET \(base)/hello HTTP/1.1\r\nHost: x\r\n\(auth)\r\n")
+            let text = await client.waitFor { $0.hasSuffix("hello\n") }
+            #expect(statusCodes(in: text) == [200, 204, 304, 200, 200], "\(text)")
+            #expect(text.contains("content-length: 1000\r\n") || text.contains("Content-Length: 1000\r\n"))
+            #expect(text.contains("part-1\n"))
+            #expect(text.contains("0\r\n\r\n"), "chunked body must be terminated")
+            #expect(text.hasSuffix("hello\n"))
+            #expect(!client.isClosed)
+            await client.close()
+        }
+    }
+
+    @Test("pipelined requests are answered in order on one connection")
+    func pipelining() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            let base = "http://127.0.0.1:\(origin.port)"
+            var burst = ""
+            for i in 0..<5 {
+                burst += "GET \(base)/headers?n=\(i) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+            }
+            burst += "GET \(base)/headers?n=5 HTTP/1.1\r\nHost: x\r\n\r\n"  // no credentials: 407 in its place
+            burst += "GET \(base)/headers?n=6 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+            try await client.send(burst)
+            let text = await client.waitFor { $0.contains("n=6") }
+            #expect(statusCodes(in: text) == [200, 200, 200, 200, 200, 407, 200])
+            var lastIndex = text.startIndex
+            for i in [0, 1, 2, 3, 4, 6] {
+                let range = try #require(text.range(of: "GET /headers?n=\(i)\n"))
+                #expect(range.lowerBound >= lastIndex, "response \(i) out of order")
+                lastIndex = range.lowerBound
+            }
+            #expect(proxy.records.map(\.status) == [200, 200, 200, 200, 200, 407, 200])
+            await client.close()
+        }
+    }
+
+    @Test("HTTP/1.0 clients get keep-alive only when they ask, and close-delimited bodies otherwise")
+    func http10() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.0\r\nConnection: keep-alive\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            var text = await client.waitFor { $0.hasSuffix("hello\n") }
+            #expect(text.lowercased().contains("connection: keep-alive"))
+            try await client.send(
+                "GET http://127.0.0.1:\(origin.port)/chunked HTTP/1.0\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            text = await client.waitFor { $0.hasSuffix("part-2\n") }
+            // An HTTP/1.0 client cannot read chunked: the body is close-delimited instead.
+            #expect(text.hasSuffix("part-1\npart-2\n"))
+            #expect(!text.contains("\r\n0\r\n"))
+            #expect(await client.waitForClose())
+        }
+    }
+
+    @Test("origin-form requests get a 400 that says this is a proxy, and https absolute-form gets 501")
+    func notProxyRequests() async throws {
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            var text = await client.waitFor { $0.contains("proxy.") }
+            #expect(text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
+            #expect(text.contains("This is Gatehouse, a forward proxy."))
+            try await client.send("GET https://127.0.0.1/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            text = await client.waitFor { $0.contains("CONNECT (https_proxy)") }
+            #expect(statusCodes(in: text) == [400, 501])
+            #expect(proxy.records.map(\.reason) == [.originForm, .httpsAbsoluteForm])
+            await client.close()
+        }
+    }
+}

@@ -1,0 +1,96 @@
+import Foundation
+import Gatehouse
+import GatehouseTesting
+import NIOSSL
+import Testing
+
+@Suite("CONNECT tunnels")
+struct TunnelTests {
+    @Test("curl reaches a local TLS origin through CONNECT, verifying its certificate")
+    func httpsThroughConnect() async throws {
+        let certificate = try NIOSSLCertificate.fromPEMFile(TLSFixture.certificatePath)
+        let key = try NIOSSLPrivateKey(file: TLSFixture.keyPath, format: .pem)
+        let tls = try NIOSSLContext(configuration: .makeServerConfiguration(
+            certificateChain: certificate.map { .certificate($0) }, privateKey: .privateKey(key)))
+        let origin = try await TestOrigin.start(tls: tls)
+        defer { Task { await origin.stop() } }
+        var configuration = ProxyConfiguration()
+        configuration.connectPorts = try PortSet(parsing: "\(origin.port)")
+        let frozen = configuration
+        try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen) { proxy in
+            let result = try await Curl.run([
+                "-x", proxy.authenticatedURL, "--cacert", TLSFixture.certificatePath,
+                "https://127.0.0.1:\(origin.port)/bytes/1000000",
+            ])
+            #expect(result.exitCode == 0, "\(result.stderr)")
+            #expect(TestData.sha256([UInt8](result.stdout)) == TestData.sha256(TestData.bytes(count: 1_000_000)))
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.first?.method == "CONNECT")
+            #expect(records.first?.status == 200)
+            #expect(records.first?.reason == .tunnel)
+            #expect(records.first?.target == "127.0.0.1:\(origin.port)")
+            #expect((records.first?.bytesOut ?? 0) > 1_000_000)
+            #expect((records.first?.bytesIn ?? 0) > 0)
+        }
+    }
+
+    @Test("200 has no framing headers, and bytes sent right behind the CONNECT head reach the origin")
+    func rawTunnelKeepsEarlyBytes() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        var configuration = ProxyConfiguration()
+        configuration.connectPorts = try PortSet(parsing: "\(origin.port)")
+        let frozen = configuration
+        try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen) { proxy in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nHost: 127.0.0.1:\(origin.port)\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+                    + "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("hello\n") }
+            #expect(text.hasPrefix("HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK\r\n"))
+            #expect(text.hasSuffix("hello\n"))
+            await client.close()
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.first?.reason == .tunnel)
+        }
+    }
+
+    @Test("CONNECT to a port not in --connect-ports gets 403, and needs credentials first")
+    func connectPolicy() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nHost: x\r\n\r\n")
+            var text = await client.waitFor { $0.hasSuffix(".\n") }
+            #expect(text.hasPrefix("HTTP/1.1 407 "))
+            try await client.send("CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            text = await client.waitFor { statusCodes(in: $0).count == 2 }
+            #expect(statusCodes(in: text) == [407, 403])
+            #expect(proxy.records.map(\.reason) == [.authMissing, .connectPortDenied])
+            await client.close()
+        }
+    }
+
+    @Test("half-close passes through the tunnel: the client's EOF reaches the origin, the reply still comes back")
+    func halfClose() async throws {
+        // This origin answers only once it has read EOF, with the number of bytes it received.
+        let origin = try await RawOrigin.start(.respondOnEOF)
+        defer { Task { await origin.stop() } }
+        var configuration = ProxyConfiguration()
+        configuration.connectPorts = try PortSet(parsing: "\(origin.port)")
+        let frozen = configuration
+        try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen) { proxy in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            _ = await client.waitFor { $0.hasSuffix("\r\n\r\n") }
+            try await client.send("0123456789")
+            try await client.closeOutput()
+            let text = await client.waitFor { $0.hasSuffix("received 10") }
+            #expect(text.hasSuffix("\r\n\r\nreceived 10"))
+            #expect(await client.waitForClose())
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.first?.bytesIn == 10)
+            #expect(records.first?.reason == .tunnel)
+        }
+    }
+}

@@ -1,0 +1,52 @@
+import Foundation
+import Gatehouse
+import GatehouseTesting
+import NIOCore
+
+/// The user every integration test authenticates as. The password has characters that must
+/// be percent-encoded in a proxy URL, so every curl test also checks that path.
+enum TestUser {
+    static let name = "alice"
+    static let password = "s3cret:p@ss%"
+    static var basic: String {
+        "Basic " + Data("\(name):\(password)".utf8).base64EncodedString()
+    }
+}
+
+/// Starts an origin and a proxy in front of it, runs `body`, and stops both.
+func withProxyAndOrigin<T: Sendable>(
+    configure: @Sendable (inout ProxyConfiguration) -> Void = { _ in },
+    _ body: @Sendable (GatehouseFixture, TestOrigin) async throws -> T
+) async throws -> T {
+    let origin = try await TestOrigin.start()
+    var configuration = ProxyConfiguration()
+    configuration.drainTimeout = .seconds(2)
+    configure(&configuration)
+    let frozen = configuration
+    do {
+        let result = try await GatehouseFixture.withProxy(
+            users: [TestUser.name: TestUser.password], configuration: frozen
+        ) { proxy in
+            try await body(proxy, origin)
+        }
+        await origin.stop()
+        return result
+    } catch {
+        await origin.stop()
+        throw error
+    }
+}
+
+extension GatehouseFixture {
+    var authenticatedURL: String { self.proxyURL(user: TestUser.name, password: TestUser.password) }
+}
+
+/// The fixture's certificate and key for the local TLS origin (CN and SAN 127.0.0.1).
+enum TLSFixture {
+    static var certificatePath: String {
+        Bundle.module.path(forResource: "origin-cert", ofType: "pem", inDirectory: "Fixtures") ?? ""
+    }
+    static var keyPath: String {
+        Bundle.module.path(forResource: "origin-key", ofType: "pem", inDirectory: "Fixtures") ?? ""
+    }
+}

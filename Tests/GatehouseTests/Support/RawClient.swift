@@ -1,0 +1,100 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// A TCP client that sends exact bytes and collects exact bytes: for pipelining, malformed
+/// requests, and checking what is on the wire rather than what a client library reports.
+final class RawClient: Sendable {
+    private let channel: Channel
+    private let state: NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>
+
+    private init(channel: Channel, state: NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>) {
+        self.channel = channel
+        self.state = state
+    }
+
+    static func connect(port: Int) async throws -> RawClient {
+        let state = NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>(([], false))
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Collector(state: state))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port)
+            .get()
+        return RawClient(channel: channel, state: state)
+    }
+
+    func send(_ text: String) async throws {
+        try await self.channel.writeAndFlush(ByteBuffer(string: text))
+    }
+
+    func send(bytes: [UInt8]) async throws {
+        try await self.channel.writeAndFlush(ByteBuffer(bytes: bytes))
+    }
+
+    /// Everything received so far, as text (lossy for binary).
+    var text: String { String(decoding: self.state.withLockedValue { $0.bytes }, as: UTF8.self) }
+    var isClosed: Bool { self.state.withLockedValue { $0.closed } }
+
+    /// Waits until the received text satisfies `condition` or the peer closed, up to `timeout`.
+    @discardableResult
+    func waitFor(timeout: Duration = .seconds(15), _ condition: @Sendable (String) -> Bool) async -> String {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            let text = self.text
+            if condition(text) || self.isClosed { return text }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return self.text
+    }
+
+    /// Waits until the peer closes the connection.
+    func waitForClose(timeout: Duration = .seconds(15)) async -> Bool {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            if self.isClosed { return true }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return false
+    }
+
+    /// Half-closes: sends FIN, keeps reading.
+    func closeOutput() async throws {
+        try await self.channel.close(mode: .output)
+    }
+
+    func close() async {
+        try? await self.channel.close()
+    }
+
+    private final class Collector: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        let state: NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>
+        init(state: NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>) { self.state = state }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let buffer = self.unwrapInboundIn(data)
+            self.state.withLockedValue { $0.bytes.append(contentsOf: buffer.readableBytesView) }
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if let event = event as? ChannelEvent, event == .inputClosed {
+                self.state.withLockedValue { $0.closed = true }
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.state.withLockedValue { $0.closed = true }
+        }
+    }
+}
+
+/// Splits a byte stream of HTTP/1.1 responses into status codes, for pipelining checks.
+func statusCodes(in text: String) -> [Int] {
+    text.components(separatedBy: "HTTP/1.1 ").dropFirst().compactMap { Int($0.prefix(3)) }
+}

@@ -1,0 +1,73 @@
+import NIOCore
+import NIOPosix
+
+/// A scripted TCP origin: reads until the end of a request head, then answers with fixed
+/// bytes, and then either closes or stays silent. For the origin faults an HTTP library would
+/// never produce: bodies cut short, close-delimited bodies, responses that never come.
+final class RawOrigin: Sendable {
+    enum Behaviour: Sendable {
+        /// Send these bytes, then close the connection.
+        case respondAndClose(String)
+        /// Send these bytes, then keep the connection open and say nothing more.
+        case respondAndHang(String)
+        /// Read until EOF (the peer's half-close), then send `received N` and close.
+        case respondOnEOF
+    }
+
+    let channel: Channel
+    var port: Int { self.channel.localAddress?.port ?? 0 }
+
+    private init(channel: Channel) { self.channel = channel }
+
+    static func start(_ behaviour: Behaviour) async throws -> RawOrigin {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ScriptHandler(behaviour: behaviour))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0)
+            .get()
+        return RawOrigin(channel: channel)
+    }
+
+    func stop() async { try? await self.channel.close() }
+
+    private final class ScriptHandler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let behaviour: Behaviour
+        var received = ""
+        var answered = false
+
+        init(behaviour: Behaviour) { self.behaviour = behaviour }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var buffer = self.unwrapInboundIn(data)
+            self.received += buffer.readString(length: buffer.readableBytes) ?? ""
+            if case .respondOnEOF = self.behaviour { return }
+            guard !self.answered, self.received.contains("\r\n\r\n") else { return }
+            self.answered = true
+            switch self.behaviour {
+            case .respondAndClose(let text):
+                context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text))).assumeIsolated().whenComplete { _ in
+                    context.close(promise: nil)
+                }
+            case .respondAndHang(let text):
+                if !text.isEmpty { context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil) }
+            case .respondOnEOF:
+                break
+            }
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            guard case .respondOnEOF = self.behaviour, let event = event as? ChannelEvent, event == .inputClosed else { return }
+            let reply = ByteBuffer(string: "received \(self.received.utf8.count)")
+            context.writeAndFlush(self.wrapOutboundOut(reply)).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        }
+    }
+}
