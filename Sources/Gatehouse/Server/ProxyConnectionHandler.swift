@@ -291,6 +291,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// Sends Gatehouse's own response for `reason`, logs it, and moves the connection on.
     func answer(_ reason: ReasonCode, context: ChannelHandlerContext, close: Bool = false) {
+        // Once the connection is closing, nothing more is said (a parse error at EOF after a
+        // 408 or 505 must not produce a second response or log line).
+        guard self.machine.state != .closed else { return }
         var exchange = self.exchange ?? Exchange(unparsedAt: self.headStarted)
         let closing = close || !exchange.clientKeepAlive || self.clientInputClosed
         let status = reason.status
@@ -323,6 +326,11 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         // HTTPServerPipelineHandler deliver the next pipelined request, re-entrantly.
         let action = self.machine.answered(close: closing)
         if action == .awaitNextRequest { self.awaitRequest(context: context) }
+        // NIO's parser stops after a CONNECT head; a refused CONNECT leaves an HTTP connection
+        // that needs a fresh decoder. The CONNECT's `.end` may still be on its way (possibly
+        // re-entrantly, during the write below): swap only once it is through.
+        let swapDecoderNow = action == .awaitNextRequest && exchange.isConnect
+        if action == .none && exchange.isConnect { self.replaceDecoderOnRequestEnd = true }
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         if !exchange.isHead {
             context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
@@ -330,14 +338,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
         if action == .close {
             written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        } else if exchange.isConnect {
-            // The CONNECT's `.end` may still be on its way out of the old decoder; swap only
-            // once it is through, or the new decoder would be handed a parsed message.
-            if action == .awaitNextRequest {
-                self.replaceDecoderAfterConnect(context: context)
-            } else {
-                self.replaceDecoderOnRequestEnd = true
-            }
+        } else if swapDecoderNow {
+            self.replaceDecoderAfterConnect(context: context)
         }
         self.resumeReadingIfPossible()
     }

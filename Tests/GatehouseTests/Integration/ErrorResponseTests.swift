@@ -1,0 +1,117 @@
+import Foundation
+import Gatehouse
+import GatehouseTesting
+import NIOCore
+import Testing
+
+@Suite("Gatehouse's own error responses")
+struct ErrorResponseTests {
+    /// Sends `request` on a fresh connection and returns everything received until the proxy
+    /// closes (or the condition holds).
+    func exchange(_ proxy: GatehouseFixture, _ request: String, until: @escaping @Sendable (String) -> Bool = { _ in false }) async throws -> (String, closed: Bool) {
+        let client = try await RawClient.connect(port: proxy.port)
+        try await client.send(request)
+        let text = await client.waitFor(timeout: .seconds(10), until)
+        let closed = await client.waitForClose(timeout: .milliseconds(300))
+        await client.close()
+        return (text, closed)
+    }
+
+    @Test("a malformed request gets 400 with Connection: close and a log line; nothing reaches the origin", arguments: [
+        "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        "GET http://127.0.0.1:1/ HTTP/1.1\r\nHo st: x\r\n\r\n",
+        "GARBAGE\r\n\r\n",
+    ])
+    func malformed(request: String) async throws {
+        try await withProxyAndOrigin { proxy, _ in
+            let (text, closed) = try await exchange(proxy, request)
+            #expect(text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(text)")
+            #expect(text.contains("Connection: close\r\n"))
+            #expect(text.hasSuffix("Malformed HTTP request.\n"))
+            #expect(closed)
+            #expect(proxy.records.map(\.status) == [400])
+            #expect(proxy.records.first?.reason == .badRequest)
+        }
+    }
+
+    @Test("a header section over the limit gets 431")
+    func headerTooLarge() async throws {
+        try await withProxyAndOrigin(configure: { $0.maxHeaderBytes = 4096 }) { proxy, _ in
+            let big = String(repeating: "a", count: 8000)
+            let (text, closed) = try await exchange(proxy, "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nX-Big: \(big)\r\n\r\n")
+            #expect(text.hasPrefix("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "\(text)")
+            #expect(closed)
+            #expect(proxy.records.first?.reason == .headerTooLarge)
+        }
+    }
+
+    @Test("a request target over the limit gets 414")
+    func uriTooLong() async throws {
+        try await withProxyAndOrigin { proxy, _ in
+            let path = String(repeating: "p", count: 9000)
+            let (text, closed) = try await exchange(proxy, "GET http://127.0.0.1:1/\(path) HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(text.hasPrefix("HTTP/1.1 414 URI Too Long\r\n"), "\(text.prefix(200))")
+            #expect(closed)
+            #expect(proxy.records.first?.reason == .uriTooLong)
+            #expect((proxy.records.first?.target.count ?? 0) < 100, "the log line must not carry the whole URI")
+        }
+    }
+
+    @Test("an HTTP version other than 1.x gets 505")
+    func versionNotSupported() async throws {
+        try await withProxyAndOrigin { proxy, _ in
+            let (text, _) = try await exchange(proxy, "GET http://127.0.0.1:1/ HTTP/2.0\r\nHost: x\r\n\r\n")
+            #expect(text.hasPrefix("HTTP/1.1 505 HTTP Version Not Supported\r\n"), "\(text)")
+            #expect(proxy.records.first?.reason == .versionNotSupported)
+            #expect(proxy.records.count == 1)
+        }
+    }
+
+    @Test("a client that trickles its header gets 408 and is closed; an idle one is closed quietly")
+    func timeouts() async throws {
+        try await withProxyAndOrigin(configure: {
+            $0.headerTimeout = .milliseconds(300)
+            $0.idleTimeout = .milliseconds(300)
+        }) { proxy, _ in
+            let slow = try await RawClient.connect(port: proxy.port)
+            try await slow.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHo")
+            #expect(await slow.waitForClose())
+            #expect(slow.text.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"))
+            #expect(slow.text.contains("Connection: close\r\n"))
+
+            let idle = try await RawClient.connect(port: proxy.port)
+            #expect(await idle.waitForClose())
+            #expect(idle.text.isEmpty)
+            #expect(proxy.records.map(\.status) == [408])
+            #expect(proxy.records.first?.reason == .headerTimeout)
+        }
+    }
+
+    @Test("a 407 to an upload that waits for 100-continue closes the connection instead of waiting for a body that will not come")
+    func expectContinueRejected() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let (text, closed) = try await exchange(
+                proxy,
+                "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n")
+            #expect(text.hasPrefix("HTTP/1.1 407 "))
+            #expect(text.contains("Connection: close\r\n"))
+            #expect(closed)
+        }
+    }
+
+    @Test("a 407 to an upload without Expect drains the body and keeps the connection")
+    func rejectedUploadIsDrained() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            let body = String(repeating: "x", count: 50_000)
+            try await client.send(
+                "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+                    + "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("hello\n") }
+            #expect(statusCodes(in: text) == [407, 200])
+            #expect(!client.isClosed)
+            await client.close()
+        }
+    }
+}
