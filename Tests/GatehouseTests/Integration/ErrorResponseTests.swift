@@ -72,7 +72,7 @@ struct ErrorResponseTests {
     func timeouts() async throws {
         try await withProxyAndOrigin(configure: {
             $0.headerTimeout = .milliseconds(300)
-            $0.idleTimeout = .milliseconds(300)
+            $0.idleTimeout = .seconds(2)
         }) { proxy, _ in
             let slow = try await RawClient.connect(port: proxy.port)
             try await slow.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHo")
