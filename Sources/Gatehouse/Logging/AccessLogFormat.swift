@@ -24,9 +24,8 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
     }
 
     private static func squidLine(_ e: AccessLogEntry) -> String {
-        let seconds = Int(e.timestamp)
-        let millis = min(999, max(0, Int((e.timestamp - Double(seconds)) * 1000)))
-        let time = "\(seconds).\(pad(millis, 3))"
+        let totalMillis = Int((e.timestamp * 1000).rounded())
+        let time = "\(totalMillis / 1000).\(pad(totalMillis % 1000, 3))"
         let elapsed = leftPad(String(e.durationMilliseconds), 6)
         let code: String
         switch e.reason {
@@ -93,8 +92,9 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
     }
 
     private static func isoTime(_ timestamp: Double) -> String {
-        let t = brokenDown(timestamp)
-        let millis = min(999, max(0, Int((timestamp - timestamp.rounded(.down)) * 1000)))
+        let totalMillis = Int((timestamp * 1000).rounded())
+        let t = brokenDown(Double(totalMillis / 1000))
+        let millis = totalMillis % 1000
         return "\(t.tm_year + 1900)-\(pad(Int(t.tm_mon) + 1, 2))-\(pad(Int(t.tm_mday), 2))T"
             + "\(pad(Int(t.tm_hour), 2)):\(pad(Int(t.tm_min), 2)):\(pad(Int(t.tm_sec), 2)).\(pad(millis, 3))Z"
     }

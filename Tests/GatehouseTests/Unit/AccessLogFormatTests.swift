@@ -1,0 +1,57 @@
+@testable import Gatehouse
+import Foundation
+import Testing
+
+@Suite("Access log formats")
+struct AccessLogFormatTests {
+    static let entry = AccessLogEntry(
+        timestamp: 1_764_477_600.123, client: "127.0.0.1:50000", user: "demo", method: "GET",
+        target: "http://example.com/", version: "HTTP/1.1", status: 200, reason: .forwarded, bytesOut: 1234, bytesIn: 0,
+        upstream: "93.184.216.34:80", durationMilliseconds: 12)
+
+    @Test("squid: native layout with the reason appended")
+    func squid() {
+        #expect(AccessLogFormat.squid.format(Self.entry)
+            == "1764477600.123     12 127.0.0.1 TCP_MISS/200 1234 GET http://example.com/ demo HIER_DIRECT/93.184.216.34:80 - reason=forwarded")
+        var denied = Self.entry
+        denied.status = 407
+        denied.reason = .authMissing
+        denied.user = nil
+        denied.upstream = nil
+        #expect(AccessLogFormat.squid.format(denied).contains(" TCP_DENIED/407 "))
+        #expect(AccessLogFormat.squid.format(denied).contains(" - HIER_NONE/- - reason=auth_missing"))
+    }
+
+    @Test("common: NCSA layout with the reason appended")
+    func common() {
+        #expect(AccessLogFormat.common.format(Self.entry)
+            == "127.0.0.1 - demo [30/Nov/2025:04:40:00 +0000] \"GET http://example.com/ HTTP/1.1\" 200 1234 reason=forwarded")
+    }
+
+    @Test("json: one object with every field, strings escaped")
+    func json() throws {
+        var entry = Self.entry
+        entry.target = "http://example.com/\"quoted\"\\\n"
+        entry.client = "[::1]:5"
+        let line = AccessLogFormat.json.format(entry)
+        #expect(!line.contains("\n"))
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(object["time"] as? String == "2025-11-30T04:40:00.123Z")
+        #expect(object["target"] as? String == entry.target)
+        #expect(object["status"] as? Int == 200)
+        #expect(object["reason"] as? String == "forwarded")
+        #expect(object["bytes_out"] as? Int == 1234)
+        #expect(object["upstream"] as? String == "93.184.216.34:80")
+        #expect(object["duration_ms"] as? Int == 12)
+        #expect(AccessLogFormat.squid.format(entry).contains(" ::1 "))
+    }
+
+    @Test("every reason has a status and a plain-words message")
+    func reasons() {
+        for reason in ReasonCode.allCases {
+            #expect(!reason.message.isEmpty)
+            #expect(reason.rawValue.allSatisfy { $0.isLowercase || $0 == "_" })
+        }
+        #expect(ReasonCode.authInvalid.message == "Proxy authentication required: the user name or password is not valid.")
+    }
+}

@@ -1,0 +1,87 @@
+@testable import Gatehouse
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+
+@Suite("Authenticator and credential cache")
+struct AuthenticatorTests {
+    static func header(_ credentials: String) -> String {
+        "Basic " + Data(credentials.utf8).base64EncodedString()
+    }
+
+    static func outcome(_ authenticator: Authenticator, _ values: [String]) async throws -> Authenticator.Outcome {
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        switch authenticator.authenticate(values, on: loop) {
+        case .immediate(let outcome): return outcome
+        case .pending(let future): return try await future.get()
+        }
+    }
+
+    @Test("outcomes for each kind of header")
+    func outcomes() async throws {
+        let file = HtpasswdFile(contents: "carol:{SHA}" + "W6ph5Mm5Pz8GgiULbPgzG37mj9g=" + "\n", path: "t")
+        let authenticator = Authenticator(
+            store: CredentialStore(htpasswd: file, inlineUsers: ["alice": "pw:with:colons"]), cacheTTL: .minutes(5),
+            threadPool: .singleton)
+        #expect(try await Self.outcome(authenticator, []) == .rejected(.authMissing, user: nil))
+        #expect(try await Self.outcome(authenticator, ["Digest x"]) == .rejected(.authScheme, user: nil))
+        #expect(try await Self.outcome(authenticator, ["Basic %%%"]) == .rejected(.authMalformed, user: nil))
+        #expect(try await Self.outcome(authenticator, [Self.header("a:b"), Self.header("a:b")]) == .rejected(.authMalformed, user: nil))
+        #expect(try await Self.outcome(authenticator, [Self.header("alice:pw:with:colons")]) == .authenticated(user: "alice"))
+        #expect(try await Self.outcome(authenticator, [Self.header("alice:pw")]) == .rejected(.authInvalid, user: "alice"))
+        #expect(try await Self.outcome(authenticator, [Self.header("carol:password")]) == .authenticated(user: "carol"))
+        #expect(try await Self.outcome(authenticator, [Self.header("nobody:password")]) == .rejected(.authInvalid, user: "nobody"))
+    }
+
+    @Test("a cache hit is answered at once, only successes are cached, and replacing the users clears it")
+    func cache() async throws {
+        let url = try #require(Bundle.module.url(forResource: "vectors", withExtension: "htpasswd", subdirectory: "Fixtures"))
+        let authenticator = Authenticator(
+            store: CredentialStore(htpasswd: try HtpasswdFile.load(path: url.path)), cacheTTL: .minutes(5), threadPool: .singleton)
+        let good = Self.header("bcrypt-user:bcrypt-secret")
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        guard case .pending = authenticator.authenticate([good], on: loop) else {
+            Issue.record("bcrypt must run off the event loop")
+            return
+        }
+        #expect(try await Self.outcome(authenticator, [good]) == .authenticated(user: "bcrypt-user"))
+        guard case .immediate(.authenticated(user: "bcrypt-user")) = authenticator.authenticate([good], on: loop) else {
+            Issue.record("a verified credential must be answered from the cache")
+            return
+        }
+        _ = try await Self.outcome(authenticator, [Self.header("bcrypt-user:wrong")])
+        #expect(authenticator.cache.count == 1)
+        authenticator.replaceStore(CredentialStore(inlineUsers: ["other": "x"]))
+        #expect(authenticator.cache.count == 0)
+        #expect(try await Self.outcome(authenticator, [good]) == .rejected(.authInvalid, user: "bcrypt-user"))
+    }
+
+    @Test("the cache key is a keyed hash: different per process, never the header itself")
+    func cacheKey() {
+        let a = CredentialCache(ttl: .seconds(1))
+        let b = CredentialCache(ttl: .seconds(1))
+        let value = Self.header("alice:secret")
+        #expect(a.key(for: value) == a.key(for: value))
+        #expect(a.key(for: value) != b.key(for: value))
+        #expect(a.key(for: value) != a.key(for: Self.header("alice:secreT")))
+    }
+
+    @Test("entries expire after the TTL")
+    func expiry() {
+        let cache = CredentialCache(ttl: .seconds(10))
+        let now = NIODeadline.now()
+        cache.insert(headerValue: "v", user: "u", now: now)
+        #expect(cache.user(for: "v", now: now + .seconds(9)) == "u")
+        #expect(cache.user(for: "v", now: now + .seconds(11)) == nil)
+    }
+
+    @Test("an empty credential store is refused: never an open proxy")
+    func emptyStoreRefused() throws {
+        #expect(throws: ConfigurationError.noCredentialSource) {
+            try GatehouseServer(
+                configuration: ProxyConfiguration(), credentials: CredentialStore(),
+                accessLog: try AccessLog(destination: .none, format: .squid), logger: .init(label: "t"))
+        }
+    }
+}
