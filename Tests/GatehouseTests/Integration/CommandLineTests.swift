@@ -61,6 +61,32 @@ struct CommandLineTests {
         #expect(!result.stderr.contains("W6ph5"), "the hash must not be echoed")
     }
 
+    @Test("--listen repeats, takes [IPv6]:port, and --print-address prints every bound address")
+    func multipleListeners() throws {
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = ["--listen", "127.0.0.1:0", "--listen", "[::1]:0", "--user", "u:p", "--print-address", "--exit-on-stdin-eof"]
+        let stdin = Pipe()
+        let out = Pipe()
+        process.standardInput = stdin
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var text = ""
+        while text.split(separator: "\n").count < 2 {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        try stdin.fileHandleForWriting.close()
+        process.waitUntilExit()
+        let lines = text.split(separator: "\n")
+        #expect(lines.count == 2, "\(text)")
+        #expect(lines.first?.hasPrefix("127.0.0.1:") == true)
+        #expect(lines.last?.hasPrefix("[::1]:") == true)
+        #expect(process.terminationStatus == 0)
+    }
+
     @Test("fixture mode: --print-address, JSON log on stdout, exit when stdin closes")
     func fixtureMode() async throws {
         let origin = try await TestOrigin.start()

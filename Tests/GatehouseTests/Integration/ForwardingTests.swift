@@ -74,6 +74,24 @@ struct ForwardingTests {
         }
     }
 
+    @Test("the origin's 100 Continue reaches a client that waits for it before sending the body")
+    func expectContinueRelayed() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n"
+                    + "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            let interim = await client.waitFor { $0.contains("\r\n\r\n") }
+            #expect(interim.hasPrefix("HTTP/1.1 100 Continue\r\n"), "\(interim)")
+            try await client.send("hello")
+            let text = await client.waitFor { $0.hasSuffix(" 5") }
+            #expect(statusCodes(in: text) == [100, 200])
+            #expect(text.hasSuffix("\(TestData.sha256(Array("hello".utf8))) 5"))
+            #expect(proxy.records.map(\.status) == [200], "an interim response is not a response of its own in the log")
+            await client.close()
+        }
+    }
+
     @Test("chunked responses are re-framed, HEAD, 204 and 304 carry no body, and the connection stays usable")
     func framing() async throws {
         try await withProxyAndOrigin { proxy, origin in

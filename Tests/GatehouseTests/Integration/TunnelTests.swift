@@ -31,6 +31,17 @@ struct TunnelTests {
             #expect(records.first?.target == "127.0.0.1:\(origin.port)")
             #expect((records.first?.bytesOut ?? 0) > 1_000_000)
             #expect((records.first?.bytesIn ?? 0) > 0)
+
+            // --proxy-anyauth: curl sends CONNECT without credentials, reads the 407, and
+            // retries on the same connection, which must still speak HTTP after a refused CONNECT.
+            let anyauth = try await Curl.run([
+                "-v", "--proxy-anyauth", "-x", proxy.proxyURL, "-U", "\(TestUser.name):\(TestUser.password)",
+                "--cacert", TLSFixture.certificatePath, "https://127.0.0.1:\(origin.port)/hello",
+            ])
+            #expect(anyauth.exitCode == 0, "\(anyauth.stderr)")
+            #expect(anyauth.body == "hello\n")
+            let all = await proxy.waitForRecords(count: 3)
+            #expect(all.dropFirst().map(\.status) == [407, 200])
         }
     }
 

@@ -125,6 +125,11 @@ private final class OriginHandler: ChannelInboundHandler {
             self.head = head
             self.uploaded = 0
             if head.uri == "/upload" { self.hasher = SHA256Hasher() }
+            if head.headers["expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+                // RFC 9110 §10.1.1: tell the client to go ahead with the body.
+                let proceed = HTTPResponseHead(version: .http1_1, status: .continue)
+                context.writeAndFlush(self.wrapOutboundOut(.head(proceed)), promise: nil)
+            }
         case .body(let buffer):
             self.uploaded += buffer.readableBytes
             self.hasher?.update(buffer)
