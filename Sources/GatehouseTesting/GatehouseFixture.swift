@@ -1,4 +1,4 @@
-import Gatehouse
+@_exported import Gatehouse
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -66,13 +66,18 @@ public final class GatehouseFixture: Sendable {
     /// - Parameters:
     ///   - users: Inline users, name to password.
     ///   - htpasswd: An optional htpasswd file, used in addition to `users`.
-    ///   - configuration: Anything else (timeouts, CONNECT ports, realm). The listen
-    ///     address is always replaced with `127.0.0.1:0`.
+    ///   - configuration: Anything else (timeouts, CONNECT ports, realm — quotes and UTF-8
+    ///     welcome, it is escaped per RFC 9110 §5.6.4). The listen address is always replaced
+    ///     with `127.0.0.1:0`, and the shutdown drain is capped at 5 s.
+    ///   - behaviours: Deliberate deviations for testing a client's 407 and failure handling:
+    ///     extra challenges beside Basic, `Connection: close` on 407, credentials on CONNECT
+    ///     only, a scripted 502/504 (see ``TestingBehaviours``).
     ///   - accessLog: Where formatted lines go as well (default: nowhere; `records` has them).
     public static func withProxy<T: Sendable>(
         users: [String: String],
         htpasswd: HtpasswdFile? = nil,
         configuration: ProxyConfiguration = ProxyConfiguration(),
+        behaviours: TestingBehaviours = TestingBehaviours(),
         accessLog destination: AccessLog.Destination = .none,
         logFormat: AccessLogFormat = .squid,
         logger: Logger = GatehouseFixture.quietLogger,
@@ -80,6 +85,8 @@ public final class GatehouseFixture: Sendable {
     ) async throws -> T {
         var configuration = configuration
         configuration.listen = [ListenAddress(host: "127.0.0.1", port: 0)]
+        if !behaviours.isDefault { configuration.testing = behaviours }
+        if configuration.drainTimeout > .seconds(5) { configuration.drainTimeout = .seconds(5) }
         let recorded = NIOLockedValueBox<[AccessLogEntry]>([])
         let accessLog = try AccessLog(destination: destination, format: logFormat) { entry in
             recorded.withLockedValue { $0.append(entry) }

@@ -33,6 +33,8 @@ public struct ProxyConfiguration: Sendable {
     public var viaPseudonym: String = "gatehouse"
     /// How long a verified credential is trusted without hashing the password again.
     public var credentialCacheTTL: TimeAmount = .minutes(5)
+    /// Deviations for testing clients' 407 and failure handling; all off by default.
+    public var testing = TestingBehaviours()
 
     public init() {}
 }

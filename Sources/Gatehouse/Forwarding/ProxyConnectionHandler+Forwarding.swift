@@ -5,6 +5,9 @@ import NIOPosix
 extension ProxyConnectionHandler {
     /// Opens a connection to the origin and sends the request in origin form.
     func forward(_ head: HTTPRequestHead, to uri: AbsoluteURI, context: ChannelHandlerContext) {
+        if let failure = self.shared.configuration.testing.upstreamFailure {
+            return self.answer(failure, context: context)
+        }
         let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.shared.configuration.viaPseudonym)
         let configuration = self.shared.configuration
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)

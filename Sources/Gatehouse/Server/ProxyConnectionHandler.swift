@@ -231,6 +231,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         self.exchange = exchange
 
+        if self.shared.configuration.testing.authenticateConnectOnly && !isConnect {
+            return self.authenticationFinished(.authenticated(user: "-"), destination: destination, context: context)
+        }
         switch self.shared.authenticator.authenticate(head.headers["proxy-authorization"], on: context.eventLoop) {
         case .immediate(let outcome):
             self.authenticationFinished(outcome, destination: destination, context: context)
@@ -263,7 +266,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             let close = (self.exchange?.expectsContinue ?? false) && !self.bufferedEnd
             self.answer(reason, context: context, close: close)
         case .authenticated(let user):
-            self.exchange?.user = user
+            self.exchange?.user = user == "-" ? nil : user
             self.machine.authenticated()
             switch destination {
             case .refuse(let reason):
@@ -296,6 +299,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         guard self.machine.state != .closed else { return }
         var exchange = self.exchange ?? Exchange(unparsedAt: self.headStarted)
         let closing = close || !exchange.clientKeepAlive || self.clientInputClosed
+            || (reason.status == .proxyAuthenticationRequired && self.shared.configuration.testing.closeAfterChallenge)
         let status = reason.status
         var body = context.channel.allocator.buffer(capacity: reason.message.utf8.count + 1)
         body.writeString(reason.message)
@@ -303,6 +307,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         var headers = HTTPHeaders()
         headers.reserveCapacity(5)
         if status == .proxyAuthenticationRequired {
+            for challenge in self.shared.configuration.testing.extraChallenges {
+                headers.add(name: "Proxy-Authenticate", value: challenge)
+            }
             headers.add(name: "Proxy-Authenticate", value: self.shared.challenge)
         }
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")

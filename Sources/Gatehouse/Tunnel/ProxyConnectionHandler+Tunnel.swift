@@ -5,6 +5,9 @@ extension ProxyConnectionHandler {
     /// Connects to the `CONNECT` destination; the 200 goes out once both the origin connection
     /// and the request's end are in.
     func openTunnel(to authority: Authority, context: ChannelHandlerContext) {
+        if let failure = self.shared.configuration.testing.upstreamFailure {
+            return self.answer(failure, context: context)
+        }
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: self.shared.configuration, halfClosure: true)
             .channelOption(.autoRead, value: false)
             .connect(host: authority.host, port: authority.port ?? 443)
