@@ -11,14 +11,23 @@ import Glibc
 import Darwin
 #endif
 
-/// `gatehouse`: an authenticating forward HTTP proxy.
-///
-/// The command only turns flags into a ``ProxyConfiguration`` and runs ``GatehouseServer`` in a
-/// `ServiceGroup`, which maps SIGTERM and SIGINT to a graceful drain.
+/// `gatehouse`: an authenticating forward HTTP proxy. Serving is the default subcommand, so
+/// `gatehouse --listen …` and `gatehouse serve --listen …` are the same.
 struct GatehouseCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gatehouse",
-        abstract: "A forward HTTP proxy that requires Proxy-Authorization: Basic, checked against an htpasswd file."
+        abstract: "A forward HTTP proxy that requires Proxy-Authorization: Basic, checked against an htpasswd file.",
+        subcommands: [ServeCommand.self, ProbeCommand.self],
+        defaultSubcommand: ServeCommand.self
+    )
+}
+
+/// Turns flags into a ``ProxyConfiguration`` and runs ``GatehouseServer`` in a `ServiceGroup`,
+/// which maps SIGTERM and SIGINT to a graceful drain.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the proxy (the default)."
     )
 
     @Option(name: .long, help: ArgumentHelp("Address to listen on, HOST:PORT or [IPv6]:PORT (repeatable; default 127.0.0.1:3128).", valueName: "HOST:PORT"))

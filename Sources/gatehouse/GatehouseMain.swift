@@ -12,11 +12,17 @@ import Darwin
 enum GatehouseMain {
     static func main() async {
         do {
-            let command = try GatehouseCommand.parse()
-            try await command.run()
+            var command = try GatehouseCommand.parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch let error as CommandError {
             writeStandardError("gatehouse: error: \(error.description)\n")
             exit(1)
+        } catch let exit as ProbeExit {
+            Glibc.exit(exit.code)
         } catch {
             let code = GatehouseCommand.exitCode(for: error)
             if code == .success {

@@ -1,0 +1,121 @@
+import Foundation
+import GatehouseTesting
+import Testing
+
+/// `gatehouse probe` against Gatehouse in several (mis)configurations, and against a fake
+/// proxy whose challenge is malformed.
+@Suite("gatehouse probe")
+struct ProbeTests {
+    static func probe(_ arguments: [String]) throws -> (status: Int32, stdout: String) {
+        let process = Process()
+        process.executableURL = CommandLineTests.executable
+        process.arguments = ["probe", "--timeout", "5s"] + arguments
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    static func json(_ text: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    @Test("a healthy proxy and the right credentials: every step passes, exit 0")
+    func healthy() async throws {
+        try await withProxyAndOrigin(configure: { $0.connectPorts = PortSet([1...65535]) }) { proxy, origin in
+            let result = try Self.probe(["--proxy", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(result.status == 0, "\(result.stdout)")
+            #expect(result.stdout.contains("[ok  ] challenge: 407 with a valid Basic challenge"))
+            #expect(result.stdout.contains("offers Basic, realm \"Gatehouse\", charset UTF-8"))
+            #expect(result.stdout.contains("[ok  ] upstream: 200 OK"))
+        }
+    }
+
+    @Test("a wrong password fails at credentials, exit 4, in JSON too")
+    func wrongPassword() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let result = try Self.probe(["--json", "--proxy", proxy.proxyURL(user: TestUser.name, password: "nope"), "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(result.status == 4)
+            let object = try Self.json(result.stdout)
+            #expect(object["failed_step"] as? String == "credentials")
+            #expect(object["exit_code"] as? Int == 4)
+        }
+    }
+
+    @Test("no credentials given to a proxy that needs them: exit 4 with advice")
+    func missingCredentials() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let result = try Self.probe(["--proxy", proxy.proxyURL, "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(result.status == 4)
+            #expect(result.stdout.contains("none were given"))
+        }
+    }
+
+    @Test("https to a port outside --connect-ports fails at connect, exit 5")
+    func connectDenied() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let result = try Self.probe(["--proxy", proxy.authenticatedURL, "https://127.0.0.1:\(origin.port)/"])
+            #expect(result.status == 5, "\(result.stdout)")
+            #expect(result.stdout.contains("refused by the proxy's policy (403)"))
+            #expect(result.stdout.contains("[skip] upstream"))
+        }
+    }
+
+    @Test("nothing listening at the proxy address: exit 2")
+    func unreachable() async throws {
+        let dead = try await RawOrigin.start(.respondAndClose(""))
+        let port = dead.port
+        await dead.stop()
+        let result = try Self.probe(["--proxy", "http://u:p@127.0.0.1:\(port)", "http://127.0.0.1:1/"])
+        #expect(result.status == 2)
+        #expect(result.stdout.contains("Connection refused"))
+    }
+
+    @Test("a destination the proxy cannot reach fails at upstream, exit 6")
+    func upstreamDown() async throws {
+        try await GatehouseFixture.withProxy(users: ["u": "p"], behaviours: TestingBehaviours(upstreamFailure: .upstreamTimeout)) { proxy in
+            let result = try Self.probe(["--proxy", proxy.proxyURL(user: "u", password: "p"), "http://127.0.0.1:1/"])
+            #expect(result.status == 6, "\(result.stdout)")
+            #expect(result.stdout.contains("504 Gateway Timeout"))
+        }
+    }
+
+    @Test("a proxy that sends `Basic; realm=` is called out as malformed, exit 3")
+    func malformedChallenge() async throws {
+        let fake = try await RawOrigin.start(.respondAndClose(
+            "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic; realm=\"corp\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+        defer { Task { await fake.stop() } }
+        let result = try Self.probe(["--proxy", "http://u:p@127.0.0.1:\(fake.port)", "http://127.0.0.1:1/"])
+        #expect(result.status == 3, "\(result.stdout)")
+        #expect(result.stdout.contains("is not valid RFC 9110 §11.3 syntax"))
+        #expect(result.stdout.contains("\";\" after the scheme Basic is not allowed"))
+    }
+
+    @Test("several schemes offered: the probe lists them and still passes with Basic")
+    func severalSchemes() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let behaviours = TestingBehaviours(extraChallenges: ["Negotiate", "Digest realm=\"x\", nonce=\"n\""])
+        try await GatehouseFixture.withProxy(users: ["u": "p"], behaviours: behaviours) { proxy in
+            let result = try Self.probe(["--proxy", proxy.proxyURL(user: "u", password: "p"), "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(result.status == 0, "\(result.stdout)")
+            #expect(result.stdout.contains("offers Negotiate"))
+            #expect(result.stdout.contains("offers Digest, realm \"x\""))
+            #expect(result.stdout.contains("several schemes are offered"))
+        }
+    }
+
+    @Test("a proxy that asks for no credentials is reported, not failed")
+    func openProxy() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        try await GatehouseFixture.withProxy(users: ["u": "p"], behaviours: TestingBehaviours(authenticateConnectOnly: true)) { proxy in
+            let result = try Self.probe(["--proxy", proxy.proxyURL, "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(result.stdout.contains("[warn] challenge: the proxy answered 200 OK without asking for credentials"), "\(result.stdout)")
+            #expect(result.stdout.contains("[skip] credentials"))
+        }
+    }
+}
