@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the Gatehouse test suite. Installs the system packages the build and the
-# tests need when they are missing and we are root; extra arguments go to `swift test`.
+# Runs the whole Gatehouse test suite: the Python (pytest) fixture tests, then `swift test`.
+# Installs the system packages the build and the tests need when they are missing and we are
+# root; extra arguments go to `swift test` (and skip the Python tests).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,6 +30,17 @@ if [ -d /opt/swift/usr/bin ]; then
         *:/opt/swift/usr/bin:*) ;;
         *) export PATH="/opt/swift/usr/bin:$PATH" ;;
     esac
+fi
+
+# The pytest fixture (Tests/pytest) runs the built binary, so build first; run it only for a
+# whole-suite run (no arguments), then the Swift suite, whose summary closes the output.
+if [ "$#" -eq 0 ]; then
+    if ! python3 -c 'import pytest, requests' >/dev/null 2>&1; then
+        echo "test.sh: installing pytest and requests for the Python fixture tests" >&2
+        python3 -m pip install -q pytest requests
+    fi
+    swift build --product gatehouse
+    GATEHOUSE_BIN="$(swift build --show-bin-path)/gatehouse" python3 -m pytest -q -p no:cacheprovider Tests/pytest
 fi
 
 exec swift test "$@"
