@@ -1,15 +1,10 @@
 import ArgumentParser
+import Foundation
 import Gatehouse
 import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// `gatehouse`: an authenticating forward HTTP proxy. Serving is the default subcommand, so
 /// `gatehouse --listen …` and `gatehouse serve --listen …` are the same.
@@ -17,18 +12,16 @@ struct GatehouseCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gatehouse",
         abstract: "A forward HTTP proxy that requires Proxy-Authorization: Basic, checked against an htpasswd file.",
-        subcommands: [ServeCommand.self, ProbeCommand.self],
+        subcommands: [ServeCommand.self, CheckCommand.self, PasswdCommand.self, ProbeCommand.self],
         defaultSubcommand: ServeCommand.self
     )
 }
 
-/// Turns flags into a ``ProxyConfiguration`` and runs ``GatehouseServer`` in a `ServiceGroup`,
-/// which maps SIGTERM and SIGINT to a graceful drain.
-struct ServeCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "serve",
-        abstract: "Run the proxy (the default)."
-    )
+/// The settings flags shared by `serve` and `check`. Every one is optional, so that a flag
+/// that was not given lets the environment, the config file or the default decide.
+struct SettingsOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("YAML config file (also GATEHOUSE_CONFIG).", valueName: "PATH"))
+    var config: String?
 
     @Option(name: .long, help: ArgumentHelp("Address to listen on, HOST:PORT or [IPv6]:PORT (repeatable; default 127.0.0.1:3128).", valueName: "HOST:PORT"))
     var listen: [String] = []
@@ -39,35 +32,81 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("An inline user (repeatable), for tests and fixtures.", valueName: "NAME:PASSWORD"))
     var user: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Realm in the Proxy-Authenticate challenge.", valueName: "TEXT"))
-    var realm: String = "Gatehouse"
+    @Option(name: .long, help: ArgumentHelp("Realm in the Proxy-Authenticate challenge (default Gatehouse).", valueName: "TEXT"))
+    var realm: String?
 
-    @Option(name: .long, help: ArgumentHelp("Access log file, or - for standard output.", valueName: "PATH|-"))
-    var accessLog: String = "-"
+    @Option(name: .long, help: ArgumentHelp("Access log file, - for standard output (the default), or off.", valueName: "PATH|-"))
+    var accessLog: String?
 
-    @Option(name: .long, help: ArgumentHelp("Access log format: squid, common or json.", valueName: "FORMAT"))
-    var logFormat: String = "squid"
+    @Option(name: .long, help: ArgumentHelp("Access log format: squid (default), common or json.", valueName: "FORMAT"))
+    var logFormat: String?
 
-    @Option(name: .long, help: ArgumentHelp("Ports CONNECT may reach, e.g. 443,8443,9000-9100.", valueName: "LIST"))
-    var connectPorts: String = "443"
+    @Option(name: .long, help: ArgumentHelp("Ports CONNECT may reach, e.g. 443,8443,9000-9100 (default 443).", valueName: "LIST"))
+    var connectPorts: String?
 
-    @Option(name: .long, help: ArgumentHelp("Timeout for connecting to an origin (e.g. 10s).", valueName: "DUR"))
-    var connectTimeout: String = "10s"
+    @Option(name: .long, help: ArgumentHelp("Timeout for connecting to an origin (default 10s).", valueName: "DUR"))
+    var connectTimeout: String?
 
-    @Option(name: .long, help: ArgumentHelp("How long an origin may stay silent once the request is sent.", valueName: "DUR"))
-    var upstreamTimeout: String = "60s"
+    @Option(name: .long, help: ArgumentHelp("How long an origin may stay silent once the request is sent (default 60s).", valueName: "DUR"))
+    var upstreamTimeout: String?
 
-    @Option(name: .long, help: ArgumentHelp("How long a client may take to send a request head (408 after).", valueName: "DUR"))
-    var headerTimeout: String = "20s"
+    @Option(name: .long, help: ArgumentHelp("How long a client may take to send a request head, 408 after (default 20s).", valueName: "DUR"))
+    var headerTimeout: String?
 
-    @Option(name: .long, help: ArgumentHelp("How long a keep-alive client connection may sit idle.", valueName: "DUR"))
-    var idleTimeout: String = "60s"
+    @Option(name: .long, help: ArgumentHelp("How long a keep-alive client connection may sit idle (default 60s).", valueName: "DUR"))
+    var idleTimeout: String?
 
-    @Option(name: .long, help: ArgumentHelp("How long a CONNECT tunnel may carry no bytes.", valueName: "DUR"))
-    var tunnelIdleTimeout: String = "10m"
+    @Option(name: .long, help: ArgumentHelp("How long a CONNECT tunnel may carry no bytes (default 10m).", valueName: "DUR"))
+    var tunnelIdleTimeout: String?
 
-    @Option(name: .long, help: ArgumentHelp("How long shutdown waits for in-flight requests and tunnels.", valueName: "DUR"))
-    var drainTimeout: String = "30s"
+    @Option(name: .long, help: ArgumentHelp("How long shutdown waits for in-flight requests and tunnels (default 30s).", valueName: "DUR"))
+    var drainTimeout: String?
+
+    @Option(name: .long, help: ArgumentHelp("Serve /metrics, /healthz and /readyz here (off by default).", valueName: "HOST:PORT"))
+    var adminListen: String?
+
+    @Option(name: .long, help: ArgumentHelp("Diagnostic log level: trace, debug, info (default), notice, warning, error.", valueName: "LEVEL"))
+    var logLevel: String?
+
+    /// The flags as the highest-precedence settings layer.
+    var flagSettings: GatehouseSettings {
+        var s = GatehouseSettings()
+        func v(_ value: String?, _ flag: String) -> GatehouseSettings.Value<String>? {
+            value.map { GatehouseSettings.Value($0, origin: "--\(flag)") }
+        }
+        if !self.listen.isEmpty { s.listen = .init(self.listen, origin: "--listen") }
+        if !self.user.isEmpty { s.users = .init(self.user, origin: "--user") }
+        s.htpasswd = v(self.htpasswd, "htpasswd")
+        s.realm = v(self.realm, "realm")
+        s.accessLog = v(self.accessLog, "access-log")
+        s.logFormat = v(self.logFormat, "log-format")
+        s.connectPorts = v(self.connectPorts, "connect-ports")
+        s.connectTimeout = v(self.connectTimeout, "connect-timeout")
+        s.upstreamTimeout = v(self.upstreamTimeout, "upstream-timeout")
+        s.headerTimeout = v(self.headerTimeout, "header-timeout")
+        s.idleTimeout = v(self.idleTimeout, "idle-timeout")
+        s.tunnelIdleTimeout = v(self.tunnelIdleTimeout, "tunnel-idle-timeout")
+        s.drainTimeout = v(self.drainTimeout, "drain-timeout")
+        s.adminListen = v(self.adminListen, "admin-listen")
+        s.logLevel = v(self.logLevel, "log-level")
+        return s
+    }
+
+    func sources(environment: [String: String]) -> GatehouseReloader.Sources {
+        GatehouseReloader.Sources(
+            flags: self.flagSettings,
+            environment: GatehouseSettings.fromEnvironment(environment),
+            configPath: self.config ?? environment["GATEHOUSE_CONFIG"])
+    }
+}
+
+/// Runs the proxy: resolves settings, runs ``GatehouseServer`` in a `ServiceGroup` (SIGTERM and
+/// SIGINT drain gracefully), and handles SIGHUP (reload), SIGUSR1 (reopen the access log),
+/// systemd notification, watchdog and socket activation.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the proxy (the default).")
+
+    @OptionGroup var options: SettingsOptions
 
     @Flag(name: .long, help: "Print HOST:PORT of each bound listener on standard output once ready.")
     var printAddress = false
@@ -75,98 +114,97 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Exit when standard input closes (so a dead test runner never leaks a proxy).")
     var exitOnStdinEof = false
 
-    @Option(name: .long, help: ArgumentHelp("Diagnostic log level: trace, debug, info, notice, warning, error.", valueName: "LEVEL"))
-    var logLevel: String = "info"
-
     func run() async throws {
-        let (configuration, credentials) = try self.resolve()
-        let level = Logger.Level(rawValue: self.logLevel) ?? .info
+        let environment = ProcessInfo.processInfo.environment
+        let sources = self.options.sources(environment: environment)
+        let (loaded, problems) = GatehouseReloader.load(sources)
+        guard let loaded else {
+            // One line per problem; the first one is what the user sees first.
+            throw CommandError(problems.filter { !$0.isWarning }.map(\.description).joined(separator: "\ngatehouse: error: "))
+        }
+        let settings = loaded.settings
+        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
+        let journal = JournaldLogHandler.isJournalStream(environment: environment)
         LoggingSystem.bootstrap { label in
+            if journal { return JournaldLogHandler(label: label, level: level) }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
         let logger = Logger(label: "gatehouse")
-        for warning in credentials.warnings {
-            logger.warning("\(warning)")
-        }
-        guard let format = AccessLogFormat(rawValue: self.logFormat) else {
-            throw CommandError("invalid --log-format \"\(self.logFormat)\": expected squid, common or json")
-        }
+        for warning in loaded.warnings { logger.warning("\(warning)") }
+
         let accessLog: AccessLog
         do {
-            accessLog = try AccessLog(destination: self.accessLog == "-" ? .standardOutput : .file(self.accessLog), format: format)
+            accessLog = try AccessLog(destination: settings.accessLog, format: settings.logFormat)
         } catch {
             throw CommandError(error.description)
         }
+        let notifier = SystemdNotifier(environment: environment)
+        let inherited = SocketActivation.inheritedSockets(environment: environment)
+        if !inherited.isEmpty { logger.info("using \(inherited.count) socket(s) from systemd socket activation") }
         let printAddress = self.printAddress
         let server = try GatehouseServer(
-            configuration: configuration, credentials: credentials, accessLog: accessLog, logger: logger,
+            configuration: settings.configuration, credentials: loaded.credentials, accessLog: accessLog, logger: logger,
+            adminListen: settings.adminListen, inheritedSockets: inherited,
             onServerRunning: { addresses in
-                guard printAddress else { return }
-                for address in addresses {
-                    let ip = address.ipAddress ?? "\(address)"
-                    let host = ip.contains(":") ? "[\(ip)]" : ip
-                    print("\(host):\(address.port ?? 0)")
+                if printAddress {
+                    for address in addresses {
+                        let ip = address.ipAddress ?? "\(address)"
+                        let host = ip.contains(":") ? "[\(ip)]" : ip
+                        print("\(host):\(address.port ?? 0)")
+                    }
+                    fflush(nil)
                 }
-                fflush(nil)
+                notifier?.send("READY=1\nSTATUS=Serving on \(addresses.map { "\($0)" }.joined(separator: ", "))")
+            },
+            onDrainStarted: {
+                notifier?.send("STOPPING=1\nSTATUS=Draining connections")
             })
+        let reloader = GatehouseReloader(sources: sources, initial: loaded, server: server, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
+
+        let signals = SignalHandlers()
+        signals.onHangUp {
+            notifier?.send(SystemdNotifier.reloadingMessage())
+            reloader.reload()
+            notifier?.send("READY=1")
+        }
+        signals.onUser1 {
+            logger.info("reopening the access log")
+            accessLog.reopen()
+        }
+        signals.onSecondTermination {
+            // The operator insists: stop now, without waiting for the drain.
+            logger.warning("second termination signal: exiting without waiting for the drain")
+            accessLog.flush()
+            Foundation.exit(1)
+        }
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let poller = reloader.startPolling(on: loop)
+        var watchdog: RepeatedTask?
+        if let notifier, let interval = notifier.watchdogPingNanoseconds {
+            watchdog = loop.scheduleRepeatedTask(initialDelay: .nanoseconds(interval), delay: .nanoseconds(interval)) { _ in
+                notifier.send("WATCHDOG=1")
+            }
+        }
         if self.exitOnStdinEof {
             StdinWatcher.start { Task { await group.triggerGracefulShutdown() } }
+        }
+        defer {
+            poller.cancel()
+            watchdog?.cancel()
         }
         try await group.run()
         accessLog.flush()
     }
-
-    /// Turns the flags into configuration, or a one-line error.
-    func resolve() throws -> (ProxyConfiguration, CredentialStore) {
-        do {
-            var configuration = ProxyConfiguration()
-            if !self.listen.isEmpty {
-                configuration.listen = try self.listen.map { text throws(ConfigurationError) in try ListenAddress(parsing: text) }
-            }
-            configuration.realm = self.realm
-            configuration.connectPorts = try PortSet(parsing: self.connectPorts)
-            configuration.connectTimeout = try TimeAmount(parsing: self.connectTimeout)
-            configuration.upstreamTimeout = try TimeAmount(parsing: self.upstreamTimeout)
-            configuration.headerTimeout = try TimeAmount(parsing: self.headerTimeout)
-            configuration.idleTimeout = try TimeAmount(parsing: self.idleTimeout)
-            configuration.tunnelIdleTimeout = try TimeAmount(parsing: self.tunnelIdleTimeout)
-            configuration.drainTimeout = try TimeAmount(parsing: self.drainTimeout)
-
-            var inline: [String: String] = [:]
-            for entry in self.user {
-                guard let colon = entry.firstIndex(of: ":"), colon != entry.startIndex else {
-                    throw ConfigurationError.invalidInlineUser(entry)
-                }
-                inline[String(entry[..<colon])] = String(entry[entry.index(after: colon)...])
-            }
-            var file: HtpasswdFile?
-            if let path = self.htpasswd {
-                do {
-                    file = try HtpasswdFile.load(path: path)
-                } catch {
-                    throw ConfigurationError.htpasswd(error.description)
-                }
-            }
-            if file == nil && inline.isEmpty { throw ConfigurationError.noCredentialSource }
-            let store = CredentialStore(htpasswd: file, inlineUsers: inline)
-            if store.isEmpty {
-                throw ConfigurationError.htpasswd("\(self.htpasswd ?? "htpasswd"): no usable users: Gatehouse never runs as an open proxy")
-            }
-            return (configuration, store)
-        } catch let error as ConfigurationError {
-            throw CommandError(error.description)
-        }
-    }
 }
 
-/// An error whose whole message is one line for the terminal.
+/// An error whose message is printed as `gatehouse: error: <message>`.
 struct CommandError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }

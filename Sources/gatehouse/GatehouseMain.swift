@@ -21,6 +21,8 @@ enum GatehouseMain {
         } catch let error as CommandError {
             writeStandardError("gatehouse: error: \(error.description)\n")
             exit(1)
+        } catch let error as ExitCode {
+            exit(error.rawValue)
         } catch let exit as ProbeExit {
             Glibc.exit(exit.code)
         } catch {

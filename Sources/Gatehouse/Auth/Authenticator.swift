@@ -21,11 +21,13 @@ public final class Authenticator: Sendable {
     private let store: NIOLockedValueBox<CredentialStore>
     public let cache: CredentialCache
     private let threadPool: NIOThreadPool
+    private let onCacheHit: (@Sendable () -> Void)?
 
-    public init(store: CredentialStore, cacheTTL: TimeAmount, threadPool: NIOThreadPool) {
+    public init(store: CredentialStore, cacheTTL: TimeAmount, threadPool: NIOThreadPool, onCacheHit: (@Sendable () -> Void)? = nil) {
         self.store = NIOLockedValueBox(store)
         self.cache = CredentialCache(ttl: cacheTTL)
         self.threadPool = threadPool
+        self.onCacheHit = onCacheHit
     }
 
     /// Replaces the user list and clears the cache, so removed users lose access at once.
@@ -41,7 +43,10 @@ public final class Authenticator: Sendable {
         guard let value = values.first else { return .immediate(.rejected(.authMissing, user: nil)) }
         // Two Proxy-Authorization fields are ambiguous; refuse rather than pick one.
         guard values.count == 1 else { return .immediate(.rejected(.authMalformed, user: nil)) }
-        if let user = self.cache.user(for: value) { return .immediate(.authenticated(user: user)) }
+        if let user = self.cache.user(for: value) {
+            self.onCacheHit?()
+            return .immediate(.authenticated(user: user))
+        }
 
         let credentials: BasicCredentials
         do {

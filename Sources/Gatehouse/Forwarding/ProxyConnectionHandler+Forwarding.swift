@@ -5,12 +5,13 @@ import NIOPosix
 extension ProxyConnectionHandler {
     /// Opens a connection to the origin and sends the request in origin form.
     func forward(_ head: HTTPRequestHead, to uri: AbsoluteURI, context: ChannelHandlerContext) {
-        if let failure = self.shared.configuration.testing.upstreamFailure {
+        if let failure = self.configuration.testing.upstreamFailure {
             return self.answer(failure, context: context)
         }
-        let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.shared.configuration.viaPseudonym)
-        let configuration = self.shared.configuration
+        let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.configuration.viaPseudonym)
+        let configuration = self.configuration
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let started = NIODeadline.now()
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: configuration, halfClosure: false)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -27,6 +28,7 @@ extension ProxyConnectionHandler {
         connect.assumeIsolated().whenComplete { result in
             switch result {
             case .success(let channel):
+                self.shared.metrics.upstreamConnected(nanoseconds: (NIODeadline.now() - started).nanoseconds)
                 self.upstreamConnected(channel, head: upstreamHead, context: context)
             case .failure(let error):
                 self.logger.debug("upstream connect failed", metadata: ["error": "\(error)", "target": "\(uri.authority)"])
@@ -129,7 +131,7 @@ extension ProxyConnectionHandler {
                 closeAfter = true
             }
         }
-        headers.add(name: "Via", value: "\(head.version.major).\(head.version.minor) \(self.shared.configuration.viaPseudonym)")
+        headers.add(name: "Via", value: "\(head.version.major).\(head.version.minor) \(self.configuration.viaPseudonym)")
         if closeAfter {
             headers.add(name: "Connection", value: "close")
         } else if exchange.version == .http1_0 {
@@ -159,7 +161,7 @@ extension ProxyConnectionHandler {
         guard let context = self.context, let exchange = self.exchange, self.machine.responseStarted else { return }
         self.upstream = nil
         self.exchange = nil
-        self.shared.accessLog.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .forwarded))
+        self.shared.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .forwarded))
         // Decide first: writing `.end` may deliver the next pipelined request re-entrantly.
         let action = self.machine.responseEnded(keepAlive: !self.closeAfterResponse)
         if action == .awaitNextRequest { self.awaitRequest(context: context) }
@@ -182,7 +184,7 @@ extension ProxyConnectionHandler {
             if var exchange = self.exchange {
                 self.exchange = nil
                 exchange.bytesOut += 0
-                self.shared.accessLog.record(
+                self.shared.record(
                     exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .upstreamTruncated))
             }
             context.close(promise: nil)

@@ -35,7 +35,7 @@ enum UpstreamConnector {
     static func bootstrap(on eventLoop: EventLoop, configuration: ProxyConfiguration, halfClosure: Bool) -> ClientBootstrap {
         ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.allowRemoteHalfClosure, value: halfClosure)
     }
 }

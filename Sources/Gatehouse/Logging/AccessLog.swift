@@ -27,8 +27,10 @@ public final class AccessLog: Sendable {
     }
 
     private let format: AccessLogFormat
-    private let fd: Int32
-    private let ownsDescriptor: Bool
+    /// The descriptor written to; swapped by ``reopen()``, only ever used on `queue`.
+    private let descriptor: NIOLockedValueBox<Int32>
+    private let enabled: Bool
+    private let path: String?
     private let observer: Observer?
     private let state = NIOLockedValueBox(State())
     private let queue = DispatchQueue(label: "gatehouse.access-log")
@@ -39,29 +41,46 @@ public final class AccessLog: Sendable {
         self.observer = observer
         switch destination {
         case .standardOutput:
-            self.fd = STDOUT_FILENO
-            self.ownsDescriptor = false
+            self.descriptor = NIOLockedValueBox(STDOUT_FILENO)
+            self.path = nil
         case .none:
-            self.fd = -1
-            self.ownsDescriptor = false
+            self.descriptor = NIOLockedValueBox(-1)
+            self.path = nil
         case .file(let path):
             let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
             guard fd >= 0 else {
                 throw .htpasswd("cannot open access log \(path): \(String(cString: strerror(errno)))")
             }
-            self.fd = fd
-            self.ownsDescriptor = true
+            self.descriptor = NIOLockedValueBox(fd)
+            self.path = path
         }
+        self.enabled = destination != .none
     }
 
     deinit {
-        if self.ownsDescriptor { close(self.fd) }
+        if self.path != nil { close(self.descriptor.withLockedValue { $0 }) }
+    }
+
+    /// Closes and reopens a log file (SIGUSR1), after logrotate moved it away. Lines already
+    /// recorded go to the old file first; nothing is lost or split.
+    public func reopen() {
+        guard let path = self.path else { return }
+        self.queue.async {
+            self.writePending()
+            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+            guard fd >= 0 else { return }  // keep writing to the old descriptor
+            let old = self.descriptor.withLockedValue { current -> Int32 in
+                defer { current = fd }
+                return current
+            }
+            close(old)
+        }
     }
 
     /// Records one response. Cheap and non-blocking: safe to call on an event loop.
     public func record(_ entry: AccessLogEntry) {
         self.observer?(entry)
-        guard self.fd >= 0 else { return }
+        guard self.enabled else { return }
         let schedule = self.state.withLockedValue { state -> Bool in
             state.pending.append(entry)
             if state.flushScheduled { return false }
@@ -90,11 +109,13 @@ public final class AccessLog: Sendable {
             text += self.format.format(entry)
             text += "\n"
         }
+        let fd = self.descriptor.withLockedValue { $0 }
         var utf8 = Array(text.utf8)
         var offset = 0
         while offset < utf8.count {
-            let written = utf8.withUnsafeMutableBytes { buffer in
-                write(self.fd, buffer.baseAddress! + offset, buffer.count - offset)
+            let written = utf8.withUnsafeMutableBytes { buffer -> Int in
+                guard let base = buffer.baseAddress else { return 0 }
+                return write(fd, base + offset, buffer.count - offset)
             }
             if written < 0 {
                 if errno == EINTR { continue }

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import NIOConcurrencyHelpers
 import NIOExtras
 import NIOHTTP1
 import NIOPosix
@@ -17,13 +18,25 @@ public final class GatehouseServer: Service, Sendable {
     private let group: EventLoopGroup
     private let threadPool: NIOThreadPool
     private let onServerRunning: OnServerRunning?
+    private let onDrainStarted: (@Sendable () -> Void)?
+    private let adminListen: ListenAddress?
+    private let inheritedSockets: [CInt]
+    private let state = NIOLockedValueBox(State.starting)
+    /// The proxy's metrics (served on `--admin-listen` as `/metrics`).
+    public let metrics: GatehouseMetrics
+
+    enum State { case starting, serving, draining, stopped }
 
     /// - Parameters:
     ///   - configuration: Listen addresses, timeouts and policy.
     ///   - credentials: The users allowed through. An empty store is refused: Gatehouse never
     ///     runs as an open proxy.
     ///   - accessLog: Where each response's log line goes.
+    ///   - adminListen: Where `/metrics`, `/healthz` and `/readyz` are served; off when nil.
+    ///   - inheritedSockets: Listening sockets handed over by systemd socket activation; when
+    ///     present they replace `configuration.listen`.
     ///   - onServerRunning: Called with the bound addresses once every listener accepts.
+    ///   - onDrainStarted: Called when graceful shutdown begins.
     public init(
         configuration: ProxyConfiguration,
         credentials: CredentialStore,
@@ -31,17 +44,43 @@ public final class GatehouseServer: Service, Sendable {
         logger: Logger,
         eventLoopGroup: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         threadPool: NIOThreadPool = .singleton,
-        onServerRunning: OnServerRunning? = nil
+        adminListen: ListenAddress? = nil,
+        inheritedSockets: [CInt] = [],
+        onServerRunning: OnServerRunning? = nil,
+        onDrainStarted: (@Sendable () -> Void)? = nil
     ) throws(ConfigurationError) {
         guard !credentials.isEmpty else { throw .noCredentialSource }
-        let authenticator = Authenticator(store: credentials, cacheTTL: configuration.credentialCacheTTL, threadPool: threadPool)
-        self.context = ProxyContext(configuration: configuration, authenticator: authenticator, accessLog: accessLog, logger: logger)
+        let metrics = GatehouseMetrics()
+        let authenticator = Authenticator(
+            store: credentials, cacheTTL: configuration.credentialCacheTTL, threadPool: threadPool,
+            onCacheHit: { metrics.cacheHit() })
+        self.metrics = metrics
+        self.context = ProxyContext(
+            configuration: configuration, authenticator: authenticator, accessLog: accessLog, metrics: metrics, logger: logger)
         self.group = eventLoopGroup
         self.threadPool = threadPool
         self.onServerRunning = onServerRunning
+        self.onDrainStarted = onDrainStarted
+        self.adminListen = adminListen
+        self.inheritedSockets = inheritedSockets
     }
 
     public var authenticator: Authenticator { self.context.authenticator }
+
+    /// Whether the server accepts new connections (for `/readyz`).
+    public var isReady: Bool { self.state.withLockedValue { $0 == .serving } }
+
+    /// Applies new settings to connections opened from now on; open ones keep theirs.
+    public func update(configuration: ProxyConfiguration) {
+        self.context.update(configuration)
+    }
+
+    /// Replaces the users and clears the credential cache.
+    public func replaceCredentials(_ store: CredentialStore) {
+        self.context.authenticator.replaceStore(store)
+    }
+
+    public var configuration: ProxyConfiguration { self.context.configuration }
 
     public func run() async throws {
         let configuration = self.context.configuration
@@ -49,41 +88,55 @@ public final class GatehouseServer: Service, Sendable {
         let quiesce = ServerQuiescingHelper(group: self.group)
         let shared = self.context
         var channels: [Channel] = []
+        var adminChannel: Channel?
         do {
-            for address in configuration.listen {
-                let channel = try await ServerBootstrap(group: self.group)
-                    .serverChannelOption(.backlog, value: 1024)
-                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                    .serverChannelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
-                        }
+            let bootstrap = ServerBootstrap(group: self.group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
                     }
-                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                    .childChannelOption(.allowRemoteHalfClosure, value: true)
-                    .childChannelOption(.maxMessagesPerRead, value: 16)
-                    .childChannelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try Self.configureClientPipeline(channel, shared: shared)
-                        }
+                }
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.maxMessagesPerRead, value: 16)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try Self.configureClientPipeline(channel, shared: shared)
                     }
-                    .bind(host: address.host, port: address.port)
-                    .get()
-                channels.append(channel)
+                }
+            if self.inheritedSockets.isEmpty {
+                for address in configuration.listen {
+                    channels.append(try await bootstrap.bind(host: address.host, port: address.port).get())
+                }
+            } else {
+                for socket in self.inheritedSockets {
+                    channels.append(try await bootstrap.withBoundSocket(socket).get())
+                }
+            }
+            if let admin = self.adminListen {
+                adminChannel = try await AdminServer.bind(admin, group: self.group, server: self)
             }
         } catch {
             for channel in channels { try? await channel.close() }
             throw error
         }
+        self.state.withLockedValue { $0 = .serving }
         let addresses = channels.compactMap(\.localAddress)
         for address in addresses {
             logger.info("listening", metadata: ["address": "\(address.gatehouseDescription)"])
+        }
+        if let address = adminChannel?.localAddress {
+            logger.info("admin endpoints listening", metadata: ["address": "\(address.gatehouseDescription)"])
         }
         await self.onServerRunning?(addresses)
 
         // Serve until graceful shutdown (SIGTERM in a ServiceGroup) or task cancellation.
         try? await gracefulShutdown()
 
+        self.state.withLockedValue { $0 = .draining }
+        self.onDrainStarted?()
         logger.info("shutting down: draining connections", metadata: ["open": "\(shared.connections.count)"])
         let drained = self.group.any().makePromise(of: Void.self)
         quiesce.initiateShutdown(promise: drained)
@@ -92,6 +145,8 @@ public final class GatehouseServer: Service, Sendable {
         }
         try? await drained.futureResult.get()
         deadline.cancel()
+        try? await adminChannel?.close()
+        self.state.withLockedValue { $0 = .stopped }
         shared.accessLog.flush()
         logger.info("stopped")
     }
@@ -108,7 +163,7 @@ public final class GatehouseServer: Service, Sendable {
         try sync.addHandler(observer)
         try sync.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
         try sync.addHandler(
-            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: shared.decoderLimits)))
+            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: shared.snapshot.decoderLimits)))
         try sync.addHandler(HTTPServerPipelineHandler())
         try sync.addHandler(NIOHTTPResponseHeadersValidator())
         try sync.addHandler(ProxyConnectionHandler(shared: shared, observer: observer))

@@ -42,8 +42,13 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// A refused CONNECT's `.end` is still due; swap in a fresh HTTP decoder once it arrives.
     var replaceDecoderOnRequestEnd = false
 
+    /// The settings this connection runs under, fixed when it opened.
+    let settings: ProxyContext.Snapshot
+    var configuration: ProxyConfiguration { self.settings.configuration }
+
     init(shared: ProxyContext, observer: RequestStartObserver) {
         self.shared = shared
+        self.settings = shared.snapshot
         self.logger = shared.logger
         self.observer = observer
     }
@@ -83,7 +88,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         if wasForwarding, let exchange = self.exchange {
             // The client went away mid-exchange: log what happened and drop the origin connection.
             self.exchange = nil
-            self.shared.accessLog.record(
+            self.shared.record(
                 exchange.logEntry(client: self.clientAddress, status: exchange.status == 0 ? 499 : exchange.status,
                                   reason: .clientClosed))
         }
@@ -199,7 +204,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.exchange = exchange
             return self.answer(.versionNotSupported, context: context, close: true)
         }
-        if head.uri.utf8.count > self.shared.configuration.maxURILength {
+        if head.uri.utf8.count > self.configuration.maxURILength {
             exchange.target = String(exchange.target.prefix(64)) + "…"
             self.exchange = exchange
             return self.answer(.uriTooLong, context: context, close: true)
@@ -231,7 +236,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         self.exchange = exchange
 
-        if self.shared.configuration.testing.authenticateConnectOnly && !isConnect {
+        if self.configuration.testing.authenticateConnectOnly && !isConnect {
             return self.authenticationFinished(.authenticated(user: "-"), destination: destination, context: context)
         }
         switch self.shared.authenticator.authenticate(head.headers["proxy-authorization"], on: context.eventLoop) {
@@ -260,19 +265,21 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func authenticationFinished(_ outcome: Authenticator.Outcome, destination: Destination, context: ChannelHandlerContext) {
         switch outcome {
         case .rejected(let reason, let user):
+            self.shared.metrics.authenticated(false)
             self.exchange?.user = user
             // Without the body, a client waiting for 100-continue would never send it, and
             // the connection could not find the next message boundary: close instead.
             let close = (self.exchange?.expectsContinue ?? false) && !self.bufferedEnd
             self.answer(reason, context: context, close: close)
         case .authenticated(let user):
+            if user != "-" { self.shared.metrics.authenticated(true) }
             self.exchange?.user = user == "-" ? nil : user
             self.machine.authenticated()
             switch destination {
             case .refuse(let reason):
                 self.answer(reason, context: context)
             case .tunnel(let authority):
-                guard self.shared.configuration.connectPorts.contains(authority.port ?? 0) else {
+                guard self.configuration.connectPorts.contains(authority.port ?? 0) else {
                     return self.answer(.connectPortDenied, context: context)
                 }
                 self.openTunnel(to: authority, context: context)
@@ -299,7 +306,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         guard self.machine.state != .closed else { return }
         var exchange = self.exchange ?? Exchange(unparsedAt: self.headStarted)
         let closing = close || !exchange.clientKeepAlive || self.clientInputClosed
-            || (reason.status == .proxyAuthenticationRequired && self.shared.configuration.testing.closeAfterChallenge)
+            || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)
         let status = reason.status
         var body = context.channel.allocator.buffer(capacity: reason.message.utf8.count + 1)
         body.writeString(reason.message)
@@ -307,10 +314,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         var headers = HTTPHeaders()
         headers.reserveCapacity(5)
         if status == .proxyAuthenticationRequired {
-            for challenge in self.shared.configuration.testing.extraChallenges {
+            for challenge in self.configuration.testing.extraChallenges {
                 headers.add(name: "Proxy-Authenticate", value: challenge)
             }
-            headers.add(name: "Proxy-Authenticate", value: self.shared.challenge)
+            headers.add(name: "Proxy-Authenticate", value: self.settings.challenge)
         }
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: String(body.readableBytes))
@@ -322,7 +329,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let head = HTTPResponseHead(version: .http1_1, status: status, headers: headers)
         exchange.status = Int(status.code)
         exchange.bytesOut += head.wireSize + (exchange.isHead ? 0 : body.readableBytes)
-        self.shared.accessLog.record(exchange.logEntry(client: self.clientAddress, status: Int(status.code), reason: reason))
+        self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(status.code), reason: reason))
         self.exchange = nil
         self.bufferedBody.removeAll()
         self.upstream?.close()
@@ -359,7 +366,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         do {
             let old = try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
             let decoder = ByteToMessageHandler(
-                HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: self.shared.decoderLimits))
+                HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: self.settings.decoderLimits))
             try pipeline.addHandler(decoder, position: .after(old.handler))
             pipeline.removeHandler(context: old, promise: nil)
         } catch {
@@ -399,7 +406,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.observer.awaitingRequest = true
         self.headStarted = .now()
         self.timer?.cancel()
-        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.shared.configuration.idleTimeout) {
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.configuration.idleTimeout) {
             // A keep-alive connection that stayed idle: close it quietly; no response is due.
             self.timer = nil
             self.context?.close(promise: nil)
@@ -411,7 +418,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         guard let context = self.context, self.machine.isIdle else { return }
         self.headStarted = .now()
         self.timer?.cancel()
-        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.shared.configuration.headerTimeout) {
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.configuration.headerTimeout) {
             self.timer = nil
             self.headerTimedOut()
         }
@@ -428,7 +435,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         buffer.writeString(text)
         var exchange = Exchange(unparsedAt: self.headStarted)
         exchange.bytesOut = text.utf8.count
-        self.shared.accessLog.record(exchange.logEntry(client: self.clientAddress, status: 408, reason: reason))
+        self.shared.record(exchange.logEntry(client: self.clientAddress, status: 408, reason: reason))
         self.machine.connectionClosed()
         if let written = self.observer.writeRaw(buffer) {
             written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }

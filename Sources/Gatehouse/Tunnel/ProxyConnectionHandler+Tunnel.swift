@@ -5,15 +5,17 @@ extension ProxyConnectionHandler {
     /// Connects to the `CONNECT` destination; the 200 goes out once both the origin connection
     /// and the request's end are in.
     func openTunnel(to authority: Authority, context: ChannelHandlerContext) {
-        if let failure = self.shared.configuration.testing.upstreamFailure {
+        if let failure = self.configuration.testing.upstreamFailure {
             return self.answer(failure, context: context)
         }
-        let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: self.shared.configuration, halfClosure: true)
+        let started = NIODeadline.now()
+        let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: self.configuration, halfClosure: true)
             .channelOption(.autoRead, value: false)
             .connect(host: authority.host, port: authority.port ?? 443)
         connect.assumeIsolated().whenComplete { result in
             switch result {
             case .success(let channel):
+                self.shared.metrics.upstreamConnected(nanoseconds: (NIODeadline.now() - started).nanoseconds)
                 guard self.context != nil, self.machine.upstreamConnected() != nil else {
                     channel.close(promise: nil)
                     return
@@ -49,7 +51,7 @@ extension ProxyConnectionHandler {
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
 
-        let record = TunnelRecord(exchange: exchange, client: self.clientAddress, accessLog: self.shared.accessLog)
+        let record = TunnelRecord(exchange: exchange, client: self.clientAddress, shared: self.shared)
         let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair(record: record)
         do {
             let pipeline = context.pipeline.syncOperations
@@ -60,7 +62,7 @@ extension ProxyConnectionHandler {
             pipeline.removeHandler(context: try pipeline.context(handlerType: HTTPResponseEncoder.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: RequestStartObserver.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self), promise: nil)
-            try pipeline.addHandler(IdleStateHandler(allTimeout: self.shared.configuration.tunnelIdleTimeout))
+            try pipeline.addHandler(IdleStateHandler(allTimeout: self.configuration.tunnelIdleTimeout))
             try pipeline.addHandler(clientGlue)
             try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
             // The origin's reads were held (autoRead off) so that a server that speaks first

@@ -5,13 +5,14 @@ import NIOCore
 final class TunnelRecord {
     private var exchange: Exchange
     private let client: String
-    private let accessLog: AccessLog
+    private let shared: ProxyContext
     private var openSides = 2
 
-    init(exchange: Exchange, client: String, accessLog: AccessLog) {
+    init(exchange: Exchange, client: String, shared: ProxyContext) {
         self.exchange = exchange
         self.client = client
-        self.accessLog = accessLog
+        self.shared = shared
+        shared.metrics.tunnelOpened()
     }
 
     func countFromClient(_ bytes: Int) { self.exchange.bytesIn += bytes }
@@ -20,7 +21,8 @@ final class TunnelRecord {
     func sideClosed() {
         self.openSides -= 1
         if self.openSides == 0 {
-            self.accessLog.record(self.exchange.logEntry(client: self.client, status: 200, reason: .tunnel))
+            self.shared.metrics.tunnelClosed()
+            self.shared.record(self.exchange.logEntry(client: self.client, status: 200, reason: .tunnel))
         }
     }
 }

@@ -1,0 +1,123 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Edits an htpasswd file the way Apache's `htpasswd` would, so either tool can read what the
+/// other wrote: one `user:hash` line per user, other lines (comments, unknown formats) kept
+/// byte for byte.
+///
+/// Every write is atomic: a temporary file in the same directory, `fsync`, then `rename(2)`
+/// over the original, keeping its mode. A running Gatehouse that polls the file therefore sees
+/// either the old or the new version, never half of one.
+public enum HtpasswdEditor {
+    public enum EditError: Error, Sendable, Equatable, CustomStringConvertible {
+        case invalidUser(String)
+        case unreadable(path: String, reason: String)
+        case unwritable(path: String, reason: String)
+        case noSuchUser(String)
+
+        public var description: String {
+            switch self {
+            case .invalidUser(let user): return "invalid user name \"\(user)\": it must be non-empty, without \":\", spaces or control characters"
+            case .unreadable(let path, let reason): return "cannot read \(path): \(reason)"
+            case .unwritable(let path, let reason): return "cannot write \(path): \(reason)"
+            case .noSuchUser(let user): return "user \"\(user)\" not found"
+            }
+        }
+    }
+
+    public enum Change: Sendable, Equatable { case added, updated, deleted }
+
+    /// Adds the user or replaces their hash. Creates the file (mode 0640) if it is missing.
+    @discardableResult
+    public static func setUser(_ user: String, hash: PasswordHash, path: String) throws(EditError) -> Change {
+        try Self.validate(user)
+        var lines = try Self.readLines(path: path, missingIsEmpty: true)
+        let entry = "\(user):\(hash.fieldValue)"
+        if let index = lines.firstIndex(where: { Self.user(of: $0) == user }) {
+            lines[index] = entry
+            try Self.write(lines, path: path)
+            return .updated
+        }
+        lines.append(entry)
+        try Self.write(lines, path: path)
+        return .added
+    }
+
+    /// Removes the user.
+    public static func deleteUser(_ user: String, path: String) throws(EditError) {
+        try Self.validate(user)
+        var lines = try Self.readLines(path: path, missingIsEmpty: false)
+        let before = lines.count
+        lines.removeAll { Self.user(of: $0) == user }
+        guard lines.count < before else { throw .noSuchUser(user) }
+        try Self.write(lines, path: path)
+    }
+
+    static func validate(_ user: String) throws(EditError) {
+        guard !user.isEmpty, !user.contains(":"),
+            !user.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7F })
+        else { throw .invalidUser(user) }
+    }
+
+    static func user(of line: String) -> String? {
+        let trimmed = line.drop { $0 == " " || $0 == "\t" }
+        guard !trimmed.hasPrefix("#"), let colon = line.firstIndex(of: ":") else { return nil }
+        return String(line[..<colon])
+    }
+
+    static func readLines(path: String, missingIsEmpty: Bool) throws(EditError) -> [String] {
+        guard FileManager.default.fileExists(atPath: path) else {
+            if missingIsEmpty { return [] }
+            throw .unreadable(path: path, reason: "No such file or directory")
+        }
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw .unreadable(path: path, reason: error.localizedDescription)
+        }
+        var lines = text.components(separatedBy: "\n")
+        if lines.last == "" { lines.removeLast() }
+        return lines
+    }
+
+    static func write(_ lines: [String], path: String) throws(EditError) {
+        var info = stat()
+        let mode: mode_t = stat(path, &info) == 0 ? info.st_mode & 0o7777 : 0o640
+        let directory = (path as NSString).deletingLastPathComponent
+        var template = Array(((directory.isEmpty ? "." : directory) + "/.htpasswd.XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { throw .unwritable(path: path, reason: String(cString: strerror(errno))) }
+        let temporary = String(cString: template)
+        var ok = false
+        defer {
+            if !ok { unlink(temporary) }
+        }
+        let text = lines.isEmpty ? "" : lines.joined(separator: "\n") + "\n"
+        var bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let reason = String(cString: strerror(errno))
+                close(fd)
+                throw .unwritable(path: path, reason: reason)
+            }
+            offset += n
+        }
+        fchmod(fd, mode)
+        if geteuid() == 0, stat(path, &info) == 0 { fchown(fd, info.st_uid, info.st_gid) }
+        guard fsync(fd) == 0, close(fd) == 0 else { throw .unwritable(path: path, reason: String(cString: strerror(errno))) }
+        guard rename(temporary, path) == 0 else { throw .unwritable(path: path, reason: String(cString: strerror(errno))) }
+        ok = true
+        let dir = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY)
+        if dir >= 0 {
+            fsync(dir)
+            close(dir)
+        }
+    }
+}

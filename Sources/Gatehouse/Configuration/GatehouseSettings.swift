@@ -1,0 +1,190 @@
+import Foundation
+import NIOCore
+import Yams
+
+/// Settings as written by a person, before validation: every field optional, so that the
+/// sources can be layered. Precedence, highest first: command-line flags, environment
+/// variables (`GATEHOUSE_*`), the YAML config file, built-in defaults.
+///
+/// Each value remembers where it came from (`--flag`, `GATEHOUSE_X`, or `file:line`), so a bad
+/// value is reported at its source.
+public struct GatehouseSettings: Sendable, Equatable {
+    public struct Value<T: Sendable & Equatable>: Sendable, Equatable {
+        public var value: T
+        public var origin: String
+        public init(_ value: T, origin: String) {
+            self.value = value
+            self.origin = origin
+        }
+    }
+
+    public var listen: Value<[String]>?
+    public var htpasswd: Value<String>?
+    public var users: Value<[String]>?
+    public var realm: Value<String>?
+    public var accessLog: Value<String>?
+    public var logFormat: Value<String>?
+    public var logLevel: Value<String>?
+    public var connectPorts: Value<String>?
+    public var connectTimeout: Value<String>?
+    public var upstreamTimeout: Value<String>?
+    public var headerTimeout: Value<String>?
+    public var idleTimeout: Value<String>?
+    public var tunnelIdleTimeout: Value<String>?
+    public var drainTimeout: Value<String>?
+    public var adminListen: Value<String>?
+    public var htpasswdPollInterval: Value<String>?
+
+    public init() {}
+
+    /// The keys of the YAML file; the environment variable is `GATEHOUSE_` + the key in upper case.
+    public static let keys = [
+        "listen", "htpasswd", "users", "realm", "access_log", "log_format", "log_level", "connect_ports",
+        "connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout", "tunnel_idle_timeout",
+        "drain_timeout", "admin_listen", "htpasswd_poll_interval",
+    ]
+
+    /// Sets a scalar setting by its key.
+    mutating func set(key: String, scalar: String, origin: String) {
+        let v = Value(scalar, origin: origin)
+        switch key {
+        case "htpasswd": self.htpasswd = v
+        case "realm": self.realm = v
+        case "access_log": self.accessLog = v
+        case "log_format": self.logFormat = v
+        case "log_level": self.logLevel = v
+        case "connect_ports": self.connectPorts = v
+        case "connect_timeout": self.connectTimeout = v
+        case "upstream_timeout": self.upstreamTimeout = v
+        case "header_timeout": self.headerTimeout = v
+        case "idle_timeout": self.idleTimeout = v
+        case "tunnel_idle_timeout": self.tunnelIdleTimeout = v
+        case "drain_timeout": self.drainTimeout = v
+        case "admin_listen": self.adminListen = v
+        case "htpasswd_poll_interval": self.htpasswdPollInterval = v
+        case "listen": self.listen = Value(scalar.split(separator: ",").map { String($0.trimmingSpaces()) }, origin: origin)
+        case "users": self.users = Value(scalar.split(separator: ",").map { String($0) }, origin: origin)
+        default: break
+        }
+    }
+
+    /// `self`, with every value that `higher` sets replaced by it.
+    public func overridden(by higher: GatehouseSettings) -> GatehouseSettings {
+        var out = self
+        out.listen = higher.listen ?? out.listen
+        out.htpasswd = higher.htpasswd ?? out.htpasswd
+        out.users = higher.users ?? out.users
+        out.realm = higher.realm ?? out.realm
+        out.accessLog = higher.accessLog ?? out.accessLog
+        out.logFormat = higher.logFormat ?? out.logFormat
+        out.logLevel = higher.logLevel ?? out.logLevel
+        out.connectPorts = higher.connectPorts ?? out.connectPorts
+        out.connectTimeout = higher.connectTimeout ?? out.connectTimeout
+        out.upstreamTimeout = higher.upstreamTimeout ?? out.upstreamTimeout
+        out.headerTimeout = higher.headerTimeout ?? out.headerTimeout
+        out.idleTimeout = higher.idleTimeout ?? out.idleTimeout
+        out.tunnelIdleTimeout = higher.tunnelIdleTimeout ?? out.tunnelIdleTimeout
+        out.drainTimeout = higher.drainTimeout ?? out.drainTimeout
+        out.adminListen = higher.adminListen ?? out.adminListen
+        out.htpasswdPollInterval = higher.htpasswdPollInterval ?? out.htpasswdPollInterval
+        return out
+    }
+
+    /// Settings from `GATEHOUSE_*` environment variables. Lists (`GATEHOUSE_LISTEN`,
+    /// `GATEHOUSE_USERS`) are comma-separated.
+    public static func fromEnvironment(_ environment: [String: String]) -> GatehouseSettings {
+        var settings = GatehouseSettings()
+        for key in Self.keys {
+            let name = "GATEHOUSE_" + key.uppercased()
+            if let value = environment[name] { settings.set(key: key, scalar: value, origin: name) }
+        }
+        return settings
+    }
+
+    /// Reads a YAML config file. Problems carry `path:line`.
+    public static func load(path: String) -> (settings: GatehouseSettings, problems: [SettingsProblem]) {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: \(error.localizedDescription)")])
+        }
+        return Self.parse(yaml: text, path: path)
+    }
+
+    public static func parse(yaml text: String, path: String) -> (settings: GatehouseSettings, problems: [SettingsProblem]) {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "not valid YAML: \(Self.describe(error, path: path))")])
+        } catch {
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "not valid YAML: \(error)")])
+        }
+        guard let root else { return (GatehouseSettings(), []) }  // an empty file
+        guard case .mapping(let mapping) = root else {
+            return (GatehouseSettings(), [SettingsProblem(origin: Self.origin(path, root.mark), message: "the config file must be a mapping of keys to values")])
+        }
+        var settings = GatehouseSettings()
+        var problems: [SettingsProblem] = []
+        var seen: Set<String> = []
+        for (keyNode, valueNode) in mapping {
+            let origin = Self.origin(path, keyNode.mark)
+            guard let key = keyNode.string else {
+                problems.append(SettingsProblem(origin: origin, message: "keys must be plain strings"))
+                continue
+            }
+            guard Self.keys.contains(key) else {
+                let suggestion = Self.keys.first { $0.replacingOccurrences(of: "_", with: "") == key.lowercased().replacingOccurrences(of: "_", with: "").replacingOccurrences(of: "-", with: "") }
+                problems.append(SettingsProblem(origin: origin, message: "unknown key \"\(key)\"" + (suggestion.map { "; did you mean \"\($0)\"?" } ?? "")))
+                continue
+            }
+            guard seen.insert(key).inserted else {
+                problems.append(SettingsProblem(origin: origin, message: "\"\(key)\" is set twice"))
+                continue
+            }
+            let valueOrigin = Self.origin(path, valueNode.mark ?? keyNode.mark)
+            switch (key, valueNode) {
+            case ("listen", .sequence(let items)), ("users", .sequence(let items)):
+                var values: [String] = []
+                for item in items {
+                    guard let s = item.string else {
+                        problems.append(SettingsProblem(origin: Self.origin(path, item.mark), message: "\(key) entries must be strings"))
+                        continue
+                    }
+                    values.append(s)
+                }
+                if key == "listen" { settings.listen = Value(values, origin: valueOrigin) } else { settings.users = Value(values, origin: valueOrigin) }
+            case (_, .scalar(let scalar)):
+                settings.set(key: key, scalar: scalar.string, origin: valueOrigin)
+            default:
+                problems.append(SettingsProblem(origin: valueOrigin, message: "\"\(key)\" must be a single value"))
+            }
+        }
+        return (settings, problems)
+    }
+
+    static func origin(_ path: String, _ mark: Mark?) -> String {
+        guard let mark else { return path }
+        return "\(path):\(mark.line)"
+    }
+
+    static func describe(_ error: YamlError, path: String) -> String {
+        "\(error)".split(separator: "\n").first.map(String.init) ?? "syntax error"
+    }
+}
+
+/// One problem with the settings, located at its source (`file:line`, `--flag`, `GATEHOUSE_X`).
+public struct SettingsProblem: Error, Sendable, Equatable, CustomStringConvertible {
+    public var origin: String
+    public var message: String
+    public var isWarning: Bool
+
+    public init(origin: String, message: String, isWarning: Bool = false) {
+        self.origin = origin
+        self.message = message
+        self.isWarning = isWarning
+    }
+
+    public var description: String { "\(self.origin): \(self.isWarning ? "warning: " : "")\(self.message)" }
+}

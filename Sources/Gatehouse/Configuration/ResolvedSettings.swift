@@ -1,0 +1,111 @@
+import NIOCore
+
+/// Validated settings, ready to run a server with.
+public struct ResolvedSettings: Sendable {
+    public var configuration: ProxyConfiguration
+    public var htpasswdPath: String?
+    public var inlineUsers: [String: String]
+    public var accessLog: AccessLog.Destination
+    public var logFormat: AccessLogFormat
+    public var logLevel: String
+    public var adminListen: ListenAddress?
+    public var htpasswdPollInterval: TimeAmount
+
+    static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+}
+
+extension GatehouseSettings {
+    /// Validates every value; all problems are collected, each located at its source.
+    public func resolve() -> (settings: ResolvedSettings?, problems: [SettingsProblem]) {
+        var problems: [SettingsProblem] = []
+        var configuration = ProxyConfiguration()
+
+        func check<T>(_ value: Value<String>?, _ parse: (String) throws -> T, _ apply: (T) -> Void) {
+            guard let value else { return }
+            do {
+                apply(try parse(value.value))
+            } catch let error as ConfigurationError {
+                problems.append(SettingsProblem(origin: value.origin, message: error.description))
+            } catch {
+                problems.append(SettingsProblem(origin: value.origin, message: "\(error)"))
+            }
+        }
+
+        if let listen = self.listen {
+            var addresses: [ListenAddress] = []
+            for item in listen.value {
+                do {
+                    addresses.append(try ListenAddress(parsing: item))
+                } catch {
+                    problems.append(SettingsProblem(origin: listen.origin, message: error.description))
+                }
+            }
+            if addresses.isEmpty && problems.isEmpty {
+                problems.append(SettingsProblem(origin: listen.origin, message: "listen needs at least one address"))
+            }
+            configuration.listen = addresses
+        }
+        if let realm = self.realm { configuration.realm = realm.value }
+        check(self.connectPorts, { try PortSet(parsing: $0) }) { configuration.connectPorts = $0 }
+        check(self.connectTimeout, { try TimeAmount(parsing: $0) }) { configuration.connectTimeout = $0 }
+        check(self.upstreamTimeout, { try TimeAmount(parsing: $0) }) { configuration.upstreamTimeout = $0 }
+        check(self.headerTimeout, { try TimeAmount(parsing: $0) }) { configuration.headerTimeout = $0 }
+        check(self.idleTimeout, { try TimeAmount(parsing: $0) }) { configuration.idleTimeout = $0 }
+        check(self.tunnelIdleTimeout, { try TimeAmount(parsing: $0) }) { configuration.tunnelIdleTimeout = $0 }
+        check(self.drainTimeout, { try TimeAmount(parsing: $0) }) { configuration.drainTimeout = $0 }
+        var poll = TimeAmount.seconds(2)
+        check(self.htpasswdPollInterval, { try TimeAmount(parsing: $0) }) { poll = $0 }
+
+        var format = AccessLogFormat.squid
+        if let value = self.logFormat {
+            if let parsed = AccessLogFormat(rawValue: value.value) {
+                format = parsed
+            } else {
+                problems.append(SettingsProblem(origin: value.origin, message: "invalid log format \"\(value.value)\": expected squid, common or json"))
+            }
+        }
+        var level = "info"
+        if let value = self.logLevel {
+            if ResolvedSettings.logLevels.contains(value.value) {
+                level = value.value
+            } else {
+                problems.append(SettingsProblem(origin: value.origin, message: "invalid log level \"\(value.value)\": expected one of \(ResolvedSettings.logLevels.joined(separator: ", "))"))
+            }
+        }
+        var admin: ListenAddress?
+        if let value = self.adminListen, !value.value.isEmpty {
+            do {
+                let address = try ListenAddress(parsing: value.value)
+                if configuration.listen.contains(where: { $0.port == address.port && $0.port != 0 }) {
+                    problems.append(SettingsProblem(origin: value.origin, message: "admin_listen \(address) must not be a proxy listen port: metrics never share the proxy port"))
+                }
+                admin = address
+            } catch {
+                problems.append(SettingsProblem(origin: value.origin, message: "invalid admin_listen: \(error.description)"))
+            }
+        }
+        var inline: [String: String] = [:]
+        if let users = self.users {
+            for entry in users.value {
+                guard let colon = entry.firstIndex(of: ":"), colon != entry.startIndex else {
+                    problems.append(SettingsProblem(origin: users.origin, message: ConfigurationError.invalidInlineUser(entry).description))
+                    continue
+                }
+                inline[String(entry[..<colon])] = String(entry[entry.index(after: colon)...])
+            }
+        }
+        if self.htpasswd == nil && inline.isEmpty {
+            problems.append(SettingsProblem(origin: "settings", message: ConfigurationError.noCredentialSource.description))
+        }
+        let accessLog: AccessLog.Destination
+        switch self.accessLog?.value {
+        case nil, "-": accessLog = .standardOutput
+        case "off", "none": accessLog = .none
+        case let path?: accessLog = .file(path)
+        }
+        guard problems.isEmpty else { return (nil, problems) }
+        return (ResolvedSettings(
+            configuration: configuration, htpasswdPath: self.htpasswd?.value, inlineUsers: inline, accessLog: accessLog,
+            logFormat: format, logLevel: level, adminListen: admin, htpasswdPollInterval: poll), [])
+    }
+}

@@ -1,0 +1,182 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Loads settings and users from every source, and re-loads them on SIGHUP or when the
+/// htpasswd file changes.
+///
+/// A reload is all or nothing: if the new config or htpasswd file has any error, the old
+/// settings and users stay in force and the error is logged. Open connections and tunnels are
+/// untouched; new connections get the new settings; the credential cache is cleared.
+public final class GatehouseReloader: Sendable {
+    /// Where settings come from. Flags and environment are fixed at start-up; the file is re-read.
+    public struct Sources: Sendable {
+        public var flags: GatehouseSettings
+        public var environment: GatehouseSettings
+        public var configPath: String?
+
+        public init(flags: GatehouseSettings, environment: GatehouseSettings, configPath: String?) {
+            self.flags = flags
+            self.environment = environment
+            self.configPath = configPath
+        }
+    }
+
+    public struct Loaded: Sendable {
+        public var settings: ResolvedSettings
+        public var credentials: CredentialStore
+        public var htpasswdIdentity: FileIdentity?
+        /// Non-fatal problems (unknown hash formats).
+        public var warnings: [SettingsProblem]
+    }
+
+    /// Reads and validates everything. Returns either what to run with, or every problem found
+    /// (each as `file:line: message` where it has a line).
+    public static func load(_ sources: Sources) -> (loaded: Loaded?, problems: [SettingsProblem]) {
+        var problems: [SettingsProblem] = []
+        var file = GatehouseSettings()
+        if let path = sources.configPath {
+            let parsed = GatehouseSettings.load(path: path)
+            file = parsed.settings
+            problems += parsed.problems
+        }
+        let merged = file.overridden(by: sources.environment).overridden(by: sources.flags)
+        let resolved = merged.resolve()
+        problems += resolved.problems
+        guard let settings = resolved.settings, problems.isEmpty else { return (nil, problems) }
+        switch Self.loadCredentials(settings) {
+        case .success(let (store, identity, warnings)):
+            return (Loaded(settings: settings, credentials: store, htpasswdIdentity: identity, warnings: warnings), warnings)
+        case .failure(let failure):
+            return (nil, failure.problems)
+        }
+    }
+
+    struct CredentialProblems: Error { var problems: [SettingsProblem] }
+
+    static func loadCredentials(_ settings: ResolvedSettings) -> Result<(CredentialStore, FileIdentity?, [SettingsProblem]), CredentialProblems> {
+        var file: HtpasswdFile?
+        var identity: FileIdentity?
+        var warnings: [SettingsProblem] = []
+        if let path = settings.htpasswdPath {
+            // Identity first: a file replaced between the two calls is then seen as changed again.
+            identity = FileIdentity(path: path)
+            do {
+                file = try HtpasswdFile.load(path: path)
+            } catch {
+                switch error {
+                case .unreadable:
+                    return .failure(CredentialProblems(problems: [SettingsProblem(origin: path, message: error.description)]))
+                case .malformed(let first):
+                    let all = HtpasswdFile(contents: (try? String(contentsOfFileAtPath: path)) ?? "", path: path)
+                    let fatal = all.problems.filter(\.isFatal)
+                    let list = fatal.isEmpty ? [first] : fatal
+                    return .failure(CredentialProblems(problems: list.map {
+                        SettingsProblem(origin: "\($0.path):\($0.line)", message: $0.message)
+                    }))
+                }
+            }
+            warnings = file?.problems.filter { !$0.isFatal }.map {
+                SettingsProblem(origin: "\($0.path):\($0.line)", message: $0.message, isWarning: true)
+            } ?? []
+        }
+        let store = CredentialStore(htpasswd: file, inlineUsers: settings.inlineUsers)
+        if store.isEmpty {
+            return .failure(CredentialProblems(problems: [SettingsProblem(
+                origin: settings.htpasswdPath ?? "settings", message: "no usable users: Gatehouse never runs as an open proxy")]))
+        }
+        return .success((store, identity, warnings))
+    }
+
+    private let sources: Sources
+    private let server: GatehouseServer
+    private let logger: Logger
+    private let current: NIOLockedValueBox<Loaded>
+
+    public init(sources: Sources, initial: Loaded, server: GatehouseServer, logger: Logger) {
+        self.sources = sources
+        self.server = server
+        self.logger = logger
+        self.current = NIOLockedValueBox(initial)
+    }
+
+    public var settings: ResolvedSettings { self.current.withLockedValue { $0.settings } }
+
+    /// Re-reads the config and the htpasswd file (SIGHUP). Returns whether anything was applied.
+    @discardableResult
+    public func reload() -> Bool {
+        let (loaded, problems) = Self.load(self.sources)
+        guard let loaded else {
+            for problem in problems {
+                self.logger.error("reload rejected; the previous settings and users stay in force", metadata: ["problem": "\(problem)"])
+            }
+            return false
+        }
+        for warning in loaded.warnings { self.logger.warning("\(warning)") }
+        let old = self.current.withLockedValue { current -> Loaded in
+            defer { current = loaded }
+            return current
+        }
+        for name in Self.restartOnlyChanges(old.settings, loaded.settings) {
+            self.logger.warning("\(name) changed, but only takes effect after a restart; the running value stays")
+        }
+        var configuration = loaded.settings.configuration
+        configuration.listen = old.settings.configuration.listen
+        configuration.testing = self.server.configuration.testing
+        self.server.update(configuration: configuration)
+        self.server.replaceCredentials(loaded.credentials)
+        self.logger.info("reloaded settings and users", metadata: ["users": "\(loaded.credentials.hashes.count + loaded.credentials.inlinePasswords.count)"])
+        return true
+    }
+
+    /// Re-reads the htpasswd file if it changed since it was last read. Called periodically.
+    @discardableResult
+    public func reloadCredentialsIfChanged() -> Bool {
+        let (settings, identity) = self.current.withLockedValue { ($0.settings, $0.htpasswdIdentity) }
+        guard let path = settings.htpasswdPath, FileIdentity(path: path) != identity else { return false }
+        switch Self.loadCredentials(settings) {
+        case .success(let (store, newIdentity, warnings)):
+            for warning in warnings { self.logger.warning("\(warning)") }
+            self.current.withLockedValue {
+                $0.credentials = store
+                $0.htpasswdIdentity = newIdentity
+            }
+            self.server.replaceCredentials(store)
+            self.logger.info("htpasswd file changed: users reloaded", metadata: ["path": "\(path)"])
+            return true
+        case .failure(let failure):
+            // Remember this version so the same broken file is not reported every poll.
+            self.current.withLockedValue { $0.htpasswdIdentity = FileIdentity(path: path) }
+            for problem in failure.problems {
+                self.logger.error("htpasswd change rejected; the previous users stay in force", metadata: ["problem": "\(problem)"])
+            }
+            return false
+        }
+    }
+
+    /// Polls the htpasswd file on `eventLoop` every `htpasswdPollInterval`.
+    public func startPolling(on eventLoop: EventLoop) -> RepeatedTask {
+        let interval = self.settings.htpasswdPollInterval
+        return eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            self.reloadCredentialsIfChanged()
+        }
+    }
+
+    static func restartOnlyChanges(_ old: ResolvedSettings, _ new: ResolvedSettings) -> [String] {
+        var names: [String] = []
+        if old.configuration.listen != new.configuration.listen { names.append("listen") }
+        if old.adminListen != new.adminListen { names.append("admin_listen") }
+        if old.accessLog != new.accessLog { names.append("access_log") }
+        if old.logFormat != new.logFormat { names.append("log_format") }
+        if old.logLevel != new.logLevel { names.append("log_level") }
+        if old.htpasswdPollInterval != new.htpasswdPollInterval { names.append("htpasswd_poll_interval") }
+        return names
+    }
+}
+
+extension String {
+    init(contentsOfFileAtPath path: String) throws {
+        self = try String(contentsOfFile: path, encoding: .utf8)
+    }
+}

@@ -1,0 +1,68 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// The operator's endpoints, on their own address (never the proxy port, and off by default):
+/// `/metrics` (Prometheus text format), `/healthz` (the process is up) and `/readyz` (it
+/// accepts proxy connections; 503 while starting or draining, so a load balancer stops
+/// sending new clients before the drain ends).
+enum AdminServer {
+    static func bind(_ address: ListenAddress, group: EventLoopGroup, server: GatehouseServer) async throws -> Channel {
+        try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(server: server))
+                }
+            }
+            .bind(host: address.host, port: address.port)
+            .get()
+    }
+
+    private final class AdminHandler: ChannelInboundHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+
+        let server: GatehouseServer
+        var head: HTTPRequestHead?
+
+        init(server: GatehouseServer) { self.server = server }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch self.unwrapInboundIn(data) {
+            case .head(let head): self.head = head
+            case .body: break
+            case .end:
+                guard let head = self.head else { return }
+                self.head = nil
+                let path = String(head.uri.prefix { $0 != "?" })
+                switch (head.method, path) {
+                case (.GET, "/metrics"), (.HEAD, "/metrics"):
+                    self.respond(context, head, .ok, self.server.metrics.render(), type: "text/plain; version=0.0.4; charset=utf-8")
+                case (.GET, "/healthz"), (.HEAD, "/healthz"):
+                    self.respond(context, head, .ok, "ok\n")
+                case (.GET, "/readyz"), (.HEAD, "/readyz"):
+                    if self.server.isReady {
+                        self.respond(context, head, .ok, "ready\n")
+                    } else {
+                        self.respond(context, head, .serviceUnavailable, "not ready\n")
+                    }
+                default:
+                    self.respond(context, head, .notFound, "not found: try /metrics, /healthz or /readyz\n")
+                }
+            }
+        }
+
+        private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, _ body: String, type: String = "text/plain; charset=utf-8") {
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: type)
+            headers.add(name: "Content-Length", value: String(body.utf8.count))
+            context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            if request.method != .HEAD {
+                context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
+            }
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
+}

@@ -1,0 +1,31 @@
+import ArgumentParser
+import Foundation
+import Gatehouse
+
+/// `gatehouse check`: validates the settings (flags, environment, config file) and the
+/// htpasswd file without starting anything. Prints each problem as `file:line: message`.
+struct CheckCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Validate the config and the htpasswd file; print each problem as file:line.",
+        discussion: "Exit status: 0 when there is nothing wrong (warnings are printed but allowed), 1 on any error."
+    )
+
+    @OptionGroup var options: SettingsOptions
+
+    func run() async throws {
+        let sources = self.options.sources(environment: ProcessInfo.processInfo.environment)
+        let (loaded, problems) = GatehouseReloader.load(sources)
+        for problem in problems {
+            print(problem.description)
+        }
+        guard let loaded else {
+            let errors = problems.filter { !$0.isWarning }.count
+            print("\(errors) error\(errors == 1 ? "" : "s") found")
+            throw ExitCode(1)
+        }
+        let users = loaded.credentials.hashes.count + loaded.credentials.inlinePasswords.count
+        let listen = loaded.settings.configuration.listen.map(\.description).joined(separator: ", ")
+        print("ok: \(users) user\(users == 1 ? "" : "s"), listening on \(listen)" + (sources.configPath.map { ", config \($0)" } ?? ""))
+    }
+}
