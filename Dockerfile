@@ -1,8 +1,11 @@
 # Gatehouse container image. Not built on the development machine (no Docker engine there).
 #   docker build -t gatehouse .
 #   docker run -v $PWD/htpasswd:/etc/gatehouse/htpasswd:ro -p 3128:3128 gatehouse
+# With a config file (its settings apply where no flag overrides them):
+#   docker run -v $PWD/etc:/etc/gatehouse:ro -p 3128:3128 gatehouse --config /etc/gatehouse/gatehouse.yaml
+# The swift-prometheus dependency needs Swift tools 6.2 or later.
 
-FROM swift:6.1-bookworm AS build
+FROM swift:6.3-bookworm AS build
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends libssl-dev libcrypt-dev \
@@ -14,7 +17,7 @@ COPY Tests ./Tests
 RUN swift build -c release --product gatehouse \
  && install -D -m 0755 "$(swift build -c release --show-bin-path)/gatehouse" /out/gatehouse
 
-FROM swift:6.1-bookworm-slim
+FROM swift:6.3-bookworm-slim
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends libssl3 \

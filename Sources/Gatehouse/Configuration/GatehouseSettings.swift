@@ -135,7 +135,9 @@ public struct GatehouseSettings: Sendable, Equatable {
                 continue
             }
             guard Self.keys.contains(key) else {
-                let suggestion = Self.keys.first { $0.replacingOccurrences(of: "_", with: "") == key.lowercased().replacingOccurrences(of: "_", with: "").replacingOccurrences(of: "-", with: "") }
+                let normalized = key.lowercased().replacingOccurrences(of: "-", with: "_")
+                let suggestion = Self.keys.min { Self.distance($0, normalized) < Self.distance($1, normalized) }
+                    .flatMap { Self.distance($0, normalized) <= 2 ? $0 : nil }
                 problems.append(SettingsProblem(origin: origin, message: "unknown key \"\(key)\"" + (suggestion.map { "; did you mean \"\($0)\"?" } ?? "")))
                 continue
             }
@@ -162,6 +164,20 @@ public struct GatehouseSettings: Sendable, Equatable {
             }
         }
         return (settings, problems)
+    }
+
+    /// Levenshtein distance, for "did you mean" suggestions.
+    static func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a.utf8), b = Array(b.utf8)
+        var previous = Array(0...b.count)
+        for i in 1...max(a.count, 1) where !a.isEmpty {
+            var current = [i] + Array(repeating: 0, count: b.count)
+            for j in 1...max(b.count, 1) where !b.isEmpty {
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            previous = current
+        }
+        return a.isEmpty ? b.count : previous[b.count]
     }
 
     static func origin(_ path: String, _ mark: Mark?) -> String {

@@ -94,7 +94,7 @@ extension GatehouseSettings {
                 inline[String(entry[..<colon])] = String(entry[entry.index(after: colon)...])
             }
         }
-        if self.htpasswd == nil && inline.isEmpty {
+        if self.htpasswd == nil && self.users == nil {
             problems.append(SettingsProblem(origin: "settings", message: ConfigurationError.noCredentialSource.description))
         }
         let accessLog: AccessLog.Destination

@@ -38,7 +38,7 @@ struct CommandLineTests {
         (["--user", "a:b", "--listen", "localhost"], "invalid --listen address"),
         (["--user", "a:b", "--connect-ports", "0-5,x"], "invalid --connect-ports"),
         (["--user", "a:b", "--idle-timeout", "60"], "invalid duration \"60\""),
-        (["--user", "a:b", "--log-format", "xml"], "invalid --log-format"),
+        (["--user", "a:b", "--log-format", "xml"], "--log-format: invalid log format \"xml\""),
         (["--user", "nocolon"], "invalid --user"),
     ])
     func badInput(arguments: [String], message: String) throws {

@@ -1,0 +1,385 @@
+import Foundation
+import Gatehouse
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Gatehouse as a daemon: reload, drain, systemd notification, socket activation, metrics,
+/// and the `check` and `passwd` tools. Each test runs the real executable.
+@Suite("Operations")
+struct OperationsTests {
+    static func temporaryPath(_ name: String) -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("gh-\(UUID().uuidString.prefix(8))-\(name)").path
+    }
+
+    static func basic(_ user: String, _ password: String) -> String {
+        "Basic " + Data("\(user):\(password)".utf8).base64EncodedString()
+    }
+
+    static func makeHtpasswd(_ users: [String: String]) throws -> String {
+        let path = Self.temporaryPath("htpasswd")
+        for (user, password) in users {
+            let hash = try #require(PasswordHash.makeBcrypt(password: password, cost: 4))
+            try HtpasswdEditor.setUser(user, hash: hash, path: path)
+        }
+        return path
+    }
+
+    @Test("SIGHUP applies a valid new file, rejects an invalid one as a whole, and open connections survive")
+    func reloadOnSignal() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let path = try Self.makeHtpasswd(["u1": "one"])
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let proxy = try GatehouseProcess(
+            ["--listen", "127.0.0.1:0", "--htpasswd", path, "--access-log", "off", "--connect-ports", "\(origin.port)"],
+            environment: ["GATEHOUSE_HTPASSWD_POLL_INTERVAL": "1h"])
+        defer { Task { await proxy.stop() } }
+        let url = "http://127.0.0.1:\(origin.port)/hello"
+
+        let client = try await RawClient.connect(port: proxy.port)
+        try await client.send("GET \(url) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(Self.basic("u1", "one"))\r\n\r\n")
+        _ = await client.waitFor { statusCodes(in: $0).count == 1 }
+        let tunnel = try await RawClient.connect(port: proxy.port)
+        try await tunnel.send("CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(Self.basic("u1", "one"))\r\n\r\n")
+        _ = await tunnel.waitFor { $0.hasSuffix("\r\n\r\n") }
+
+        // A valid new file: u2 replaces u1.
+        try HtpasswdEditor.setUser("u2", hash: try #require(PasswordHash.makeBcrypt(password: "two", cost: 4)), path: path)
+        try HtpasswdEditor.deleteUser("u1", path: path)
+        proxy.signal(SIGHUP)
+        #expect(await proxy.waitForLog("reloaded settings and users"))
+        try await client.send("GET \(url) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(Self.basic("u2", "two"))\r\n\r\n")
+        try await client.send("GET \(url) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(Self.basic("u1", "one"))\r\n\r\n")
+        let text = await client.waitFor { statusCodes(in: $0).count == 3 }
+        #expect(statusCodes(in: text) == [200, 200, 407], "the keep-alive connection survives; u1's cached credentials are gone")
+
+        // An invalid file is rejected as a whole: u2 stays.
+        try String(contentsOfFile: path, encoding: .utf8).appending("this line is broken\n").write(toFile: path, atomically: true, encoding: .utf8)
+        proxy.signal(SIGHUP)
+        #expect(await proxy.waitForLog("reload rejected; the previous settings and users stay in force"))
+        #expect(proxy.stderr.contains("htpasswd:2:"), "the rejected line is named: \(proxy.stderr)")
+        try await client.send("GET \(url) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(Self.basic("u2", "two"))\r\n\r\n")
+        #expect(statusCodes(in: await client.waitFor { statusCodes(in: $0).count == 4 }).last == 200)
+
+        // The tunnel opened before both reloads still carries bytes.
+        try await tunnel.send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(await tunnel.waitFor { $0.hasSuffix("hello\n") }.hasSuffix("hello\n"))
+        await client.close()
+        await tunnel.close()
+    }
+
+    @Test("a change to the htpasswd file is picked up without a signal; a broken one is not")
+    func reloadOnFileChange() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let path = try Self.makeHtpasswd(["u1": "one"])
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let proxy = try GatehouseProcess(
+            ["--listen", "127.0.0.1:0", "--htpasswd", path, "--access-log", "off"],
+            environment: ["GATEHOUSE_HTPASSWD_POLL_INTERVAL": "100ms"])
+        defer { Task { await proxy.stop() } }
+        let proxyURL = "http://u3:three@127.0.0.1:\(proxy.port)"
+        #expect(try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", proxyURL, "http://127.0.0.1:\(origin.port)/hello"]).body == "407")
+        try HtpasswdEditor.setUser("u3", hash: try #require(PasswordHash.makeBcrypt(password: "three", cost: 4)), path: path)
+        #expect(await proxy.waitForLog("htpasswd file changed: users reloaded"))
+        #expect(try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", proxyURL, "http://127.0.0.1:\(origin.port)/hello"]).body == "200")
+        // A broken version (through a rename, as editors write) is rejected; u3 keeps working.
+        let broken = path + ".new"
+        try "u3 has no colon\n".write(toFile: broken, atomically: false, encoding: .utf8)
+        rename(broken, path)
+        #expect(await proxy.waitForLog("htpasswd change rejected"))
+        #expect(try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", proxyURL, "http://127.0.0.1:\(origin.port)/hello"]).body == "200")
+    }
+
+    @Test("a Kubernetes-style symlink swap of the htpasswd file is seen without a signal")
+    func symlinkSwap() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let directory = Self.temporaryPath("secret")
+        try FileManager.default.createDirectory(atPath: directory + "/v1", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: directory + "/v2", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try HtpasswdEditor.setUser("old", hash: try #require(PasswordHash.makeBcrypt(password: "pw", cost: 4)), path: directory + "/v1/htpasswd")
+        try HtpasswdEditor.setUser("new", hash: try #require(PasswordHash.makeBcrypt(password: "pw", cost: 4)), path: directory + "/v2/htpasswd")
+        // Like a mounted Secret: htpasswd -> ..data/htpasswd, ..data -> v1; an update swaps ..data.
+        symlink("v1", directory + "/..data")
+        symlink("..data/htpasswd", directory + "/htpasswd")
+        let proxy = try GatehouseProcess(
+            ["--listen", "127.0.0.1:0", "--htpasswd", directory + "/htpasswd", "--access-log", "off"],
+            environment: ["GATEHOUSE_HTPASSWD_POLL_INTERVAL": "100ms"])
+        defer { Task { await proxy.stop() } }
+        func status(_ user: String) async throws -> String {
+            try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", "http://\(user):pw@127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/hello"]).body
+        }
+        #expect(try await status("old") == "200")
+        symlink("v2", directory + "/..data_tmp")
+        rename(directory + "/..data_tmp", directory + "/..data")
+        #expect(await proxy.waitForLog("htpasswd file changed: users reloaded"))
+        #expect(try await status("new") == "200")
+        #expect(try await status("old") == "407")
+    }
+
+    @Test("settings that cannot change live are reported on reload; the running value stays")
+    func restartOnlySettings() async throws {
+        let htpasswd = try Self.makeHtpasswd(["u": "p"])
+        let config = Self.temporaryPath("gatehouse.yaml")
+        try "htpasswd: \(htpasswd)\nlisten: [127.0.0.1:0]\nrealm: Before\naccess_log: \"off\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let proxy = try GatehouseProcess(["--config", config])
+        defer { Task { await proxy.stop() } }
+        try "htpasswd: \(htpasswd)\nlisten: [127.0.0.1:1]\nrealm: After\naccess_log: \"off\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        proxy.signal(SIGHUP)
+        #expect(await proxy.waitForLog("listen changed, but only takes effect after a restart"))
+        // The realm changes live, for new connections.
+        let client = try await RawClient.connect(port: proxy.port)
+        try await client.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(await client.waitFor { $0.hasSuffix(".\n") }.contains("realm=\"After\""))
+        await client.close()
+    }
+
+    @Test("SIGUSR1 reopens the access log after logrotate moved it")
+    func reopenLog() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let log = Self.temporaryPath("access.log")
+        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", log])
+        defer { Task { await proxy.stop() } }
+        _ = try await Curl.run(["-x", "http://u:p@127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/hello"])
+        try await Task.sleep(for: .milliseconds(200))
+        rename(log, log + ".1")
+        proxy.signal(SIGUSR1)
+        #expect(await proxy.waitForLog("reopening the access log"))
+        try await Task.sleep(for: .milliseconds(200))
+        _ = try await Curl.run(["-x", "http://127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/hello"])
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try String(contentsOfFile: log + ".1", encoding: .utf8).split(separator: "\n").count == 1)
+        let fresh = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+        #expect(fresh.count == 1)
+        #expect(fresh.first?.contains("TCP_DENIED/407") == true)
+    }
+
+    @Test("SIGTERM: the download in flight completes, new connections are refused, exit 0")
+    func drainOnTerm() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
+        defer { Task { await proxy.stop() } }
+        let size = 30 * 1024 * 1024
+        async let download = Curl.run([
+            "--limit-rate", "15M", "-x", "http://u:p@127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/bytes/\(size)",
+        ])
+        try await Task.sleep(for: .milliseconds(500))
+        proxy.signal(SIGTERM)
+        #expect(await proxy.waitForLog("shutting down: draining connections"))
+        let refused = try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", "http://u:p@127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/hello"])
+        #expect(refused.body == "000", "no new connections while draining")
+        let result = try await download
+        #expect(result.exitCode == 0, "\(result.stderr)")
+        #expect(result.stdout.count == size)
+        #expect(TestData.sha256([UInt8](result.stdout)) == TestData.sha256(TestData.bytes(count: size)))
+        #expect(await proxy.waitForExit() == 0)
+    }
+
+    @Test("a second SIGTERM exits at once, without waiting for an open tunnel")
+    func secondTerm() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let proxy = try GatehouseProcess([
+            "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "\(origin.port)", "--drain-timeout", "60s",
+        ])
+        defer { Task { await proxy.stop() } }
+        let tunnel = try await RawClient.connect(port: proxy.port)
+        try await tunnel.send("CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(Self.basic("u", "p"))\r\n\r\n")
+        _ = await tunnel.waitFor { $0.hasSuffix("\r\n\r\n") }
+        proxy.signal(SIGTERM)
+        #expect(await proxy.waitForLog("shutting down"))
+        #expect(await proxy.waitForExit(timeout: .milliseconds(700)) == nil, "the first SIGTERM waits for the tunnel")
+        proxy.signal(SIGTERM)
+        #expect(await proxy.waitForExit(timeout: .seconds(3)) != nil)
+        await tunnel.close()
+    }
+
+    @Test("sd_notify: READY=1 after binding, RELOADING=1 and READY=1 around a reload, STOPPING=1, watchdog pings")
+    func systemdNotify() async throws {
+        let notify = try NotifySocket()
+        let proxy = try GatehouseProcess(
+            ["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"],
+            environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"])
+        defer { Task { await proxy.stop() } }
+        let ready = await notify.collect { $0.contains { $0.hasPrefix("READY=1") } }
+        #expect(ready.first?.hasPrefix("READY=1") == true, "\(ready)")
+        let pings = await notify.collect { $0.filter { $0 == "WATCHDOG=1" }.count >= 2 }
+        #expect(pings.filter { $0 == "WATCHDOG=1" }.count >= 2)
+        proxy.signal(SIGHUP)
+        let reload = await notify.collect { $0.contains("READY=1") }
+        let reloading = try #require(reload.firstIndex { $0.hasPrefix("RELOADING=1\nMONOTONIC_USEC=") }, "\(reload)")
+        #expect(reload[(reloading + 1)...].contains("READY=1"))
+        proxy.signal(SIGTERM)
+        let stopping = await notify.collect { $0.contains { $0.hasPrefix("STOPPING=1") } }
+        #expect(stopping.contains { $0.hasPrefix("STOPPING=1") })
+        #expect(await proxy.waitForExit() == 0)
+    }
+
+    @Test("socket activation: an inherited listening socket (LISTEN_FDS/LISTEN_PID) is used instead of --listen")
+    func socketActivation() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        // Like systemd: bind, put the socket on fd 3, set LISTEN_PID to the pid that exec keeps.
+        let launcher = """
+            import os, socket, sys
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+            print("activated on", s.getsockname()[1], file=sys.stderr, flush=True)
+            os.dup2(s.fileno(), 3); os.set_inheritable(3, True)
+            os.environ["LISTEN_FDS"] = "1"; os.environ["LISTEN_PID"] = str(os.getpid())
+            os.execv(sys.argv[1], sys.argv[1:])
+            """
+        let proxy = try GatehouseProcess(
+            ["--listen", "127.0.0.1:1", "--user", "u:p", "--access-log", "off"], launcher: ["/usr/bin/env", "python3", "-c", launcher])
+        defer { Task { await proxy.stop() } }
+        let announced = proxy.stderr.split(separator: "\n").first { $0.hasPrefix("activated on ") }.map { String($0.dropFirst(13)) }
+        #expect(proxy.addresses.first == "127.0.0.1:\(announced ?? "?")", "\(proxy.addresses) \(proxy.stderr)")
+        #expect(proxy.stderr.contains("socket activation"))
+        let result = try await Curl.run(["-x", "http://u:p@127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/hello"])
+        #expect(result.body == "hello\n")
+    }
+
+    @Test("/metrics after known traffic, /healthz and /readyz on the admin listener")
+    func metrics() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--admin-listen", "127.0.0.1:0"])
+        defer { Task { await proxy.stop() } }
+        #expect(await proxy.waitForLog("admin endpoints listening"))
+        let line = try #require(proxy.stderr.split(separator: "\n").first { $0.contains("admin endpoints listening") })
+        let admin = try #require(line.split(separator: " ").first { $0.hasPrefix("address=") }).dropFirst(8)
+        let base = "http://127.0.0.1:\(origin.port)"
+        _ = try await Curl.run(["-x", "http://u:p@127.0.0.1:\(proxy.port)", "\(base)/hello"])
+        _ = try await Curl.run(["-x", "http://u:p@127.0.0.1:\(proxy.port)", "\(base)/hello"])
+        _ = try await Curl.run(["-x", "http://127.0.0.1:\(proxy.port)", "\(base)/hello"])
+        _ = try await Curl.run(["-x", "http://u:wrong@127.0.0.1:\(proxy.port)", "\(base)/hello"])
+        let metrics = try await Curl.run(["http://\(admin)/metrics"]).body
+        #expect(metrics.contains("gatehouse_responses_total{status=\"200\",reason=\"forwarded\"} 2"), "\(metrics)")
+        #expect(metrics.contains("gatehouse_responses_total{status=\"407\",reason=\"auth_missing\"} 1"))
+        #expect(metrics.contains("gatehouse_responses_total{status=\"407\",reason=\"auth_invalid\"} 1"))
+        #expect(metrics.contains("gatehouse_auth_total{result=\"success\"} 2"))
+        #expect(metrics.contains("gatehouse_auth_total{result=\"failure\"} 2"))
+        #expect(metrics.contains("gatehouse_upstream_connect_seconds_count 2"))
+        #expect(metrics.contains("gatehouse_bytes_total{direction=\"to_client\"}"))
+        #expect(metrics.contains("gatehouse_active_connections"))
+        #expect(metrics.contains("gatehouse_active_tunnels"))
+        #expect(metrics.contains("gatehouse_credential_cache_hits_total"))
+        #expect(try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "http://\(admin)/healthz"]).body == "200")
+        #expect(try await Curl.run(["http://\(admin)/readyz"]).body == "ready\n")
+        #expect(try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "http://127.0.0.1:\(proxy.port)/metrics"]).body == "400",
+                "the proxy port does not serve metrics")
+    }
+
+    @Test("under journald, stderr lines carry syslog priorities and no timestamp")
+    func journaldFormat() async throws {
+        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"], environment: ["JOURNAL_STREAM": "8:12345"])
+        defer { Task { await proxy.stop() } }
+        #expect(await proxy.waitForLog("<6>listening address=127.0.0.1:"), "\(proxy.stderr)")
+    }
+
+    @Test("gatehouse check: file:line for every problem, exit 1; ok and exit 0 for a good config")
+    func check() throws {
+        let htpasswd = try Self.makeHtpasswd(["u": "p"])
+        let good = Self.temporaryPath("good.yaml")
+        let bad = Self.temporaryPath("bad.yaml")
+        try "htpasswd: \(htpasswd)\nlisten:\n  - 127.0.0.1:3128\nconnect_ports: \"443,8443\"\n".write(toFile: good, atomically: true, encoding: .utf8)
+        try "htpasswd: \(htpasswd)\nconect_ports: 443\nidle_timeout: 60\nlisten: [nonsense]\n".write(toFile: bad, atomically: true, encoding: .utf8)
+        let ok = try CommandLineTests.run(["check", "--config", good])
+        #expect(ok.status == 0, "\(ok.stdout)")
+        #expect(ok.stdout.hasPrefix("ok: 1 user, listening on 127.0.0.1:3128"))
+        let failed = try CommandLineTests.run(["check", "--config", bad])
+        #expect(failed.status == 1)
+        #expect(failed.stdout.contains("\(bad):2: unknown key \"conect_ports\"; did you mean \"connect_ports\"?"), "\(failed.stdout)")
+        #expect(failed.stdout.contains("\(bad):3: invalid duration \"60\""))
+        #expect(failed.stdout.contains("\(bad):4: invalid --listen address \"nonsense\""))
+        // Precedence: a flag beats the environment, which beats the file.
+        let overridden = try CommandLineTests.run(["check", "--config", good, "--listen", "127.0.0.1:9999"])
+        #expect(overridden.stdout.contains("listening on 127.0.0.1:9999"))
+        let brokenUsers = try Self.makeHtpasswd(["u": "p"])
+        try String(contentsOfFile: brokenUsers, encoding: .utf8).appending("no-colon-here\n").write(toFile: brokenUsers, atomically: true, encoding: .utf8)
+        let badUsers = try CommandLineTests.run(["check", "--htpasswd", brokenUsers])
+        #expect(badUsers.status == 1)
+        #expect(badUsers.stdout.contains("\(brokenUsers):2: "))
+    }
+
+    @Test("gatehouse passwd: add, update, verify, delete; Apache's htpasswd reads the result")
+    func passwd() throws {
+        let path = Self.temporaryPath("users")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        func run(_ arguments: [String], input: String) throws -> (Int32, String) {
+            let process = Process()
+            process.executableURL = CommandLineTests.executable
+            process.arguments = ["passwd"] + arguments
+            let stdin = Pipe()
+            let stdout = Pipe()
+            process.standardInput = stdin
+            process.standardOutput = stdout
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            stdin.fileHandleForWriting.write(Data(input.utf8))
+            try stdin.fileHandleForWriting.close()
+            let out = stdout.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: out, as: UTF8.self))
+        }
+        #expect(try run(["--stdin", "--cost", "5", path, "alice"], input: "first\n") == (0, "Adding password for user alice\n"))
+        chmod(path, 0o644)
+        #expect(try run(["--stdin", "--cost", "5", path, "alice"], input: "second\n") == (0, "Updating password for user alice\n"))
+        var info = stat()
+        stat(path, &info)
+        #expect(info.st_mode & 0o777 == 0o644, "the rewrite keeps the file's mode")
+        #expect(try run(["--stdin", "--verify", path, "alice"], input: "second\n").0 == 0)
+        #expect(try run(["--stdin", "--verify", path, "alice"], input: "first\n").0 == 3)
+        let line = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(line.hasPrefix("alice:$2y$05$"))
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/htpasswd") {
+            let apache = Process()
+            apache.executableURL = URL(fileURLWithPath: "/usr/bin/htpasswd")
+            apache.arguments = ["-vb", path, "alice", "second"]
+            apache.standardOutput = FileHandle.nullDevice
+            apache.standardError = FileHandle.nullDevice
+            try apache.run()
+            apache.waitUntilExit()
+            #expect(apache.terminationStatus == 0, "Apache's htpasswd accepts our bcrypt line")
+        }
+        #expect(try run(["--delete", path, "alice"], input: "").0 == 0)
+        #expect(try run(["--delete", path, "alice"], input: "").0 == 1)
+        #expect(try String(contentsOfFile: path, encoding: .utf8).isEmpty)
+    }
+
+    @Test("install.sh into a DESTDIR lays out the binary, units, config and htpasswd")
+    func install() throws {
+        let destination = Self.temporaryPath("root")
+        defer { try? FileManager.default.removeItem(atPath: destination) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [
+            GatehouseProcess.repositoryRoot.appendingPathComponent("Scripts/install.sh").path,
+            "--destdir", destination, "--binary", CommandLineTests.executable.path, "--no-user", "--prefix", "/opt/gh",
+        ]
+        process.currentDirectoryURL = GatehouseProcess.repositoryRoot
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let files = ["opt/gh/bin/gatehouse", "etc/systemd/system/gatehouse.service", "etc/systemd/system/gatehouse.socket",
+                     "etc/gatehouse/gatehouse.yaml", "etc/gatehouse/htpasswd"]
+        for file in files {
+            #expect(FileManager.default.fileExists(atPath: "\(destination)/\(file)"), "\(file) missing")
+        }
+        let unit = try String(contentsOfFile: "\(destination)/etc/systemd/system/gatehouse.service", encoding: .utf8)
+        #expect(unit.contains("ExecStart=/opt/gh/bin/gatehouse"))
+        #expect(unit.contains("Type=notify"))
+        #expect(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"))
+        let check = try CommandLineTests.run(["check", "--config", GatehouseProcess.repositoryRoot.appendingPathComponent("Config/gatehouse.yaml").path,
+                                              "--htpasswd", GatehouseProcess.repositoryRoot.appendingPathComponent("Config/demo.htpasswd").path])
+        #expect(check.status == 0, "the shipped example config is valid: \(check.stdout)")
+    }
+}

@@ -1,0 +1,46 @@
+@testable import Gatehouse
+import NIOCore
+import Testing
+
+@Suite("Settings: YAML, environment, precedence")
+struct GatehouseSettingsTests {
+    @Test("flags beat the environment, which beats the file, which beats the defaults")
+    func precedence() throws {
+        let file = GatehouseSettings.parse(
+            yaml: "realm: FromFile\nconnect_ports: \"8443\"\nidle_timeout: 5s\nusers: [\"a:b\"]\n", path: "f.yaml")
+        #expect(file.problems.isEmpty)
+        let environment = GatehouseSettings.fromEnvironment(["GATEHOUSE_REALM": "FromEnv", "GATEHOUSE_CONNECT_PORTS": "9443", "PATH": "/bin"])
+        var flags = GatehouseSettings()
+        flags.realm = .init("FromFlag", origin: "--realm")
+        let merged = file.settings.overridden(by: environment).overridden(by: flags)
+        let resolved = try #require(merged.resolve().settings)
+        #expect(resolved.configuration.realm == "FromFlag")
+        #expect(resolved.configuration.connectPorts.description == "9443")
+        #expect(resolved.configuration.idleTimeout == .seconds(5))
+        #expect(resolved.configuration.headerTimeout == ProxyConfiguration().headerTimeout)
+        #expect(resolved.inlineUsers == ["a": "b"])
+    }
+
+    @Test("problems name their source: file line, environment variable or flag")
+    func origins() {
+        let file = GatehouseSettings.parse(yaml: "users: [\"a:b\"]\n\nheader_timeout: soon\nlisten: 127.0.0.1:80\n", path: "g.yaml")
+        var settings = file.settings.overridden(by: GatehouseSettings.fromEnvironment(["GATEHOUSE_LOG_FORMAT": "xml"]))
+        settings.drainTimeout = .init("1x", origin: "--drain-timeout")
+        let problems = settings.resolve().problems.map(\.description)
+        #expect(problems.contains { $0.hasPrefix("g.yaml:3: invalid duration \"soon\"") }, "\(problems)")
+        #expect(problems.contains { $0.hasPrefix("GATEHOUSE_LOG_FORMAT: invalid log format \"xml\"") })
+        #expect(problems.contains { $0.hasPrefix("--drain-timeout: invalid duration \"1x\"") })
+    }
+
+    @Test("YAML structure problems: unknown keys with suggestions, duplicates, wrong shapes, syntax")
+    func structure() {
+        let parsed = GatehouseSettings.parse(yaml: "realm: a\nlisten: {x: 1}\nhtpasswrd: /x\n", path: "h.yaml")
+        let messages = parsed.problems.map(\.description)
+        #expect(messages.contains("h.yaml:2: \"listen\" must be a single value"), "\(messages)")
+        #expect(messages.contains("h.yaml:3: unknown key \"htpasswrd\"; did you mean \"htpasswd\"?"))
+        let duplicate = GatehouseSettings.parse(yaml: "realm: a\nrealm: b\n", path: "d.yaml").problems.map(\.description)
+        #expect(duplicate.first?.contains("realm") == true, "\(duplicate)")
+        #expect(GatehouseSettings.parse(yaml: "realm: [unclosed\n", path: "i.yaml").problems.first?.description.hasPrefix("i.yaml: not valid YAML") == true)
+        #expect(GatehouseSettings.parse(yaml: "- a\n- b\n", path: "j.yaml").problems.first?.message == "the config file must be a mapping of keys to values")
+    }
+}
