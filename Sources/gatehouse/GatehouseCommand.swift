@@ -68,6 +68,39 @@ struct SettingsOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Diagnostic log level: trace, debug, info (default), notice, warning, error.", valueName: "LEVEL"))
     var logLevel: String?
 
+    @Option(name: .long, help: ArgumentHelp("Largest request body accepted, e.g. 100M (413 above; no limit by default).", valueName: "SIZE"))
+    var maxBody: String?
+
+    @Option(name: .long, help: ArgumentHelp("Client connections served at once; 503 with Retry-After above (default 16384).", valueName: "N"))
+    var maxConnections: String?
+
+    @Option(name: .long, help: ArgumentHelp("Client connections one address may hold (default 512).", valueName: "N"))
+    var maxConnectionsPerClient: String?
+
+    @Option(name: .long, help: ArgumentHelp("Largest request header section, e.g. 32K (431 above; default 32K).", valueName: "SIZE"))
+    var maxHeaderBytes: String?
+
+    @Option(name: .long, help: ArgumentHelp("Most request header fields (431 above; default 100).", valueName: "N"))
+    var maxHeaderFields: String?
+
+    @Option(name: .long, help: ArgumentHelp("Longest request target (414 above; default 8192).", valueName: "N"))
+    var maxUriLength: String?
+
+    @Option(name: .long, help: ArgumentHelp("Never connect to addresses in this network (repeatable).", valueName: "CIDR"))
+    var denyDestination: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Only connect to addresses in these networks (repeatable).", valueName: "CIDR"))
+    var allowDestination: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Failed logins one address may make per window before 429 (default 30).", valueName: "N"))
+    var authFailuresPerClient: String?
+
+    @Option(name: .long, help: ArgumentHelp("Failed logins per user name per window before 429, for the failing addresses (default 10).", valueName: "N"))
+    var authFailuresPerUser: String?
+
+    @Option(name: .long, help: ArgumentHelp("Sliding window for the failed-login limits (default 60s).", valueName: "DUR"))
+    var authFailureWindow: String?
+
     /// The flags as the highest-precedence settings layer.
     var flagSettings: GatehouseSettings {
         var s = GatehouseSettings()
@@ -89,6 +122,17 @@ struct SettingsOptions: ParsableArguments {
         s.drainTimeout = v(self.drainTimeout, "drain-timeout")
         s.adminListen = v(self.adminListen, "admin-listen")
         s.logLevel = v(self.logLevel, "log-level")
+        s.maxBody = v(self.maxBody, "max-body")
+        s.maxConnections = v(self.maxConnections, "max-connections")
+        s.maxConnectionsPerClient = v(self.maxConnectionsPerClient, "max-connections-per-client")
+        s.maxHeaderBytes = v(self.maxHeaderBytes, "max-header-bytes")
+        s.maxHeaderFields = v(self.maxHeaderFields, "max-header-fields")
+        s.maxURILength = v(self.maxUriLength, "max-uri-length")
+        s.authFailuresPerClient = v(self.authFailuresPerClient, "auth-failures-per-client")
+        s.authFailuresPerUser = v(self.authFailuresPerUser, "auth-failures-per-user")
+        s.authFailureWindow = v(self.authFailureWindow, "auth-failure-window")
+        if !self.denyDestination.isEmpty { s.denyDestination = .init(self.denyDestination, origin: "--deny-destination") }
+        if !self.allowDestination.isEmpty { s.allowDestination = .init(self.allowDestination, origin: "--allow-destination") }
         return s
     }
 

@@ -5,12 +5,17 @@ import NIOPosix
 /// Decides whether a request's `Proxy-Authorization` lets it through (RFC 9110 §11.7.2).
 ///
 /// Cache hits and cheap failures (no header, wrong scheme, bad base64) are answered at once on
-/// the event loop. Anything that needs a password hash runs on a thread pool, because one
-/// bcrypt verification takes long enough to stall every other connection on the loop.
+/// the event loop, and never wait behind anything. Anything that needs a password hash runs on
+/// a thread pool, because one bcrypt verification takes long enough to stall every other
+/// connection on the loop. That pool has a bounded queue: when it is full, the answer is 503
+/// `auth_busy` rather than an ever-growing backlog (a flood of bad passwords must not turn
+/// into unbounded memory and latency). Failed attempts feed the ``AuthThrottle``.
 public final class Authenticator: Sendable {
     public enum Outcome: Sendable, Equatable {
         case authenticated(user: String)
         case rejected(ReasonCode, user: String?)
+        /// 429 `auth_throttled` or 503 `auth_busy`, with seconds for `Retry-After`.
+        case refused(ReasonCode, retryAfter: Int, user: String?)
     }
 
     public enum Decision {
@@ -20,13 +25,22 @@ public final class Authenticator: Sendable {
 
     private let store: NIOLockedValueBox<CredentialStore>
     public let cache: CredentialCache
+    public let throttle: AuthThrottle
     private let threadPool: NIOThreadPool
     private let onCacheHit: (@Sendable () -> Void)?
+    private let pending = NIOLockedValueBox(0)
+    private let maxPending: Int
 
-    public init(store: CredentialStore, cacheTTL: TimeAmount, threadPool: NIOThreadPool, onCacheHit: (@Sendable () -> Void)? = nil) {
+    public init(
+        store: CredentialStore, cacheTTL: TimeAmount, threadPool: NIOThreadPool,
+        throttle: AuthThrottle.Limits = AuthThrottle.Limits(), maxPendingVerifications: Int = 256,
+        onCacheHit: (@Sendable () -> Void)? = nil
+    ) {
         self.store = NIOLockedValueBox(store)
         self.cache = CredentialCache(ttl: cacheTTL)
+        self.throttle = AuthThrottle(limits: throttle)
         self.threadPool = threadPool
+        self.maxPending = maxPendingVerifications
         self.onCacheHit = onCacheHit
     }
 
@@ -38,8 +52,11 @@ public final class Authenticator: Sendable {
 
     public var credentialStore: CredentialStore { self.store.withLockedValue { $0 } }
 
-    /// Checks the `Proxy-Authorization` values of one request.
-    public func authenticate(_ values: [String], on eventLoop: EventLoop) -> Decision {
+    /// Verifications waiting for or running on the hashing pool.
+    public var pendingVerifications: Int { self.pending.withLockedValue { $0 } }
+
+    /// Checks the `Proxy-Authorization` values of one request from `client` (an IP address).
+    public func authenticate(_ values: [String], client: String = "-", on eventLoop: EventLoop) -> Decision {
         guard let value = values.first else { return .immediate(.rejected(.authMissing, user: nil)) }
         // Two Proxy-Authorization fields are ambiguous; refuse rather than pick one.
         guard values.count == 1 else { return .immediate(.rejected(.authMalformed, user: nil)) }
@@ -57,18 +74,37 @@ public final class Authenticator: Sendable {
             case .malformedBase64, .missingColon, .invalidUTF8: return .immediate(.rejected(.authMalformed, user: nil))
             }
         }
+        if let wait = self.throttle.retryAfter(client: client, user: credentials.user) {
+            return .immediate(.refused(.authThrottled, retryAfter: wait, user: credentials.user))
+        }
         let store = self.credentialStore
         let cache = self.cache
+        let throttle = self.throttle
         let check: @Sendable () -> Outcome = {
             if store.verify(user: credentials.user, password: credentials.password) {
                 cache.insert(headerValue: value, user: credentials.user)
                 return .authenticated(user: credentials.user)
             }
+            throttle.recordFailure(client: client, user: credentials.user)
             return .rejected(.authInvalid, user: credentials.user)
         }
         if store.isCheap(user: credentials.user) {
             return .immediate(check())
         }
-        return .pending(self.threadPool.runIfActive(eventLoop: eventLoop, check))
+        let admitted = self.pending.withLockedValue { pending -> Bool in
+            guard pending < self.maxPending else { return false }
+            pending += 1
+            return true
+        }
+        guard admitted else {
+            return .immediate(.refused(.authBusy, retryAfter: 1, user: credentials.user))
+        }
+        let counter = self.pending
+        let future = self.threadPool.runIfActive(eventLoop: eventLoop) { () -> Outcome in
+            defer { counter.withLockedValue { $0 -= 1 } }
+            return check()
+        }
+        future.whenFailure { _ in counter.withLockedValue { $0 = max(0, $0 - 1) } }
+        return .pending(future)
     }
 }

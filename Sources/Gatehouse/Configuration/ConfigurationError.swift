@@ -9,6 +9,8 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
     case invalidInlineUser(String)
     case noCredentialSource
     case htpasswd(String)
+    case invalidCIDR(String)
+    case invalidLimit(String)
 
     public var description: String {
         switch self {
@@ -24,6 +26,10 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
             return "no credentials configured: give --htpasswd PATH or --user NAME:PASSWORD; Gatehouse never runs as an open proxy"
         case .htpasswd(let message):
             return message
+        case .invalidCIDR(let value):
+            return "invalid CIDR \"\(value)\": expected an address with an optional prefix length, such as 10.0.0.0/8 or fd00::/8"
+        case .invalidLimit(let value):
+            return "invalid limit \"\(value)\": expected a positive whole number (sizes may end in K, M or G)"
         }
     }
 }

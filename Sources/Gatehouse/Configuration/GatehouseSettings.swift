@@ -34,6 +34,17 @@ public struct GatehouseSettings: Sendable, Equatable {
     public var drainTimeout: Value<String>?
     public var adminListen: Value<String>?
     public var htpasswdPollInterval: Value<String>?
+    public var maxBody: Value<String>?
+    public var maxConnections: Value<String>?
+    public var maxConnectionsPerClient: Value<String>?
+    public var maxHeaderBytes: Value<String>?
+    public var maxHeaderFields: Value<String>?
+    public var maxURILength: Value<String>?
+    public var denyDestination: Value<[String]>?
+    public var allowDestination: Value<[String]>?
+    public var authFailuresPerClient: Value<String>?
+    public var authFailuresPerUser: Value<String>?
+    public var authFailureWindow: Value<String>?
 
     public init() {}
 
@@ -41,8 +52,13 @@ public struct GatehouseSettings: Sendable, Equatable {
     public static let keys = [
         "listen", "htpasswd", "users", "realm", "access_log", "log_format", "log_level", "connect_ports",
         "connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout", "tunnel_idle_timeout",
-        "drain_timeout", "admin_listen", "htpasswd_poll_interval",
+        "drain_timeout", "admin_listen", "htpasswd_poll_interval", "max_body", "max_connections",
+        "max_connections_per_client", "max_header_bytes", "max_header_fields", "max_uri_length", "deny_destination",
+        "allow_destination", "auth_failures_per_client", "auth_failures_per_user", "auth_failure_window",
     ]
+
+    /// Keys whose value is a list (a YAML sequence, or comma-separated in the environment).
+    static let listKeys: Set<String> = ["listen", "users", "deny_destination", "allow_destination"]
 
     /// Sets a scalar setting by its key.
     mutating func set(key: String, scalar: String, origin: String) {
@@ -62,8 +78,30 @@ public struct GatehouseSettings: Sendable, Equatable {
         case "drain_timeout": self.drainTimeout = v
         case "admin_listen": self.adminListen = v
         case "htpasswd_poll_interval": self.htpasswdPollInterval = v
-        case "listen": self.listen = Value(scalar.split(separator: ",").map { String($0.trimmingSpaces()) }, origin: origin)
+        case "max_body": self.maxBody = v
+        case "max_connections": self.maxConnections = v
+        case "max_connections_per_client": self.maxConnectionsPerClient = v
+        case "max_header_bytes": self.maxHeaderBytes = v
+        case "max_header_fields": self.maxHeaderFields = v
+        case "max_uri_length": self.maxURILength = v
+        case "auth_failures_per_client": self.authFailuresPerClient = v
+        case "auth_failures_per_user": self.authFailuresPerUser = v
+        case "auth_failure_window": self.authFailureWindow = v
         case "users": self.users = Value(scalar.split(separator: ",").map { String($0) }, origin: origin)
+        default:
+            if Self.listKeys.contains(key) {
+                self.set(key: key, list: scalar.split(separator: ",").map { String($0.trimmingSpaces()) }, origin: origin)
+            }
+        }
+    }
+
+    mutating func set(key: String, list: [String], origin: String) {
+        let v = Value(list, origin: origin)
+        switch key {
+        case "listen": self.listen = v
+        case "users": self.users = v
+        case "deny_destination": self.denyDestination = v
+        case "allow_destination": self.allowDestination = v
         default: break
         }
     }
@@ -87,6 +125,17 @@ public struct GatehouseSettings: Sendable, Equatable {
         out.drainTimeout = higher.drainTimeout ?? out.drainTimeout
         out.adminListen = higher.adminListen ?? out.adminListen
         out.htpasswdPollInterval = higher.htpasswdPollInterval ?? out.htpasswdPollInterval
+        out.maxBody = higher.maxBody ?? out.maxBody
+        out.maxConnections = higher.maxConnections ?? out.maxConnections
+        out.maxConnectionsPerClient = higher.maxConnectionsPerClient ?? out.maxConnectionsPerClient
+        out.maxHeaderBytes = higher.maxHeaderBytes ?? out.maxHeaderBytes
+        out.maxHeaderFields = higher.maxHeaderFields ?? out.maxHeaderFields
+        out.maxURILength = higher.maxURILength ?? out.maxURILength
+        out.denyDestination = higher.denyDestination ?? out.denyDestination
+        out.allowDestination = higher.allowDestination ?? out.allowDestination
+        out.authFailuresPerClient = higher.authFailuresPerClient ?? out.authFailuresPerClient
+        out.authFailuresPerUser = higher.authFailuresPerUser ?? out.authFailuresPerUser
+        out.authFailureWindow = higher.authFailureWindow ?? out.authFailureWindow
         return out
     }
 
@@ -147,7 +196,7 @@ public struct GatehouseSettings: Sendable, Equatable {
             }
             let valueOrigin = Self.origin(path, valueNode.mark ?? keyNode.mark)
             switch (key, valueNode) {
-            case ("listen", .sequence(let items)), ("users", .sequence(let items)):
+            case (_, .sequence(let items)) where Self.listKeys.contains(key):
                 var values: [String] = []
                 for item in items {
                     guard let s = item.string else {
@@ -156,7 +205,7 @@ public struct GatehouseSettings: Sendable, Equatable {
                     }
                     values.append(s)
                 }
-                if key == "listen" { settings.listen = Value(values, origin: valueOrigin) } else { settings.users = Value(values, origin: valueOrigin) }
+                settings.set(key: key, list: values, origin: valueOrigin)
             case (_, .scalar(let scalar)):
                 settings.set(key: key, scalar: scalar.string, origin: valueOrigin)
             default:

@@ -33,6 +33,20 @@ public struct ProxyConfiguration: Sendable {
     public var viaPseudonym: String = "gatehouse"
     /// How long a verified credential is trusted without hashing the password again.
     public var credentialCacheTTL: TimeAmount = .minutes(5)
+    /// The largest request header section accepted, in fields; more get 431.
+    public var maxHeaderFields: Int = 100
+    /// The largest request body accepted (413 `body_too_large`); nil means no limit.
+    public var maxBodyBytes: Int? = nil
+    /// Client connections served at once; above it new ones get 503 with `Retry-After`.
+    public var maxConnections: Int = 16_384
+    /// Client connections one address may hold at once (503 `client_connection_limit`).
+    public var maxConnectionsPerClient: Int = 512
+    /// Which destination addresses may be reached (forwards and CONNECT alike).
+    public var destinations = DestinationPolicy()
+    /// Throttling of failed authentication (429 `auth_throttled`).
+    public var authThrottle = AuthThrottle.Limits()
+    /// Password verifications that may wait for the hashing pool; beyond it, 503 `auth_busy`.
+    public var maxPendingVerifications: Int = 256
     /// Deviations for testing clients' 407 and failure handling; all off by default.
     public var testing = TestingBehaviours()
 

@@ -12,6 +12,19 @@ public struct ResolvedSettings: Sendable {
     public var htpasswdPollInterval: TimeAmount
 
     static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// A count or a size: `1000`, `64K`, `10M`, `2G` (binary multiples).
+    static func parseSize(_ text: String) -> Int? {
+        let multipliers: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        var digits = Substring(text)
+        var multiplier = 1
+        if let last = digits.last?.uppercased().first, let m = multipliers[last] {
+            multiplier = m
+            digits = digits.dropLast()
+        }
+        guard !digits.isEmpty, digits.count <= 12, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(digits) else { return nil }
+        return n * multiplier
+    }
 }
 
 extension GatehouseSettings {
@@ -53,6 +66,32 @@ extension GatehouseSettings {
         check(self.idleTimeout, { try TimeAmount(parsing: $0) }) { configuration.idleTimeout = $0 }
         check(self.tunnelIdleTimeout, { try TimeAmount(parsing: $0) }) { configuration.tunnelIdleTimeout = $0 }
         check(self.drainTimeout, { try TimeAmount(parsing: $0) }) { configuration.drainTimeout = $0 }
+        func count(_ value: Value<String>?, minimum: Int = 1, _ apply: (Int) -> Void) {
+            check(value, { text throws(ConfigurationError) -> Int in
+                guard let n = ResolvedSettings.parseSize(text), n >= minimum else { throw .invalidLimit(text) }
+                return n
+            }, apply)
+        }
+        count(self.maxBody) { configuration.maxBodyBytes = $0 }
+        count(self.maxConnections) { configuration.maxConnections = $0 }
+        count(self.maxConnectionsPerClient) { configuration.maxConnectionsPerClient = $0 }
+        count(self.maxHeaderBytes, minimum: 256) { configuration.maxHeaderBytes = $0 }
+        count(self.maxHeaderFields) { configuration.maxHeaderFields = $0 }
+        count(self.maxURILength, minimum: 16) { configuration.maxURILength = $0 }
+        count(self.authFailuresPerClient) { configuration.authThrottle.failuresPerClient = $0 }
+        count(self.authFailuresPerUser) { configuration.authThrottle.failuresPerUser = $0 }
+        check(self.authFailureWindow, { try TimeAmount(parsing: $0) }) { configuration.authThrottle.window = $0 }
+        for (list, apply) in [(self.denyDestination, { (b: CIDRBlock) in configuration.destinations.deny.append(b) }),
+                              (self.allowDestination, { (b: CIDRBlock) in configuration.destinations.allow.append(b) })] {
+            guard let list else { continue }
+            for item in list.value {
+                do {
+                    apply(try CIDRBlock(parsing: item))
+                } catch {
+                    problems.append(SettingsProblem(origin: list.origin, message: error.description))
+                }
+            }
+        }
         var poll = TimeAmount.seconds(2)
         check(self.htpasswdPollInterval, { try TimeAmount(parsing: $0) }) { poll = $0 }
 

@@ -58,6 +58,13 @@ extension ProxyConnectionHandler {
     }
 
     private func upstreamConnected(_ channel: Channel, head: HTTPRequestHead, context: ChannelHandlerContext) {
+        if self.context != nil, case .connecting = self.machine.state,
+            let refusal = self.shared.refusal(remote: channel.remoteAddress, local: channel.localAddress, configuration: self.configuration)
+        {
+            // Checked on the address actually connected to, so DNS rebinding cannot dodge it.
+            channel.close(promise: nil)
+            return self.answer(refusal, context: context)
+        }
         guard self.context != nil, let complete = self.machine.upstreamConnected(),
             let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
         else {

@@ -28,6 +28,14 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     case upstreamConnectTimeout = "upstream_connect_timeout"
     case upstreamTimeout = "upstream_timeout"
     case versionNotSupported = "version_not_supported"
+    case bodyTooLarge = "body_too_large"
+    case badTransferEncoding = "bad_transfer_encoding"
+    case tooManyConnections = "too_many_connections"
+    case clientConnectionLimit = "client_connection_limit"
+    case authThrottled = "auth_throttled"
+    case authBusy = "auth_busy"
+    case destinationDenied = "destination_denied"
+    case loopDetected = "loop_detected"
     /// Log-only: the origin cut its body short; the client connection was closed.
     case upstreamTruncated = "upstream_truncated"
     /// Log-only: the client went away before the response was complete.
@@ -48,6 +56,21 @@ public enum ReasonCode: String, Sendable, CaseIterable {
             return .badGateway
         case .upstreamConnectTimeout, .upstreamTimeout: return .gatewayTimeout
         case .versionNotSupported: return .httpVersionNotSupported
+        case .bodyTooLarge: return .payloadTooLarge
+        case .badTransferEncoding: return .badRequest
+        case .tooManyConnections, .clientConnectionLimit, .authBusy: return .serviceUnavailable
+        case .authThrottled: return .tooManyRequests
+        case .destinationDenied: return .forbidden
+        case .loopDetected: return .loopDetected
+        }
+    }
+
+    /// Seconds for `Retry-After` (RFC 9110 §10.2.3) on statuses that invite a retry.
+    var defaultRetryAfter: Int? {
+        switch self {
+        case .tooManyConnections, .clientConnectionLimit: return 5
+        case .authBusy: return 1
+        default: return nil
         }
     }
 
@@ -78,6 +101,14 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .upstreamConnectTimeout: return "Connecting to the destination timed out."
         case .upstreamTimeout: return "The destination did not respond in time."
         case .versionNotSupported: return "Only HTTP/1.0 and HTTP/1.1 are supported."
+        case .bodyTooLarge: return "The request body is larger than this proxy accepts."
+        case .badTransferEncoding: return "Only the chunked transfer coding is accepted on requests."
+        case .tooManyConnections: return "The proxy is at its connection limit; retry later."
+        case .clientConnectionLimit: return "Too many connections from your address; retry later."
+        case .authThrottled: return "Too many failed authentication attempts; retry later."
+        case .authBusy: return "The proxy is busy checking credentials; retry shortly."
+        case .destinationDenied: return "This destination is not allowed by the proxy's policy."
+        case .loopDetected: return "The request would loop back through this proxy."
         case .upstreamTruncated: return "The destination cut its response short."
         case .clientClosed: return "The client closed the connection."
         }

@@ -53,6 +53,7 @@ public final class GatehouseServer: Service, Sendable {
         let metrics = GatehouseMetrics()
         let authenticator = Authenticator(
             store: credentials, cacheTTL: configuration.credentialCacheTTL, threadPool: threadPool,
+            throttle: configuration.authThrottle, maxPendingVerifications: configuration.maxPendingVerifications,
             onCacheHit: { metrics.cacheHit() })
         self.metrics = metrics
         self.context = ProxyContext(
@@ -124,6 +125,7 @@ public final class GatehouseServer: Service, Sendable {
         }
         self.state.withLockedValue { $0 = .serving }
         let addresses = channels.compactMap(\.localAddress)
+        shared.listeners.withLockedValue { $0 = addresses }
         for address in addresses {
             logger.info("listening", metadata: ["address": "\(address.gatehouseDescription)"])
         }
@@ -154,7 +156,7 @@ public final class GatehouseServer: Service, Sendable {
     /// The client pipeline: raw-byte observer, NIO's HTTP/1 encoder and decoder, pipelining
     /// assistance, response header validation, and the proxy handler.
     static func configureClientPipeline(_ channel: Channel, shared: ProxyContext) throws {
-        shared.connections.add(channel)
+        let (total, fromClient) = shared.connections.add(channel)
         var encoderConfiguration = HTTPResponseEncoder.Configuration()
         // Framing is decided by the proxy, which knows the request method and client version.
         encoderConfiguration.automaticallySetFramingHeaders = false
@@ -166,6 +168,13 @@ public final class GatehouseServer: Service, Sendable {
             ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: shared.snapshot.decoderLimits)))
         try sync.addHandler(HTTPServerPipelineHandler())
         try sync.addHandler(NIOHTTPResponseHeadersValidator())
-        try sync.addHandler(ProxyConnectionHandler(shared: shared, observer: observer))
+        let handler = ProxyConnectionHandler(shared: shared, observer: observer)
+        let configuration = handler.configuration
+        if total > configuration.maxConnections {
+            handler.rejection = .tooManyConnections
+        } else if fromClient > configuration.maxConnectionsPerClient {
+            handler.rejection = .clientConnectionLimit
+        }
+        try sync.addHandler(handler)
     }
 }

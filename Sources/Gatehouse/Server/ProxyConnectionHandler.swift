@@ -41,6 +41,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var closeAfterResponse = false
     /// A refused CONNECT's `.end` is still due; swap in a fresh HTTP decoder once it arrives.
     var replaceDecoderOnRequestEnd = false
+    /// Set when the connection is over a connection limit: it gets a 503 and is closed.
+    var rejection: ReasonCode?
 
     /// The settings this connection runs under, fixed when it opened.
     let settings: ProxyContext.Snapshot
@@ -62,15 +64,26 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         self.logger[metadataKey: "client"] = "\(self.clientAddress)"
         self.observer.connection = self
-        if context.channel.isActive { self.awaitRequest(context: context) }
+        if context.channel.isActive { self.connectionStarted(context: context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
         if let remote = context.channel.remoteAddress {
             self.clientAddress = remote.gatehouseDescription
         }
-        self.awaitRequest(context: context)
+        self.connectionStarted(context: context)
         context.fireChannelActive()
+    }
+
+    /// A connection over the global or per-client limit is answered 503 with `Retry-After`
+    /// straight away, logged, and closed: it costs one write, not a slot.
+    private func connectionStarted(context: ChannelHandlerContext) {
+        if let reason = self.rejection {
+            self.rejection = nil
+            self.sendRawAndClose(status: "503 Service Unavailable", reason: reason, context: context)
+            return
+        }
+        self.awaitRequest(context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -110,6 +123,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.requestHead(head, context: context)
         case .body(let buffer):
             self.exchange?.bytesIn += buffer.readableBytes
+            if let limit = self.configuration.maxBodyBytes, let received = self.exchange?.bytesIn, received > limit {
+                return self.bodyTooLarge(context: context)
+            }
             switch self.machine.requestBodyReceived() {
             case .bufferBody: self.bufferedBody.append(buffer)
             case .forwardBody: self.upstream?.send(.body(.byteBuffer(buffer)))
@@ -209,6 +225,29 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.exchange = exchange
             return self.answer(.uriTooLong, context: context, close: true)
         }
+        // Rules the parser leaves to the application (RFC 9112 §3.2, §6.1, §6.3).
+        if head.headers["host"].count > 1 {
+            self.exchange = exchange
+            return self.answer(.badRequest, context: context, close: true)
+        }
+        let codings = head.headers["transfer-encoding"]
+        if !codings.isEmpty && (codings.count != 1 || codings[0].lowercased() != "chunked" || head.version == .http1_0) {
+            // Only a lone `chunked` is framing the proxy can re-encode faithfully; anything
+            // else (`gzip, chunked`, a chunked HTTP/1.0 request) is a smuggling risk.
+            self.exchange = exchange
+            return self.answer(.badTransferEncoding, context: context, close: true)
+        }
+        if let limit = self.configuration.maxBodyBytes,
+            let length = head.headers["content-length"].first.flatMap({ Int($0) }), length > limit
+        {
+            self.exchange = exchange
+            return self.answer(.bodyTooLarge, context: context, close: true)
+        }
+        if Self.carriesVia(head.headers, pseudonym: self.configuration.viaPseudonym) {
+            // Our own Via on an incoming request: it came through this proxy already.
+            self.exchange = exchange
+            return self.answer(.loopDetected, context: context, close: true)
+        }
         let destination: Destination
         if isConnect {
             switch RequestTarget.parseConnect(head.uri) {
@@ -239,7 +278,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         if self.configuration.testing.authenticateConnectOnly && !isConnect {
             return self.authenticationFinished(.authenticated(user: "-"), destination: destination, context: context)
         }
-        switch self.shared.authenticator.authenticate(head.headers["proxy-authorization"], on: context.eventLoop) {
+        let clientIP = self.context?.channel.remoteAddress?.ipAddress ?? self.clientAddress
+        switch self.shared.authenticator.authenticate(head.headers["proxy-authorization"], client: clientIP, on: context.eventLoop) {
         case .immediate(let outcome):
             self.authenticationFinished(outcome, destination: destination, context: context)
         case .pending(let future):
@@ -264,6 +304,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private func authenticationFinished(_ outcome: Authenticator.Outcome, destination: Destination, context: ChannelHandlerContext) {
         switch outcome {
+        case .refused(let reason, let retryAfter, let user):
+            self.exchange?.user = user
+            let close = (self.exchange?.expectsContinue ?? false) && !self.bufferedEnd
+            self.answer(reason, context: context, close: close, retryAfter: retryAfter)
         case .rejected(let reason, let user):
             self.shared.metrics.authenticated(false)
             self.exchange?.user = user
@@ -300,7 +344,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     // MARK: Gatehouse's own responses
 
     /// Sends Gatehouse's own response for `reason`, logs it, and moves the connection on.
-    func answer(_ reason: ReasonCode, context: ChannelHandlerContext, close: Bool = false) {
+    func answer(_ reason: ReasonCode, context: ChannelHandlerContext, close: Bool = false, retryAfter: Int? = nil) {
         // Once the connection is closing, nothing more is said (a parse error at EOF after a
         // 408 or 505 must not produce a second response or log line).
         guard self.machine.state != .closed else { return }
@@ -321,6 +365,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: String(body.readableBytes))
+        if let seconds = retryAfter ?? reason.defaultRetryAfter {
+            headers.add(name: "Retry-After", value: String(seconds))
+        }
         if closing {
             headers.add(name: "Connection", value: "close")
         } else if exchange.version == .http1_0 {
@@ -427,20 +474,55 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// RFC 9110 §15.5.9: 408 tells the client the server closed an unfinished request.
     private func headerTimedOut() {
         guard let context = self.context, self.machine.isIdle else { return }
-        let reason = ReasonCode.headerTimeout
+        self.sendRawAndClose(status: "408 Request Timeout", reason: .headerTimeout, context: context)
+    }
+
+    /// Writes a complete response below the HTTP handlers (there is no request they know of
+    /// for it to answer), logs it, and closes.
+    func sendRawAndClose(status: String, reason: ReasonCode, context: ChannelHandlerContext) {
         let message = reason.message + "\n"
-        let text = "HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            + "Content-Length: \(message.utf8.count)\r\nConnection: close\r\n\r\n" + message
+        var text = "HTTP/1.1 \(status)\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        if let retry = reason.defaultRetryAfter { text += "Retry-After: \(retry)\r\n" }
+        text += "Content-Length: \(message.utf8.count)\r\nConnection: close\r\n\r\n" + message
         var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
         buffer.writeString(text)
         var exchange = Exchange(unparsedAt: self.headStarted)
         exchange.bytesOut = text.utf8.count
-        self.shared.record(exchange.logEntry(client: self.clientAddress, status: 408, reason: reason))
+        self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(reason.status.code), reason: reason))
         self.machine.connectionClosed()
+        self.timer?.cancel()
+        self.timer = nil
         if let written = self.observer.writeRaw(buffer) {
             written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         } else {
             context.close(promise: nil)
+        }
+    }
+
+    /// The upload passed `maxBodyBytes`: 413 if nothing was answered yet, else just close.
+    private func bodyTooLarge(context: ChannelHandlerContext) {
+        if self.machine.responseStarted || self.machine.state == .closed {
+            self.upstream?.close()
+            self.upstream = nil
+            self.machine.connectionClosed()
+            context.close(promise: nil)
+            return
+        }
+        if case .forwarding = self.machine.state {
+            // The origin has a truncated upload and no `.end`: drop that connection.
+            self.upstream?.close()
+            self.upstream = nil
+        }
+        self.answer(.bodyTooLarge, context: context, close: true)
+    }
+
+    /// Whether a `Via` field names this proxy's pseudonym (RFC 9110 §7.6.3: received-by).
+    static func carriesVia(_ headers: HTTPHeaders, pseudonym: String) -> Bool {
+        headers["via"].contains { value in
+            value.split(separator: ",").contains { entry in
+                let parts = entry.trimmingSpaces().split(separator: " ", omittingEmptySubsequences: true)
+                return parts.count >= 2 && parts[1] == Substring(pseudonym)
+            }
         }
     }
 

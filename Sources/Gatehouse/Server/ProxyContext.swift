@@ -21,7 +21,7 @@ final class ProxyContext: Sendable {
             var limits = NIOHTTPDecoderLimitConfiguration()
             limits.maxHeaderFieldSize = configuration.maxHeaderBytes
             limits.maxHeaderListSize = configuration.maxHeaderBytes
-            limits.maxHeaderFieldCount = 256
+            limits.maxHeaderFieldCount = configuration.maxHeaderFields
             self.decoderLimits = limits
         }
     }
@@ -32,6 +32,8 @@ final class ProxyContext: Sendable {
     let metrics: GatehouseMetrics
     let logger: Logger
     let connections: ConnectionRegistry
+    /// The addresses this server listens on, for loop detection.
+    let listeners = NIOLockedValueBox([SocketAddress]())
 
     init(configuration: ProxyConfiguration, authenticator: Authenticator, accessLog: AccessLog, metrics: GatehouseMetrics, logger: Logger) {
         self.current = NIOLockedValueBox(Snapshot(configuration))
@@ -51,6 +53,19 @@ final class ProxyContext: Sendable {
         self.current.withLockedValue { $0 = snapshot }
     }
 
+    /// Why a connection to `remote` (made from `local`) must not be used, if it must not:
+    /// the destination policy, or a loop back into one of this proxy's own listeners.
+    func refusal(remote: SocketAddress?, local: SocketAddress?, configuration: ProxyConfiguration) -> ReasonCode? {
+        guard let remote else { return nil }
+        for listener in self.listeners.withLockedValue({ $0 }) where listener.port == remote.port {
+            let listenerIP = listener.ipAddress ?? ""
+            if listenerIP == remote.ipAddress || ((listenerIP == "0.0.0.0" || listenerIP == "::") && remote.ipAddress == local?.ipAddress) {
+                return .loopDetected
+            }
+        }
+        return configuration.destinations.permits(remote) ? nil : .destinationDenied
+    }
+
     /// Every response goes through here: one access-log line, and the metrics.
     func record(_ entry: AccessLogEntry) {
         self.accessLog.record(entry)
@@ -60,27 +75,44 @@ final class ProxyContext: Sendable {
 
 /// The open client connections of a server, so a drain that runs out of time can close them.
 final class ConnectionRegistry: Sendable {
-    private let channels = NIOLockedValueBox([ObjectIdentifier: Channel]())
+    private struct State {
+        var channels: [ObjectIdentifier: Channel] = [:]
+        var perClient: [String: Int] = [:]
+    }
+
+    private let state = NIOLockedValueBox(State())
     private let metrics: GatehouseMetrics
 
     init(metrics: GatehouseMetrics) {
         self.metrics = metrics
     }
 
-    func add(_ channel: Channel) {
+    /// Registers a new connection; returns how many are open in all, and from its address.
+    @discardableResult
+    func add(_ channel: Channel) -> (total: Int, fromClient: Int) {
         let id = ObjectIdentifier(channel)
-        self.channels.withLockedValue { $0[id] = channel }
+        let client = channel.remoteAddress?.ipAddress ?? "-"
+        let counts = self.state.withLockedValue { state -> (Int, Int) in
+            state.channels[id] = channel
+            state.perClient[client, default: 0] += 1
+            return (state.channels.count, state.perClient[client] ?? 0)
+        }
         self.metrics.connectionOpened()
         channel.closeFuture.whenComplete { _ in
-            self.channels.withLockedValue { $0[id] = nil }
+            self.state.withLockedValue { state in
+                state.channels[id] = nil
+                let left = (state.perClient[client] ?? 1) - 1
+                state.perClient[client] = left > 0 ? left : nil
+            }
             self.metrics.connectionClosed()
         }
+        return counts
     }
 
-    var count: Int { self.channels.withLockedValue { $0.count } }
+    var count: Int { self.state.withLockedValue { $0.channels.count } }
 
     func closeAll() {
-        let all = self.channels.withLockedValue { Array($0.values) }
+        let all = self.state.withLockedValue { Array($0.channels.values) }
         for channel in all { channel.close(promise: nil) }
     }
 }

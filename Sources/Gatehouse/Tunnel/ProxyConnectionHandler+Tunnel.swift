@@ -16,6 +16,12 @@ extension ProxyConnectionHandler {
             switch result {
             case .success(let channel):
                 self.shared.metrics.upstreamConnected(nanoseconds: (NIODeadline.now() - started).nanoseconds)
+                if self.context != nil, case .connecting = self.machine.state,
+                    let refusal = self.shared.refusal(remote: channel.remoteAddress, local: channel.localAddress, configuration: self.configuration)
+                {
+                    channel.close(promise: nil)
+                    return self.answer(refusal, context: context)
+                }
                 guard self.context != nil, self.machine.upstreamConnected() != nil else {
                     channel.close(promise: nil)
                     return

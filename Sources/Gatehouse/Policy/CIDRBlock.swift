@@ -1,0 +1,82 @@
+import NIOCore
+
+/// An IPv4 or IPv6 network in CIDR notation (`10.0.0.0/8`, `fd00::/8`, or a single address).
+public struct CIDRBlock: Sendable, Hashable, CustomStringConvertible {
+    let network: [UInt8]
+    let prefixLength: Int
+
+    public init(parsing text: String) throws(ConfigurationError) {
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let bytes = Self.addressBytes(String(parts[0])) else { throw .invalidCIDR(text) }
+        let maximum = bytes.count * 8
+        var prefix = maximum
+        if parts.count == 2 {
+            guard let parsed = Int(parts[1]), parts[1].allSatisfy(\.isNumber), (0...maximum).contains(parsed) else {
+                throw .invalidCIDR(text)
+            }
+            prefix = parsed
+        }
+        self.network = Self.masked(bytes, prefix)
+        self.prefixLength = prefix
+    }
+
+    /// Whether the address is in this network. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`)
+    /// are checked as the IPv4 address they carry, so they cannot slip past an IPv4 rule.
+    public func contains(_ address: SocketAddress) -> Bool {
+        guard let ip = address.ipAddress, var bytes = Self.addressBytes(ip) else { return false }
+        if bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
+            bytes = Array(bytes[12..<16])
+        }
+        guard bytes.count == self.network.count else { return false }
+        return Self.masked(bytes, self.prefixLength) == self.network
+    }
+
+    static func masked(_ bytes: [UInt8], _ prefix: Int) -> [UInt8] {
+        bytes.enumerated().map { index, byte in
+            let bits = max(0, min(8, prefix - index * 8))
+            return bits == 0 ? 0 : byte & UInt8(truncatingIfNeeded: 0xFF << (8 - bits))
+        }
+    }
+
+    static func addressBytes(_ text: String) -> [UInt8]? {
+        guard let address = try? SocketAddress(ipAddress: text, port: 0) else { return nil }
+        switch address {
+        case .v4(let v4):
+            return withUnsafeBytes(of: v4.address.sin_addr) { Array($0) }
+        case .v6(let v6):
+            return withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+        default:
+            return nil
+        }
+    }
+
+    public var description: String {
+        let address: String
+        if self.network.count == 4 {
+            address = self.network.map(String.init).joined(separator: ".")
+        } else {
+            address = stride(from: 0, to: 16, by: 2).map { String(UInt16(self.network[$0]) << 8 | UInt16(self.network[$0 + 1]), radix: 16) }
+                .joined(separator: ":")
+        }
+        return "\(address)/\(self.prefixLength)"
+    }
+}
+
+/// Which destinations the proxy may connect to, checked against the address actually
+/// connected to (after DNS), so a name that resolves differently later (DNS rebinding) cannot
+/// get around it. Deny rules win; when allow rules exist, anything outside them is denied.
+public struct DestinationPolicy: Sendable, Equatable {
+    public var allow: [CIDRBlock] = []
+    public var deny: [CIDRBlock] = []
+
+    public init(allow: [CIDRBlock] = [], deny: [CIDRBlock] = []) {
+        self.allow = allow
+        self.deny = deny
+    }
+
+    public func permits(_ address: SocketAddress) -> Bool {
+        if self.deny.contains(where: { $0.contains(address) }) { return false }
+        if !self.allow.isEmpty && !self.allow.contains(where: { $0.contains(address) }) { return false }
+        return true
+    }
+}
