@@ -695,7 +695,8 @@ def pick_size(rng: random.Random, top: int) -> int:
         return 0
     for bound, low, high in ((0.25, 1, KIB), (0.55, KIB + 1, 64 * KIB), (0.85, 64 * KIB + 1, MIB), (0.98, MIB + 1, top - 1)):
         if r < bound:
-            return rng.randint(min(low, top), min(high, top))
+            low = min(low, top)
+            return rng.randint(low, max(low, min(high, top)))
     return top
 
 

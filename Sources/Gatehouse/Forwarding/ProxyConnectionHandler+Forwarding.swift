@@ -8,6 +8,16 @@ extension ProxyConnectionHandler {
         if let failure = self.configuration.testing.upstreamFailure {
             return self.answer(failure, context: context)
         }
+        // Connect only after the rest of this read has been parsed: if it holds a smuggling
+        // attempt (a bad chunk after a valid head), the request is refused and the origin is
+        // never contacted at all.
+        context.eventLoop.assumeIsolated().execute {
+            guard self.context != nil, case .connecting = self.machine.state else { return }
+            self.connectUpstream(head, to: uri, context: context)
+        }
+    }
+
+    private func connectUpstream(_ head: HTTPRequestHead, to uri: AbsoluteURI, context: ChannelHandlerContext) {
         let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.configuration.viaPseudonym)
         let configuration = self.configuration
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)

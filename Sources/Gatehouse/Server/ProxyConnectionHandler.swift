@@ -347,7 +347,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func answer(_ reason: ReasonCode, context: ChannelHandlerContext, close: Bool = false, retryAfter: Int? = nil) {
         // Once the connection is closing, nothing more is said (a parse error at EOF after a
         // 408 or 505 must not produce a second response or log line).
-        guard self.machine.state != .closed else { return }
+        guard self.machine.state != .closed, context.channel.isActive else { return }
         var exchange = self.exchange ?? Exchange(unparsedAt: self.headStarted)
         let closing = close || !exchange.clientKeepAlive || self.clientInputClosed
             || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)

@@ -8,6 +8,14 @@ extension ProxyConnectionHandler {
         if let failure = self.configuration.testing.upstreamFailure {
             return self.answer(failure, context: context)
         }
+        // As for forwards: connect once the rest of this read has been parsed.
+        context.eventLoop.assumeIsolated().execute {
+            guard self.context != nil, case .connecting = self.machine.state else { return }
+            self.connectTunnel(to: authority, context: context)
+        }
+    }
+
+    private func connectTunnel(to authority: Authority, context: ChannelHandlerContext) {
         let started = NIODeadline.now()
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: self.configuration, halfClosure: true)
             .channelOption(.autoRead, value: false)

@@ -13,9 +13,13 @@ final class RawClient: Sendable {
         self.state = state
     }
 
-    static func connect(port: Int) async throws -> RawClient {
+    /// Connects to 127.0.0.1:`port`, optionally from another loopback address (127.0.0.2, …),
+    /// which the proxy sees as a different client.
+    static func connect(port: Int, from source: String? = nil) async throws -> RawClient {
         let state = NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>(([], false))
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        if let source { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: source, port: 0)) }
+        let channel = try await bootstrap
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -19,12 +19,13 @@ final class RawOrigin: Sendable {
 
     private init(channel: Channel) { self.channel = channel }
 
-    static func start(_ behaviour: Behaviour) async throws -> RawOrigin {
+    static func start(_ behaviour: Behaviour, onConnection: (@Sendable () -> Void)? = nil) async throws -> RawOrigin {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    onConnection?()
                     try channel.pipeline.syncOperations.addHandler(ScriptHandler(behaviour: behaviour))
                 }
             }

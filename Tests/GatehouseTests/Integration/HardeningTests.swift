@@ -1,0 +1,304 @@
+import Foundation
+import GatehouseTesting
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Testing
+
+/// An origin that counts the requests it gets, for "nothing reaches the origin" checks.
+final class CountingOrigin: Sendable {
+    let origin: RawOrigin
+    var port: Int { self.origin.port }
+    static func start() async throws -> CountingOrigin {
+        CountingOrigin(origin: try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nhi\n")))
+    }
+    init(origin: RawOrigin) { self.origin = origin }
+}
+
+@Suite("Hardening: hostile input, limits, brute force, destinations")
+struct HardeningTests {
+    static let auth = "Proxy-Authorization: \(TestUser.basic)\r\n"
+
+    @Test("an authenticated smuggling attempt gets 400 and nothing reaches the origin", arguments: [
+        "POST {url} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET {url} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST {url} HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\nzz\r\nGET {url} HTTP/1.1\r\n\r\n",
+        "POST {url} HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    ])
+    func smuggling(template: String) async throws {
+        let counter = ManagedAtomicCounter()
+        let origin = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), onConnection: { counter.increment() })
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let request = template.replacingOccurrences(of: "{url}", with: "http://127.0.0.1:\(origin.port)/")
+                .replacingOccurrences(of: "{auth}", with: Self.auth)
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(request)
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(client.text)")
+            #expect(statusCodes(in: client.text) == [400])
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(counter.value == 0, "the origin must not be contacted")
+            #expect(proxy.records.count == 1)
+        }
+    }
+
+    @Test("--max-body: 413 for a declared length over the limit and for a chunked upload that grows past it")
+    func maxBody() async throws {
+        try await withProxyAndOrigin(configure: { $0.maxBodyBytes = 1000 }) { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\n\(Self.auth)Content-Length: 5000\r\n\r\n")
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 413 Payload Too Large\r\n"), "\(client.text)")
+            let chunked = try await RawClient.connect(port: proxy.port)
+            try await chunked.send("POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\n\(Self.auth)Transfer-Encoding: chunked\r\n\r\n")
+            for _ in 0..<3 { try await chunked.send("200\r\n" + String(repeating: "a", count: 512) + "\r\n") }
+            #expect(await chunked.waitForClose())
+            #expect(chunked.text.hasPrefix("HTTP/1.1 413 "), "\(chunked.text)")
+            #expect(proxy.records.map(\.reason) == [.bodyTooLarge, .bodyTooLarge])
+            let small = try await Curl.run(["-x", proxy.authenticatedURL, "--data-binary", "small", "http://127.0.0.1:\(origin.port)/upload"])
+            #expect(small.body.hasSuffix(" 5"))
+        }
+    }
+
+    @Test("too many header fields: 431")
+    func headerFieldCount() async throws {
+        try await withProxyAndOrigin(configure: { $0.maxHeaderFields = 20 }) { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            let many = (0..<30).map { "X-\($0): v\r\n" }.joined()
+            try await client.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\(many)\r\n")
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 431 "), "\(client.text)")
+        }
+    }
+
+    @Test("--max-connections: beyond the limit, 503 with Retry-After, logged")
+    func maxConnections() async throws {
+        try await withProxyAndOrigin(configure: { $0.maxConnections = 2 }) { proxy, _ in
+            let first = try await RawClient.connect(port: proxy.port)
+            let second = try await RawClient.connect(port: proxy.port)
+            let third = try await RawClient.connect(port: proxy.port)
+            #expect(await third.waitForClose())
+            #expect(third.text.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"), "\(third.text)")
+            #expect(third.text.contains("Retry-After: 5\r\n"))
+            #expect(!first.isClosed && !second.isClosed)
+            #expect(proxy.records.map(\.reason) == [.tooManyConnections])
+            await first.close()
+            try await Task.sleep(for: .milliseconds(200))
+            let fourth = try await RawClient.connect(port: proxy.port)
+            try await fourth.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(await fourth.waitFor { $0.hasSuffix(".\n") }.hasPrefix("HTTP/1.1 407 "), "a freed slot serves again")
+            await second.close()
+            await fourth.close()
+        }
+    }
+
+    @Test("per-client connection limit: one address is capped, another is not")
+    func perClientLimit() async throws {
+        try await withProxyAndOrigin(configure: { $0.maxConnectionsPerClient = 2 }) { proxy, _ in
+            var held: [RawClient] = []
+            for _ in 0..<2 { held.append(try await RawClient.connect(port: proxy.port, from: "127.0.0.2")) }
+            let over = try await RawClient.connect(port: proxy.port, from: "127.0.0.2")
+            #expect(await over.waitForClose())
+            #expect(over.text.hasPrefix("HTTP/1.1 503 "))
+            #expect(proxy.records.first?.reason == .clientConnectionLimit)
+            let other = try await RawClient.connect(port: proxy.port, from: "127.0.0.3")
+            try await other.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(await other.waitFor { $0.hasSuffix(".\n") }.hasPrefix("HTTP/1.1 407 "))
+            for client in held { await client.close() }
+            await other.close()
+        }
+    }
+
+    @Test("failed logins are throttled per address (429 auth_throttled), and never lock out the user elsewhere")
+    func throttling() async throws {
+        try await withProxyAndOrigin(configure: {
+            $0.authThrottle = .init(window: .seconds(60), failuresPerClient: 4, failuresPerUser: 3)
+        }) { proxy, origin in
+            let url = "http://127.0.0.1:\(origin.port)/hello"
+            let wrong = "Proxy-Authorization: Basic \(Data("\(TestUser.name):guess".utf8).base64EncodedString())\r\n"
+            let attacker = try await RawClient.connect(port: proxy.port, from: "127.0.0.2")
+            for _ in 0..<4 { try await attacker.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(wrong)\r\n") }
+            var text = await attacker.waitFor { statusCodes(in: $0).count == 4 }
+            #expect(statusCodes(in: text) == [407, 407, 407, 429], "per-user limit (3) hits on the 4th try")
+            #expect(text.contains("Retry-After: "))
+            // The right password from the attacker's address is throttled too (not verified).
+            try await attacker.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(Self.auth)\r\n")
+            text = await attacker.waitFor { statusCodes(in: $0).count == 5 }
+            #expect(statusCodes(in: text).last == 429)
+            // The legitimate user, from another address: served.
+            let user = try await RawClient.connect(port: proxy.port, from: "127.0.0.3")
+            try await user.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(Self.auth)\r\n")
+            #expect(await user.waitFor { $0.hasSuffix("hello\n") }.hasSuffix("hello\n"))
+            // Another user name from the attacker's address fails on the per-address limit.
+            let other = "Proxy-Authorization: Basic \(Data("bob:guess".utf8).base64EncodedString())\r\n"
+            try await attacker.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(other)\r\n")
+            try await attacker.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(other)\r\n")
+            text = await attacker.waitFor { statusCodes(in: $0).count == 7 }
+            #expect(Array(statusCodes(in: text).suffix(2)) == [407, 429])
+            #expect(proxy.records.filter { $0.reason == .authThrottled }.count == 3)
+            await attacker.close()
+            await user.close()
+        }
+    }
+
+    @Test("a saturated hashing queue answers 503 auth_busy; cached credentials never wait")
+    func hashingQueue() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let url = try #require(Bundle.module.url(forResource: "vectors", withExtension: "htpasswd", subdirectory: "Fixtures"))
+        var configuration = ProxyConfiguration()
+        configuration.maxPendingVerifications = 1
+        let frozen = configuration
+        try await GatehouseFixture.withProxy(users: [:], htpasswd: try HtpasswdFile.load(path: url.path), configuration: frozen) { proxy in
+            let good = proxy.proxyURL(user: "bcrypt10-user", password: "bcrypt-ten")
+            #expect(try await Curl.run(["-x", good, "http://127.0.0.1:\(origin.port)/hello"]).body == "hello\n")
+            // Many different wrong passwords at once: only one may queue.
+            let statuses = try await withThrowingTaskGroup(of: String.self) { group in
+                for i in 0..<8 {
+                    group.addTask {
+                        try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", proxy.proxyURL(user: "bcrypt10-user", password: "wrong\(i)"),
+                                            "http://127.0.0.1:\(origin.port)/hello"]).body
+                    }
+                }
+                group.addTask {
+                    try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", good, "http://127.0.0.1:\(origin.port)/hello"]).body
+                }
+                return try await group.reduce(into: [String]()) { $0.append($1) }
+            }
+            #expect(statuses.contains("503"), "\(statuses)")
+            #expect(statuses.contains("200"), "the cached user was served: \(statuses)")
+            #expect(proxy.records.contains { $0.reason == .authBusy && $0.status == 503 })
+        }
+    }
+
+    @Test("--deny-destination and --allow-destination apply to the resolved address, for forwards and CONNECT")
+    func destinations() async throws {
+        try await withProxyAndOrigin(configure: {
+            $0.destinations = DestinationPolicy(deny: [try! CIDRBlock(parsing: "127.0.0.0/8")])
+            $0.connectPorts = PortSet([1...65535])
+        }) { proxy, origin in
+            for target in ["http://127.0.0.1:\(origin.port)/hello", "http://localhost:\(origin.port)/hello"] {
+                let result = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-x", proxy.authenticatedURL, target])
+                #expect(result.body == "403", "\(target)")
+            }
+            let tunnel = try await Curl.run(["-w", "%{http_connect}", "-o", "/dev/null", "-p", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(tunnel.body == "403")
+            #expect(proxy.records.map(\.reason) == [.destinationDenied, .destinationDenied, .destinationDenied])
+        }
+        try await withProxyAndOrigin(configure: {
+            $0.destinations = DestinationPolicy(allow: [try! CIDRBlock(parsing: "10.0.0.0/8")])
+        }) { proxy, origin in
+            let result = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(result.body == "403", "outside the allow list")
+        }
+    }
+
+    @Test("requests that would loop back through the proxy get 508")
+    func loops() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let toSelf = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(proxy.port)/"])
+            #expect(toSelf.body == "508")
+            let viaSelf = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-H", "Via: 1.1 other, 1.1 gatehouse",
+                                              "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(viaSelf.body == "508")
+            #expect(proxy.records.map(\.reason).filter { $0 == .loopDetected }.count == 2)
+        }
+    }
+
+    @Test("invalid upstream responses get 502: oversized headers, smuggling-shaped framing", arguments: [
+        "HTTP/1.1 200 OK\r\nX-Big: " + String(repeating: "b", count: 100_000) + "\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+    ])
+    func badUpstream(response: String) async throws {
+        let origin = try await RawOrigin.start(.respondAndClose(response))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let result = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/"])
+            #expect(result.body == "502")
+            #expect(proxy.records.first?.reason == .upstreamBadResponse)
+        }
+    }
+
+    @Test("1,000 slowloris connections do not stop other clients from being served")
+    func slowloris() async throws {
+        // Everything that holds the 1,000 sockets lives in child processes: a test process
+        // with thousands of descriptors open would break Foundation's Process for every
+        // other test running alongside.
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let proxy = try GatehouseProcess([
+            "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--header-timeout", "30s",
+            "--max-connections-per-client", "5000",
+        ])
+        defer { Task { await proxy.stop() } }
+        let script = """
+            import socket, sys, time, base64, json
+            port, origin = int(sys.argv[1]), int(sys.argv[2])
+            slow = []
+            for i in range(1000):
+                s = socket.socket(); s.bind(("127.0.1.%d" % (i % 200 + 1), 0)); s.connect(("127.0.0.1", port))
+                s.sendall(b"GET http://127.0.0.1:%d/hello HTTP/1.1\\r\\nHo" % origin)
+                slow.append(s)
+            auth = base64.b64encode(b"u:p").decode()
+            times, bodies = [], []
+            for _ in range(5):
+                start = time.monotonic()
+                c = socket.create_connection(("127.0.0.1", port), timeout=10)
+                c.sendall(("GET http://127.0.0.1:%d/hello HTTP/1.1\\r\\nHost: x\\r\\nProxy-Authorization: Basic %s\\r\\nConnection: close\\r\\n\\r\\n" % (origin, auth)).encode())
+                data = b""
+                while True:
+                    chunk = c.recv(65536)
+                    if not chunk: break
+                    data += chunk
+                times.append(time.monotonic() - start); bodies.append(data.endswith(b"hello\\n")); c.close()
+            open_slow = 0
+            for s in slow:
+                s.setblocking(False)
+                try:
+                    open_slow += 1 if s.recv(1) is None else 0
+                except BlockingIOError:
+                    open_slow += 1
+                except OSError:
+                    pass
+            print(json.dumps({"ok": all(bodies), "max_seconds": max(times), "slow_still_open": open_slow}))
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script, "\(proxy.port)", "\(origin.port)"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let result = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any], "\(String(decoding: data, as: UTF8.self))")
+        #expect(result["ok"] as? Bool == true, "every normal request was served")
+        #expect((result["max_seconds"] as? Double ?? 99) < 5)
+        #expect(result["slow_still_open"] as? Int == 1000, "the trickling clients are still waiting (header timeout 30s)")
+    }
+
+    @Test("a CONNECT tunnel idle longer than --tunnel-idle-timeout is closed and logged")
+    func tunnelIdle() async throws {
+        try await withProxyAndOrigin(configure: {
+            $0.tunnelIdleTimeout = .milliseconds(300)
+            $0.connectPorts = PortSet([1...65535])
+        }) { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\n\(Self.auth)\r\n")
+            _ = await client.waitFor { $0.hasSuffix("\r\n\r\n") }
+            #expect(await client.waitForClose(timeout: .seconds(5)))
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.first?.reason == .tunnel)
+        }
+    }
+}
+
+/// A thread-safe counter for test callbacks.
+final class ManagedAtomicCounter: Sendable {
+    private let box = NIOLockedValueBox(0)
+    func increment() { self.box.withLockedValue { $0 += 1 } }
+    var value: Int { self.box.withLockedValue { $0 } }
+}
