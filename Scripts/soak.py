@@ -939,8 +939,10 @@ class Worker(threading.Thread):
 
     def op_connect(self) -> None:
         reuse = self.conn is not None and not self.conn.closed and self.rng.random() < 0.3
-        conn = self.conn if reuse else Conn(self.ctx.proxy_address, self.ctx.registry)
-        self.conn = None  # the tunnel consumes the connection
+        if reuse:
+            conn, self.conn = self.conn, None  # the tunnel consumes the connection
+        else:
+            conn = Conn(self.ctx.proxy_address, self.ctx.registry)
         try:
             conn.send(request("CONNECT", self.ctx.echo, self.ctx.echo))
             response = conn.read_head()
