@@ -74,7 +74,7 @@ struct SettingsOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Client connections served at once; 503 with Retry-After above (default 16384).", valueName: "N"))
     var maxConnections: String?
 
-    @Option(name: .long, help: ArgumentHelp("Client connections one address may hold (default 512).", valueName: "N"))
+    @Option(name: .long, help: ArgumentHelp("Client connections one address may hold (default 4096).", valueName: "N"))
     var maxConnectionsPerClient: String?
 
     @Option(name: .long, help: ArgumentHelp("Largest request header section, e.g. 32K (431 above; default 32K).", valueName: "SIZE"))

@@ -40,7 +40,7 @@ public struct ProxyConfiguration: Sendable {
     /// Client connections served at once; above it new ones get 503 with `Retry-After`.
     public var maxConnections: Int = 16_384
     /// Client connections one address may hold at once (503 `client_connection_limit`).
-    public var maxConnectionsPerClient: Int = 512
+    public var maxConnectionsPerClient: Int = 4096
     /// Which destination addresses may be reached (forwards and CONNECT alike).
     public var destinations = DestinationPolicy()
     /// Throttling of failed authentication (429 `auth_throttled`).
