@@ -28,6 +28,9 @@ if [ -d /opt/swift/usr/bin ]; then
     esac
 fi
 
+# Swift's own crash backtracer fights with ASan/libFuzzer's signal handling; let libFuzzer report.
+export SWIFT_BACKTRACE=enable=no
+
 runs=100000
 if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then
     runs=$1

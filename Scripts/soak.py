@@ -10,7 +10,8 @@ Python 3.11 standard library only. In one process it starts:
       GET  /chunked/N?seed=S  the same body, Transfer-Encoding: chunked, chunks of mixed sizes
       POST /upload            reads the body (Content-Length or chunked), answers "<sha256> <length>"
       GET  /reset?seed=S      declares Content-Length: 100000, sends part of it, then RST (SO_LINGER 0)
-    It answers 500 if a request ever arrives with a Proxy-Authorization header (credential leak);
+    It answers 500 if a request ever arrives with a Proxy-Authorization header (credential leak),
+    and closes a keep-alive connection after 5 s idle (as origins do; matters if the proxy pools);
   * a TCP echo server, the only port CONNECT may reach;
   * Gatehouse itself (a private copy of the binary, so a rebuild cannot disturb the run), on
     127.0.0.1:0 with user soak:soak-pass, --header-timeout 5s and --idle-timeout 10s.
@@ -26,15 +27,18 @@ reuse keep-alive connections for a random number of requests:
   noauth     no / malformed / non-Basic credentials (GET, POST with body, CONNECT) -> 407 with
              Proxy-Authenticate: Basic realm=...; the connection must stay usable: an
              authenticated retry follows on it
-  badpass    wrong password or unknown user -> 407, then an authenticated retry on the connection
+  badpass    wrong password or unknown user (from 127.0.2.x, so the failed-login throttle never
+             touches the good traffic from 127.0.0.1) -> 407, or 429 with Retry-After once the
+             address or name is throttled; then an authenticated retry on the connection
   denied     CONNECT to a port outside --connect-ports -> 403
   reset      GET /reset: the proxy must close the connection before the declared length
              (or answer 502 if the origin's head never reached it)
   pipeline   2-3 requests (GET, chunked GET, unauthenticated GET) written at once, answers in order
   abort      client gives up: closes (sometimes with RST) mid-download or mid-upload
 
-Slowloris: --slowloris connections each send a partial request head, one byte every ~2 s;
-each must get 408 and be closed by the proxy after --header-timeout; they are reopened.
+Slowloris: --slowloris connections (from 127.0.3.x, so the per-address connection limit does
+not apply) each send a partial request head, one byte every ~2 s; each must get 408 and be
+closed by the proxy after --header-timeout; they are reopened.
 
 Leak check: the proxy's RSS (/proc/PID/status VmRSS) and open fds (/proc/PID/fd) are measured
 after a warm-up (5 s of load, all connections closed, 2 s idle), sampled during the run, and
@@ -130,11 +134,27 @@ class OriginServer(http.server.ThreadingHTTPServer):
         pass
 
 
+ORIGIN_IDLE_TIMEOUT = 5.0
+
+
 class OriginHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "soak-origin"
     timeout = 60
     wbufsize = 0
+
+    def handle(self) -> None:
+        # Keep-alive: wait at most ORIGIN_IDLE_TIMEOUT for the next request line; the request
+        # itself gets `timeout` per socket operation (parse_request restores it).
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            self.connection.settimeout(ORIGIN_IDLE_TIMEOUT)
+            self.handle_one_request()
+
+    def parse_request(self) -> bool:
+        self.connection.settimeout(self.timeout)
+        return super().parse_request()
 
     def log_message(self, format, *args) -> None:
         pass
@@ -530,9 +550,10 @@ class Registry:
 
 
 class Conn:
-    def __init__(self, address: tuple[str, int], registry: Registry) -> None:
+    def __init__(self, address: tuple[str, int], registry: Registry, source: str | None = None) -> None:
         self.registry = registry
-        self.sock = socket.create_connection(address, timeout=IO_TIMEOUT)
+        self.sock = socket.create_connection(address, timeout=IO_TIMEOUT,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         registry.add(self.sock)
         self.buf = bytearray()
@@ -777,13 +798,18 @@ class Worker(threading.Thread):
         self.uses += 1
         return self.conn
 
-    def done_with(self, response: Response) -> None:
+    def done_with(self, response: Response, conn: Conn | None = None) -> None:
+        """After `Connection: close` the proxy must close the connection (conn, default the
+        worker's keep-alive connection)."""
         if response.close:
-            conn = self.conn
+            conn = conn or self.conn
             if conn is not None and not conn.expect_eof():
                 raise Failure("protocol", f"response said Connection: close but the proxy kept the connection open "
                                           f"({response.describe()})")
-            self.drop()
+            if conn is self.conn:
+                self.drop()
+            elif conn is not None:
+                conn.close()
 
     # main loop --------------------------------------------------------------------------------
 
@@ -975,8 +1001,9 @@ class Worker(threading.Thread):
         finally:
             conn.close()
 
-    def _retry_authenticated(self, conn: Conn, what: str) -> None:
-        """After a 407 the connection must still carry a request."""
+    def _retry_authenticated(self, conn: Conn, what: str, throttled_ok: bool = False) -> None:
+        """After a 407 the connection must still carry a request. throttled_ok: a 429 is
+        acceptable (the source address is throttled and the good credentials were not cached)."""
         n, seed = self.rng.randint(0, 4096), self.rng.randrange(1 << 30)
         path = f"/bytes/{n}?seed={seed}"
         conn.send(request("GET", self.ctx.origin + path, self.ctx.origin_host))
@@ -985,8 +1012,11 @@ class Worker(threading.Thread):
         except PeerClosed as closed:
             raise Failure("closed", f"{what}: the 407 kept the connection open, but the authenticated retry "
                                     f"on it failed: {closed}") from None
-        self._verify_get(response, n, seed, path, chunked=False)
-        self.done_with(response)
+        if throttled_ok and response.status == 429:
+            self.ctx.stats.count("badpass_retry_429")
+        else:
+            self._verify_get(response, n, seed, path, chunked=False)
+        self.done_with(response, conn)
 
     def _expect_407(self, op: str, what: str, payload: bytes, method: str = "GET") -> None:
         conn = self.connection()
@@ -1021,12 +1051,38 @@ class Worker(threading.Thread):
             self._expect_407("noauth", f"POST of {n} bytes without credentials", payload, method="POST")
 
     def op_badpass(self) -> None:
-        if self.rng.random() < 0.5:
-            auth, what = basic(USER, "wrong-" + str(self.rng.randrange(1000))), "GET with a wrong password"
-        else:
-            auth, what = basic("nobody" + str(self.rng.randrange(1000)), PASSWORD), "GET as an unknown user"
+        """Wrong password or unknown user, 1-3 times on one connection, then (mostly) the right
+        credentials on it. Sent from a source address of its own, 127.0.2.x: Gatehouse throttles
+        failed logins per address and per user name (429 auth_throttled with Retry-After), and
+        that must not touch the good traffic from 127.0.0.1. Expected: 407, or 429 once the
+        address or the name is over its limit."""
+        source = f"127.0.2.{self.rng.randint(1, 254)}"
+        conn = Conn(self.ctx.proxy_address, self.ctx.registry, source=source)
         target = f"{self.ctx.origin}/bytes/10?seed=2"
-        self._expect_407("badpass", what, request("GET", target, self.ctx.origin_host, auth=auth))
+        try:
+            for _ in range(self.rng.choice((1, 1, 2, 3))):
+                if self.rng.random() < 0.5:
+                    auth, what = basic(USER, "wrong-" + str(self.rng.randrange(1000))), f"GET with a wrong password from {source}"
+                else:
+                    auth, what = basic("nobody" + str(self.rng.randrange(1000)), PASSWORD), f"GET as an unknown user from {source}"
+                conn.send(request("GET", target, self.ctx.origin_host, auth=auth))
+                response = conn.read_response()
+                if response.status == 429:
+                    if not (response.header("retry-after") or "").isdigit():
+                        raise Failure("protocol", f"{what}: 429 without a numeric Retry-After ({response.headers})")
+                    self.ctx.stats.count("badpass_429")
+                else:
+                    check_407(response, what)
+                    self.ctx.stats.count("badpass_407")
+                if response.close:
+                    self.done_with(response, conn)
+                    break
+            else:
+                if self.rng.random() < 0.7:
+                    self._retry_authenticated(conn, what, throttled_ok=True)
+            self.ctx.stats.ok("badpass")
+        finally:
+            conn.close()
 
     def op_denied(self) -> None:
         conn = self.connection()
@@ -1144,7 +1200,8 @@ class Slowloris(threading.Thread):
             while not self.stop_event.is_set():
                 while len(conns) < self.count and not self.stop_event.is_set():
                     try:
-                        sock = socket.create_connection(self.ctx.proxy_address, timeout=5)
+                        sock = socket.create_connection(self.ctx.proxy_address, timeout=5,
+                                                        source_address=(f"127.0.3.{self.rng.randint(1, 254)}", 0))
                     except OSError as error:
                         self.ctx.stats.fail("slowloris", "error", f"connect: {error}")
                         self.stop_event.wait(1)
@@ -1383,9 +1440,7 @@ class Run:
             for server in (self.origin, self.echo):
                 server.shutdown()
                 server.server_close()
-        verdict = self.report()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        return verdict
+        return self.report()
 
     def report(self) -> int:
         args, stats = self.args, self.stats
@@ -1533,6 +1588,9 @@ def main() -> int:
         if proxy is not None:
             proxy.stop(quiet=True)
         return 130
+    finally:
+        if getattr(run, "workdir", None):
+            shutil.rmtree(run.workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

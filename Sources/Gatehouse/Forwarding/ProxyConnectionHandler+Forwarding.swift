@@ -17,10 +17,22 @@ extension ProxyConnectionHandler {
         }
     }
 
-    private func connectUpstream(_ head: HTTPRequestHead, to uri: AbsoluteURI, context: ChannelHandlerContext) {
+    private func connectUpstream(_ head: HTTPRequestHead, to uri: AbsoluteURI, context: ChannelHandlerContext, reuse: Bool = true) {
         let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.configuration.viaPseudonym)
+        let key = UpstreamPool.Key(host: uri.authority.host.lowercased(), port: uri.port)
+        let pool = self.shared.pools.pool(for: context.eventLoop)
+        // A request without a body may go out on an idle pooled connection: should that turn
+        // out to be dead, it can be replayed on a fresh one. Uploads always get a fresh one.
+        let replayable = !head.headers.contains(name: "content-length") && !head.headers.contains(name: "transfer-encoding")
+        if reuse, replayable, let pooled = pool.take(key), let channel = pooled.channel {
+            pooled.attach(client: self, isHead: head.method == .HEAD)
+            self.replayableForward = (head, uri)
+            return self.upstreamConnected(channel, head: upstreamHead, context: context)
+        }
+        self.replayableForward = nil
         let configuration = self.configuration
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let isHead = head.method == .HEAD
         let started = NIODeadline.now()
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: configuration, halfClosure: false)
             .channelInitializer { channel in
@@ -31,7 +43,9 @@ extension ProxyConnectionHandler {
                     try sync.addHandler(encoder)
                     try sync.addHandler(ByteToMessageHandler(decoder))
                     try sync.addHandler(IdleStateHandler(readTimeout: configuration.upstreamTimeout))
-                    try sync.addHandler(UpstreamHandler(client: bound.value))
+                    let handler = UpstreamHandler(client: bound.value, pool: pool, key: key)
+                    handler.attach(client: bound.value, isHead: isHead)
+                    try sync.addHandler(handler)
                 }
             }
             .connect(host: uri.authority.host, port: uri.port)
@@ -62,8 +76,6 @@ extension ProxyConnectionHandler {
             // pick chunked for an empty upload.
             headers.add(name: "Content-Length", value: "0")
         }
-        // One origin connection per exchange: tell the origin not to wait for another.
-        headers.add(name: "Connection", value: "close")
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri.originForm, headers: headers)
     }
 
@@ -194,6 +206,14 @@ extension ProxyConnectionHandler {
     func upstreamFailed(reason: ReasonCode) {
         guard let context = self.context else { return }
         self.upstream = nil
+        if let (head, uri) = self.replayableForward, reason == .upstreamClosed || reason == .upstreamBadResponse,
+            self.machine.retryingUpstream()
+        {
+            // The pooled connection was already dead (the origin closed it while idle).
+            self.replayableForward = nil
+            self.logger.debug("reused origin connection failed; retrying on a new one", metadata: ["reason": "\(reason.rawValue)"])
+            return self.connectUpstream(head, to: uri, context: context, reuse: false)
+        }
         switch self.machine.upstreamFailed() {
         case .sendError:
             self.answer(reason, context: context)

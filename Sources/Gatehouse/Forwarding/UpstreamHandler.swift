@@ -6,7 +6,8 @@ import NIOHTTP1
 ///
 /// It lives on the same event loop as its client connection, so the two call each other
 /// directly. Reads from the origin pause while the client's socket is full; the client stops
-/// reading its upload while this channel is not writable.
+/// reading its upload while this channel is not writable. Between exchanges it may rest in the
+/// ``UpstreamPool``, attached to no client.
 final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
@@ -18,12 +19,24 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readPending = false
     private var requestSent = false
     private var finished = false
+    /// Whether the response in progress leaves the connection reusable (see ``UpstreamPool``).
+    private var responseKeepsAlive = false
+    private var requestIsHead = false
+    private let pool: UpstreamPool
+    let key: UpstreamPool.Key
 
-    init(client: ProxyConnectionHandler) {
+    init(client: ProxyConnectionHandler, pool: UpstreamPool, key: UpstreamPool.Key) {
         self.client = client
+        self.pool = pool
+        self.key = key
     }
 
     var isWritable: Bool { self.context?.channel.isWritable ?? true }
+
+    var channel: Channel? { self.context?.channel }
+
+    /// Open, idle, and attached to nobody: ready for the next exchange.
+    var isReusable: Bool { self.client == nil && !self.finished && (self.context?.channel.isActive ?? false) }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -31,6 +44,20 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+    }
+
+    /// Starts an exchange for `client` on this (possibly pooled) connection.
+    func attach(client: ProxyConnectionHandler, isHead: Bool) {
+        self.client = client
+        self.requestIsHead = isHead
+        self.requestSent = false
+        self.finished = false
+        self.responseKeepsAlive = false
+        self.readsPaused = false
+        if self.readPending, let context = self.context {
+            self.readPending = false
+            context.read()
+        }
     }
 
     // MARK: Towards the origin
@@ -79,17 +106,34 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: From the origin
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !self.finished, let client = self.client else { return }
-        switch self.unwrapInboundIn(data) {
+        let part = self.unwrapInboundIn(data)
+        guard !self.finished, let client = self.client else {
+            // Bytes from an idle pooled connection: the origin broke the protocol. Drop it.
+            if case .head = part { context.close(promise: nil) }
+            return
+        }
+        switch part {
         case .head(let head):
+            if head.status.code / 100 != 1 {
+                let framed = head.headers.contains(name: "content-length")
+                    || head.headers["transfer-encoding"].last?.lowercased() == "chunked"
+                    || head.status.code == 204 || head.status.code == 304 || self.requestIsHead
+                self.responseKeepsAlive = head.isKeepAlive && head.version == .http1_1 && framed
+            }
             client.upstreamResponseHead(head)
         case .body(let buffer):
             client.upstreamResponseBody(buffer)
         case .end:
-            self.finished = true
+            let reusable = self.responseKeepsAlive && self.requestSent
             self.client = nil
+            self.readsPaused = false
             client.upstreamResponseEnd()
-            context.close(promise: nil)
+            if reusable && context.channel.isActive {
+                self.pool.release(self, key: self.key)
+            } else {
+                self.finished = true
+                context.close(promise: nil)
+            }
         }
     }
 
@@ -104,6 +148,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if self.client == nil { self.pool.remove(self, key: self.key) }
         self.fail(reason: .upstreamClosed)
         context.fireChannelInactive()
     }
@@ -116,16 +161,18 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? IdleStateHandler.IdleStateEvent, event == .read {
-            // An upload in progress is not the origin's silence.
-            if self.requestSent {
+            if self.client == nil {
+                // Idle in the pool for a whole upstream timeout: let it go.
+                self.finished = true
+                context.close(promise: nil)
+            } else if self.requestSent {
+                // An upload in progress is not the origin's silence.
                 self.fail(reason: .upstreamTimeout)
                 context.close(promise: nil)
             }
             return
         }
         if let event = event as? ChannelEvent, event == .inputClosed {
-            // The origin half-closed: the decoder has already seen EOF (a close-delimited
-            // body ends here); nothing more will come.
             return
         }
         context.fireUserInboundEventTriggered(event)

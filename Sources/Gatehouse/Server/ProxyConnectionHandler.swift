@@ -43,6 +43,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var replaceDecoderOnRequestEnd = false
     /// Set when the connection is over a connection limit: it gets a 503 and is closed.
     var rejection: ReasonCode?
+    /// The request in flight went out on a pooled origin connection and can be replayed
+    /// once on a fresh one if that connection turns out to be dead.
+    var replayableForward: (head: HTTPRequestHead, uri: AbsoluteURI)?
 
     /// The settings this connection runs under, fixed when it opened.
     let settings: ProxyContext.Snapshot

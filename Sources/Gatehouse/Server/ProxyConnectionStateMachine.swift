@@ -178,6 +178,14 @@ struct ProxyConnectionStateMachine {
 
     enum UpstreamFailureAction: Equatable { case sendError, close, ignore }
 
+    /// A reused origin connection failed before any response byte: try once more on a fresh
+    /// one. Only for requests without a body, which can be replayed (RFC 9112 §9.3.1).
+    mutating func retryingUpstream() -> Bool {
+        guard case .forwarding(let complete, false) = self.state else { return false }
+        self.state = .connecting(requestComplete: complete)
+        return true
+    }
+
     mutating func tunnelStarted() {
         self.state = .tunnelling
     }

@@ -32,6 +32,8 @@ final class ProxyContext: Sendable {
     let metrics: GatehouseMetrics
     let logger: Logger
     let connections: ConnectionRegistry
+    /// Idle keep-alive origin connections, one pool per event loop.
+    let pools = UpstreamPools()
     /// The addresses this server listens on, for loop detection.
     let listeners = NIOLockedValueBox([SocketAddress]())
 

@@ -12,6 +12,10 @@ final class RawOrigin: Sendable {
         case respondAndHang(String)
         /// Read until EOF (the peer's half-close), then send `received N` and close.
         case respondOnEOF
+        /// Answer the first request on each connection with these bytes and keep the
+        /// connection open; close without answering any later request on it (a keep-alive
+        /// connection that went stale).
+        case keepAliveOnce(String)
     }
 
     let channel: Channel
@@ -49,6 +53,17 @@ final class RawOrigin: Sendable {
             var buffer = self.unwrapInboundIn(data)
             self.received += buffer.readString(length: buffer.readableBytes) ?? ""
             if case .respondOnEOF = self.behaviour { return }
+            if case .keepAliveOnce(let text) = self.behaviour {
+                guard self.received.contains("\r\n\r\n") else { return }
+                self.received = ""
+                if self.answered {
+                    context.close(promise: nil)
+                } else {
+                    self.answered = true
+                    context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil)
+                }
+                return
+            }
             guard !self.answered, self.received.contains("\r\n\r\n") else { return }
             self.answered = true
             switch self.behaviour {
@@ -58,7 +73,7 @@ final class RawOrigin: Sendable {
                 }
             case .respondAndHang(let text):
                 if !text.isEmpty { context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil) }
-            case .respondOnEOF:
+            case .respondOnEOF, .keepAliveOnce:
                 break
             }
         }

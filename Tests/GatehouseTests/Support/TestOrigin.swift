@@ -16,17 +16,23 @@ import NIOSSL
 /// - anything else → 404
 final class TestOrigin: Sendable {
     let channel: Channel
+    private let accepted: ManagedAtomicCounter
     var port: Int { self.channel.localAddress?.port ?? 0 }
+    /// TCP connections accepted so far (to see whether the proxy reuses them).
+    var connections: Int { self.accepted.value }
 
-    private init(channel: Channel) {
+    private init(channel: Channel, accepted: ManagedAtomicCounter) {
         self.channel = channel
+        self.accepted = accepted
     }
 
     static func start(tls: NIOSSLContext? = nil) async throws -> TestOrigin {
+        let accepted = ManagedAtomicCounter()
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                accepted.increment()
+                return channel.eventLoop.makeCompletedFuture {
                     if let tls {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                     }
@@ -36,7 +42,7 @@ final class TestOrigin: Sendable {
             }
             .bind(host: "127.0.0.1", port: 0)
             .get()
-        return TestOrigin(channel: channel)
+        return TestOrigin(channel: channel, accepted: accepted)
     }
 
     func stop() async {

@@ -1,0 +1,78 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Idle keep-alive connections to origins, for reuse by later requests.
+///
+/// There is one pool per event loop: a client connection and its origin connection always
+/// share a loop, so a pool is only ever touched from its own loop and needs no lock. A
+/// connection goes back to the pool only when its last exchange ended cleanly — the request
+/// fully sent, the response fully read, framed by length or chunks, and keep-alive on both
+/// sides (RFC 9112 §9.3); anything else is closed. An idle connection that the origin closes
+/// leaves the pool by itself, and one idle longer than the upstream timeout is closed.
+final class UpstreamPool: @unchecked Sendable {
+    struct Key: Hashable {
+        var host: String
+        var port: Int
+    }
+
+    private let eventLoop: EventLoop
+    private var idle: [Key: [UpstreamHandler]] = [:]
+    private var count = 0
+    let maximumPerOrigin: Int
+    let maximumTotal: Int
+
+    init(eventLoop: EventLoop, maximumPerOrigin: Int = 32, maximumTotal: Int = 1024) {
+        self.eventLoop = eventLoop
+        self.maximumPerOrigin = maximumPerOrigin
+        self.maximumTotal = maximumTotal
+    }
+
+    /// The most recently used idle connection to `key` that is still open, if any.
+    func take(_ key: Key) -> UpstreamHandler? {
+        self.eventLoop.assertInEventLoop()
+        while var list = self.idle[key], let handler = list.popLast() {
+            self.idle[key] = list.isEmpty ? nil : list
+            self.count -= 1
+            if handler.isReusable { return handler }
+            handler.close()
+        }
+        return nil
+    }
+
+    /// Keeps a connection for reuse; closes it instead when the pool is full.
+    func release(_ handler: UpstreamHandler, key: Key) {
+        self.eventLoop.assertInEventLoop()
+        guard self.count < self.maximumTotal, (self.idle[key]?.count ?? 0) < self.maximumPerOrigin else {
+            handler.close()
+            return
+        }
+        self.idle[key, default: []].append(handler)
+        self.count += 1
+    }
+
+    /// Forgets a connection that closed while idle.
+    func remove(_ handler: UpstreamHandler, key: Key) {
+        self.eventLoop.assertInEventLoop()
+        guard var list = self.idle[key], let index = list.firstIndex(where: { $0 === handler }) else { return }
+        list.remove(at: index)
+        self.idle[key] = list.isEmpty ? nil : list
+        self.count -= 1
+    }
+
+    var idleCount: Int { self.count }
+}
+
+/// The per-loop pools of one server.
+final class UpstreamPools: Sendable {
+    private let pools = NIOLockedValueBox([ObjectIdentifier: UpstreamPool]())
+
+    func pool(for eventLoop: EventLoop) -> UpstreamPool {
+        let id = ObjectIdentifier(eventLoop)
+        return self.pools.withLockedValue { pools in
+            if let pool = pools[id] { return pool }
+            let pool = UpstreamPool(eventLoop: eventLoop)
+            pools[id] = pool
+            return pool
+        }
+    }
+}

@@ -1,0 +1,53 @@
+import Foundation
+import GatehouseTesting
+import Testing
+
+@Suite("Origin connection reuse")
+struct UpstreamPoolTests {
+    @Test("keep-alive origin connections are reused across requests and across client connections")
+    func reuse() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            for i in 0..<5 {
+                try await client.send("GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+                _ = await client.waitFor { statusCodes(in: $0).count == i + 1 }
+            }
+            #expect(statusCodes(in: client.text) == [200, 200, 200, 200, 200])
+            await client.close()
+            for _ in 0..<3 {
+                #expect(try await Curl.run(["-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"]).body == "hello\n")
+            }
+            // Both event loops may have opened one; never one per request.
+            #expect(origin.connections <= 2, "origin saw \(origin.connections) connections for 8 requests")
+        }
+    }
+
+    @Test("uploads and HTTP/1.0-style responses do not share connections")
+    func noReuseWhenUnsafe() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            for _ in 0..<3 {
+                let result = try await Curl.run(["-x", proxy.authenticatedURL, "--data-binary", "abc", "http://127.0.0.1:\(origin.port)/upload"])
+                #expect(result.body.hasSuffix(" 3"))
+            }
+            #expect(origin.connections == 3, "each upload gets a fresh origin connection")
+        }
+    }
+
+    @Test("a pooled connection that went stale is replaced transparently")
+    func staleConnection() async throws {
+        let counter = ManagedAtomicCounter()
+        let origin = try await RawOrigin.start(.keepAliveOnce("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"), onConnection: { counter.increment() })
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            for i in 0..<3 {
+                try await client.send("GET http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+                _ = await client.waitFor { statusCodes(in: $0).count == i + 1 }
+            }
+            #expect(statusCodes(in: client.text) == [200, 200, 200], "\(client.text)")
+            #expect(counter.value >= 3, "each stale reuse was retried on a new connection")
+            #expect(proxy.records.map(\.status) == [200, 200, 200])
+            await client.close()
+        }
+    }
+}
