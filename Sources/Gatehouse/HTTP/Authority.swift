@@ -21,7 +21,7 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
         if rest.first == "[" {
             guard let close = rest.firstIndex(of: "]") else { return nil }
             host = rest[rest.index(after: rest.startIndex)..<close]
-            guard !host.isEmpty, host.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }), host.contains(":")
+            guard !host.isEmpty, host.allSatisfy({ $0.isASCII && ($0.isHexDigit || $0 == ":" || $0 == ".") }), host.contains(":")
             else { return nil }
             rest = rest[rest.index(after: close)...]
         } else {
