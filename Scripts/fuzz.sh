@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the libFuzzer targets in Scripts/fuzz/.
 #
-#   Scripts/fuzz.sh [RUNS] [TARGET...]
+#   Scripts/fuzz.sh [--minimize] [RUNS] [TARGET...]
 #
 # RUNS defaults to 100000; TARGET is any of: BasicCredentials Htpasswd RequestTarget (default: all).
 # Each target is built with `swiftc -sanitize=fuzzer,address` from its entry file in Scripts/fuzz/
@@ -13,9 +13,11 @@
 # Environment: FUZZ_FLAGS adds libFuzzer flags; FUZZ_OPT overrides -O;
 # FUZZ_NO_BUILD=1 reuses existing binaries.
 #
-# To shrink a corpus after long runs (libFuzzer keeps every input that found new coverage):
-#   .build-fuzz/<target>/fuzz-<target> -merge=1 NEW_DIR Tests/GatehouseTests/Fixtures/fuzz-corpus/<target>
-# then replace the corpus directory with NEW_DIR.
+# libFuzzer keeps every input that found new coverage, so corpora grow. --minimize shrinks each
+# corpus after its run: `-merge=1` into a fresh directory, which then replaces the corpus; the
+# hand-written seed-* inputs and crash-* reproducers are always kept under their names. If the
+# merged corpus has more than FUZZ_MAX_CORPUS (300) files, it is merged again keeping only a
+# minimal set that covers every edge (-use_counters=0).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,6 +32,12 @@ fi
 
 # Swift's own crash backtracer fights with ASan/libFuzzer's signal handling; let libFuzzer report.
 export SWIFT_BACKTRACE=enable=no
+
+minimize=0
+if [ "${1:-}" = --minimize ]; then
+    minimize=1
+    shift
+fi
 
 runs=100000
 if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then
@@ -98,6 +106,27 @@ for target in "${targets[@]}"; do
         [ -n "$artifact" ] && result="$result, reproducer $artifact"
         tail -n 40 "$log" >&2
         failed=1
+    fi
+    if [ "$minimize" = 1 ] && [ "$status" -eq 0 ]; then
+        merged="$workdir/merged"
+        rm -rf "$merged"
+        mkdir -p "$merged"
+        "$binary" -merge=1 -max_len=4096 "$merged" "$corpus" >"$workdir/merge.log" 2>&1
+        if [ "$(find "$merged" -type f | wc -l)" -gt "${FUZZ_MAX_CORPUS:-300}" ]; then
+            # Too many inputs for the repository: keep only a minimal set covering every edge
+            # (ignoring hit counters).
+            rm -rf "$merged"
+            mkdir -p "$merged"
+            "$binary" -merge=1 -use_counters=0 -max_len=4096 "$merged" "$corpus" >>"$workdir/merge.log" 2>&1
+        fi
+        for f in "$corpus"/seed-* "$corpus"/crash-*; do
+            [ -e "$f" ] || continue
+            cp "$f" "$merged/"
+            rm -f "$merged/$(sha1sum "$f" | cut -d' ' -f1)"  # the merge's hash-named copy
+        done
+        rm -rf "$corpus"
+        mv "$merged" "$corpus"
+        size="$size->$(find "$corpus" -type f | wc -l)"
     fi
     summary+=("$(printf '%-16s runs=%-9s corpus=%-5s time=%ss  %s' "$target" "${done_runs:-?}" "$size" "$elapsed" "$result")")
 done

@@ -13,8 +13,11 @@ struct FuzzCorpusTests {
     // MARK: - Corpus loading
 
     static func corpus(_ target: String) throws -> [(name: String, bytes: [UInt8])] {
+        // Directory lookup through Bundle; fall back to the directory of a known fixture file.
         let root = try #require(
-            Bundle.module.url(forResource: "fuzz-corpus", withExtension: nil, subdirectory: "Fixtures"))
+            Bundle.module.url(forResource: "fuzz-corpus", withExtension: nil, subdirectory: "Fixtures")
+                ?? Bundle.module.url(forResource: "vectors", withExtension: "htpasswd", subdirectory: "Fixtures")?
+                .deletingLastPathComponent().appendingPathComponent("fuzz-corpus", isDirectory: true))
         let directory = root.appendingPathComponent(target, isDirectory: true)
         let names = try FileManager.default.contentsOfDirectory(atPath: directory.path)
             .filter { !$0.hasPrefix(".") }

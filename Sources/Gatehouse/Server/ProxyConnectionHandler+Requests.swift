@@ -1,0 +1,158 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+extension ProxyConnectionHandler {
+    // MARK: Requests
+
+    func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        self.timer?.cancel()
+        self.timer = nil
+        self.observer.awaitingRequest = false
+        guard self.machine.requestHeadReceived() else {
+            context.close(promise: nil)
+            return
+        }
+        self.bufferedBody.removeAll(keepingCapacity: true)
+        self.bufferedEnd = false
+        let isConnect = head.method == .CONNECT
+
+        // Targets are parsed before authentication, so that a browser pointed at the proxy
+        // as if it were a web server learns what it is talking to.
+        var exchange = Exchange(head: head, target: Self.logTarget(head.uri))
+        if head.version.major != 1 {
+            self.exchange = exchange
+            return self.answer(.versionNotSupported, context: context, close: true)
+        }
+        if head.uri.utf8.count > self.configuration.maxURILength {
+            exchange.target = String(exchange.target.prefix(64)) + "…"
+            self.exchange = exchange
+            return self.answer(.uriTooLong, context: context, close: true)
+        }
+        // Rules the parser leaves to the application (RFC 9112 §3.2, §6.1, §6.3).
+        if head.headers["host"].count > 1 {
+            self.exchange = exchange
+            return self.answer(.badRequest, context: context, close: true)
+        }
+        let codings = head.headers["transfer-encoding"]
+        if !codings.isEmpty && (codings.count != 1 || codings[0].lowercased() != "chunked" || head.version == .http1_0) {
+            // Only a lone `chunked` is framing the proxy can re-encode faithfully; anything
+            // else (`gzip, chunked`, a chunked HTTP/1.0 request) is a smuggling risk.
+            self.exchange = exchange
+            return self.answer(.badTransferEncoding, context: context, close: true)
+        }
+        if let limit = self.configuration.maxBodyBytes,
+            let length = head.headers["content-length"].first.flatMap({ Int($0) }), length > limit
+        {
+            self.exchange = exchange
+            return self.answer(.bodyTooLarge, context: context, close: true)
+        }
+        if Self.carriesVia(head.headers, pseudonym: self.configuration.viaPseudonym) {
+            // Our own Via on an incoming request: it came through this proxy already.
+            self.exchange = exchange
+            return self.answer(.loopDetected, context: context, close: true)
+        }
+        let destination: Destination
+        if isConnect {
+            switch RequestTarget.parseConnect(head.uri) {
+            case .success(let authority):
+                exchange.target = authority.description
+                destination = .tunnel(authority)
+            case .failure:
+                self.exchange = exchange
+                return self.answer(.badTarget, context: context)
+            }
+        } else {
+            switch RequestTarget.parseAbsolute(head.uri) {
+            case .success(let uri):
+                exchange.target = uri.logDescription
+                destination = .forward(uri, head)
+            case .failure(.originForm):
+                self.exchange = exchange
+                return self.answer(.originForm, context: context)
+            case .failure(.httpsAbsoluteForm):
+                destination = .refuse(.httpsAbsoluteForm)
+            case .failure(.invalid):
+                self.exchange = exchange
+                return self.answer(.badTarget, context: context)
+            }
+        }
+        self.exchange = exchange
+
+        if self.configuration.testing.authenticateConnectOnly && !isConnect {
+            return self.authenticationFinished(.authenticated(user: "-"), destination: destination, context: context)
+        }
+        let clientIP = self.context?.channel.remoteAddress?.ipAddress ?? self.clientAddress
+        switch self.shared.authenticator.authenticate(head.headers["proxy-authorization"], client: clientIP, on: context.eventLoop) {
+        case .immediate(let outcome):
+            self.authenticationFinished(outcome, destination: destination, context: context)
+        case .pending(let future):
+            future.assumeIsolated().whenComplete { result in
+                guard self.context != nil, case .authenticating = self.machine.state else { return }
+                switch result {
+                case .success(let outcome):
+                    self.authenticationFinished(outcome, destination: destination, context: context)
+                case .failure:
+                    // The hashing pool is shutting down: treat as a failed verification.
+                    self.authenticationFinished(.rejected(.authInvalid, user: nil), destination: destination, context: context)
+                }
+            }
+        }
+    }
+
+    enum Destination {
+        case forward(AbsoluteURI, HTTPRequestHead)
+        case tunnel(Authority)
+        case refuse(ReasonCode)
+    }
+
+    func authenticationFinished(_ outcome: Authenticator.Outcome, destination: Destination, context: ChannelHandlerContext) {
+        switch outcome {
+        case .refused(let reason, let retryAfter, let user):
+            self.exchange?.user = user
+            let close = (self.exchange?.expectsContinue ?? false) && !self.bufferedEnd
+            self.answer(reason, context: context, close: close, retryAfter: retryAfter)
+        case .rejected(let reason, let user):
+            self.shared.metrics.authenticated(false)
+            self.exchange?.user = user
+            // Without the body, a client waiting for 100-continue would never send it, and
+            // the connection could not find the next message boundary: close instead.
+            let close = (self.exchange?.expectsContinue ?? false) && !self.bufferedEnd
+            self.answer(reason, context: context, close: close)
+        case .authenticated(let user):
+            if user != "-" { self.shared.metrics.authenticated(true) }
+            self.exchange?.user = user == "-" ? nil : user
+            self.machine.authenticated()
+            switch destination {
+            case .refuse(let reason):
+                self.answer(reason, context: context)
+            case .tunnel(let authority):
+                guard self.configuration.connectPorts.contains(authority.port ?? 0) else {
+                    return self.answer(.connectPortDenied, context: context)
+                }
+                self.openTunnel(to: authority, context: context)
+            case .forward(let uri, let head):
+                self.forward(head, to: uri, context: context)
+            }
+            self.resumeReadingIfPossible()
+        }
+    }
+
+    /// The `CONNECT` request's `.end` arrived; the tunnel opens once the origin is connected too.
+    func connectRequestCompleted(context: ChannelHandlerContext) {
+        if let channel = self.tunnelUpstream, case .forwarding = self.machine.state {
+            self.startTunnel(with: channel, context: context)
+        }
+    }
+
+    /// Whether a `Via` field names this proxy's pseudonym (RFC 9110 §7.6.3: received-by).
+    static func carriesVia(_ headers: HTTPHeaders, pseudonym: String) -> Bool {
+        headers["via"].contains { value in
+            value.split(separator: ",").contains { entry in
+                let parts = entry.trimmingSpaces().split(separator: " ", omittingEmptySubsequences: true)
+                return parts.count >= 2 && parts[1] == Substring(pseudonym)
+            }
+        }
+    }
+}
