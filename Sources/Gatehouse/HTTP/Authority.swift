@@ -16,37 +16,59 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
     /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`. Returns `nil` for anything else,
     /// including empty hosts, ports outside 0–65535 and characters a host cannot contain.
     public init?(parsing text: Substring) {
-        var rest = text
+        // Byte-wise: every accepted character is ASCII, and this runs on every request.
+        let bytes = text.utf8
         let host: Substring
-        if rest.first == "[" {
-            guard let close = rest.firstIndex(of: "]") else { return nil }
-            host = rest[rest.index(after: rest.startIndex)..<close]
-            guard !host.isEmpty, host.allSatisfy({ $0.isASCII && ($0.isHexDigit || $0 == ":" || $0 == ".") }), host.contains(":")
-            else { return nil }
-            rest = rest[rest.index(after: close)...]
+        var rest: Substring.UTF8View
+        if bytes.first == UInt8(ascii: "[") {
+            guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { return nil }
+            let inner = bytes[bytes.index(after: bytes.startIndex)..<close]
+            guard !inner.isEmpty, inner.allSatisfy(Self.isIPv6LiteralByte), inner.contains(UInt8(ascii: ":")) else { return nil }
+            host = Substring(inner)
+            rest = bytes[bytes.index(after: close)...]
         } else {
-            let colon = rest.lastIndex(of: ":") ?? rest.endIndex
-            host = rest[rest.startIndex..<colon]
-            guard !host.isEmpty, host.allSatisfy(Self.isRegNameCharacter) else { return nil }
-            rest = rest[colon...]
+            let colon = bytes.lastIndex(of: UInt8(ascii: ":")) ?? bytes.endIndex
+            let name = bytes[..<colon]
+            guard !name.isEmpty, name.allSatisfy(Self.isRegNameByte) else { return nil }
+            host = Substring(name)
+            rest = bytes[colon...]
         }
         if rest.isEmpty {
             self.init(host: String(host), port: nil)
             return
         }
-        guard rest.first == ":" else { return nil }
-        let digits = rest.dropFirst()
-        guard !digits.isEmpty, digits.count <= 5, digits.allSatisfy({ $0.isASCII && $0.isNumber }),
-            let port = Int(digits), port <= 65535
-        else { return nil }
+        guard rest.first == UInt8(ascii: ":") else { return nil }
+        rest = rest.dropFirst()
+        guard !rest.isEmpty, rest.count <= 5 else { return nil }
+        var port = 0
+        for byte in rest {
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            port = port * 10 + Int(byte - UInt8(ascii: "0"))
+        }
+        guard port <= 65535 else { return nil }
         self.init(host: String(host), port: port)
+    }
+
+    private static func isIPv6LiteralByte(_ c: UInt8) -> Bool {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"),
+            UInt8(ascii: ":"), UInt8(ascii: "."):
+            return true
+        default:
+            return false
+        }
     }
 
     /// reg-name characters (RFC 3986 §3.2.2): unreserved / pct-encoded / sub-delims. Gatehouse is
     /// stricter than the grammar and refuses sub-delims and `%`, which no DNS name contains.
-    private static func isRegNameCharacter(_ c: Character) -> Bool {
-        guard c.isASCII else { return false }
-        return c.isLetter || c.isNumber || c == "-" || c == "." || c == "_" || c == "~"
+    private static func isRegNameByte(_ c: UInt8) -> Bool {
+        switch c {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
     }
 
     /// `host:port` with IPv6 literals bracketed, the way it goes on the wire and in logs.

@@ -29,33 +29,42 @@ public enum RequestTarget: Sendable, Equatable {
 
     /// Parses the target of any other method, which must be in absolute form.
     public static func parseAbsolute(_ uri: String) -> Result<AbsoluteURI, ParseError> {
-        if uri.hasPrefix("/") || uri == "*" { return .failure(.originForm) }
-        guard let schemeEnd = uri.firstRange(of: "://") else { return .failure(.invalid) }
-        let scheme = uri[uri.startIndex..<schemeEnd.lowerBound].lowercased()
-        switch scheme {
-        case "http": break
-        case "https": return .failure(.httpsAbsoluteForm)
-        default: return .failure(.invalid)
-        }
-        let afterScheme = uri[schemeEnd.upperBound...]
-        let authorityEnd = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? afterScheme.endIndex
-        var authorityText = afterScheme[afterScheme.startIndex..<authorityEnd]
+        // Byte-wise, on every request: everything accepted is ASCII.
+        let bytes = Substring(uri).utf8
+        if bytes.first == UInt8(ascii: "/") || uri == "*" { return .failure(.originForm) }
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { return .failure(.invalid) }
+        let scheme = bytes[..<colon]
+        var afterScheme = bytes[bytes.index(after: colon)...]
+        guard afterScheme.starts(with: "//".utf8) else { return .failure(.invalid) }
+        afterScheme = afterScheme.dropFirst(2)
+        if Self.equalsIgnoringCase(scheme, "https") { return .failure(.httpsAbsoluteForm) }
+        guard Self.equalsIgnoringCase(scheme, "http") else { return .failure(.invalid) }
+        let authorityEnd = afterScheme.firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") })
+            ?? afterScheme.endIndex
+        var authorityText = afterScheme[..<authorityEnd]
         var hadUserinfo = false
-        if let at = authorityText.lastIndex(of: "@") {
+        if let at = authorityText.lastIndex(of: UInt8(ascii: "@")) {
             // Userinfo in an http URI is deprecated (RFC 9110 §4.2.4); it is dropped and never logged.
             authorityText = authorityText[authorityText.index(after: at)...]
             hadUserinfo = true
         }
-        guard let authority = Authority(parsing: authorityText), authority.port != 0 else { return .failure(.invalid) }
+        guard let authority = Authority(parsing: Substring(authorityText)), authority.port != 0 else { return .failure(.invalid) }
         var pathAndQuery = afterScheme[authorityEnd...]
-        if let hash = pathAndQuery.firstIndex(of: "#") {
+        if let hash = pathAndQuery.firstIndex(of: UInt8(ascii: "#")) {
             // A fragment is never sent to the origin (RFC 9110 §4.2.5).
             pathAndQuery = pathAndQuery[..<hash]
         }
-        var originForm = String(pathAndQuery)
-        if originForm.isEmpty || originForm.first == "?" { originForm = "/" + originForm }
-        guard originForm.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return .failure(.invalid) }
+        guard pathAndQuery.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return .failure(.invalid) }
+        var originForm = String(Substring(pathAndQuery))
+        if originForm.isEmpty || originForm.utf8.first == UInt8(ascii: "?") { originForm = "/" + originForm }
         return .success(AbsoluteURI(authority: authority, originForm: originForm, hadUserinfo: hadUserinfo))
+    }
+
+    static func equalsIgnoringCase(_ bytes: Substring.UTF8View, _ lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        return lowercase.withUTF8Buffer { expected in
+            zip(bytes, expected).allSatisfy { ($0 | 0x20) == $1 }
+        }
     }
 }
 

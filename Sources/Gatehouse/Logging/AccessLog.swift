@@ -11,6 +11,8 @@ import Darwin
 ///
 /// Event loops only append the entry to an in-memory batch under a lock; a serial dispatch
 /// queue formats and writes whole batches, so a slow disk delays the log, never the traffic.
+/// A batch is written at most `batchInterval` after its first entry (or at once when it is
+/// large): waking a writer thread per response costs more CPU than the proxying itself.
 /// Observers (the test fixture) see every entry synchronously, in order.
 public final class AccessLog: Sendable {
     public enum Destination: Sendable, Equatable {
@@ -34,6 +36,10 @@ public final class AccessLog: Sendable {
     private let observer: Observer?
     private let state = NIOLockedValueBox(State())
     private let queue = DispatchQueue(label: "gatehouse.access-log")
+    /// How long a recorded line may wait to be written.
+    static let batchInterval = DispatchTimeInterval.milliseconds(50)
+    /// A batch this large is written without waiting.
+    static let batchLimit = 512
 
     /// Opens the destination; a file is opened for appending and created with mode 0640.
     public init(destination: Destination, format: AccessLogFormat, observer: Observer? = nil) throws(ConfigurationError) {
@@ -81,14 +87,18 @@ public final class AccessLog: Sendable {
     public func record(_ entry: AccessLogEntry) {
         self.observer?(entry)
         guard self.enabled else { return }
-        let schedule = self.state.withLockedValue { state -> Bool in
+        enum Wake { case none, later, now }
+        let wake = self.state.withLockedValue { state -> Wake in
             state.pending.append(entry)
-            if state.flushScheduled { return false }
+            if state.pending.count == Self.batchLimit { return .now }
+            if state.flushScheduled { return .none }
             state.flushScheduled = true
-            return true
+            return .later
         }
-        if schedule {
-            self.queue.async { self.writePending() }
+        switch wake {
+        case .none: break
+        case .later: self.queue.asyncAfter(deadline: .now() + Self.batchInterval) { self.writePending() }
+        case .now: self.queue.async { self.writePending() }
         }
     }
 

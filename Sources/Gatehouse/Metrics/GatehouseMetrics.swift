@@ -8,7 +8,12 @@ import Prometheus
 public final class GatehouseMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     private let factory: PrometheusMetricsFactory
-    private let responses = NIOLockedValueBox([String: CoreMetrics.Counter]())
+    private struct ResponseKey: Hashable {
+        var status: Int
+        var reason: ReasonCode
+    }
+
+    private let responses = NIOLockedValueBox([ResponseKey: CoreMetrics.Counter]())
     private let authSuccess: CoreMetrics.Counter
     private let authFailure: CoreMetrics.Counter
     private let cacheHits: CoreMetrics.Counter
@@ -41,7 +46,7 @@ public final class GatehouseMetrics: Sendable {
     }
 
     func responded(_ entry: AccessLogEntry) {
-        let key = "\(entry.status) \(entry.reason.rawValue)"
+        let key = ResponseKey(status: entry.status, reason: entry.reason)
         let counter = self.responses.withLockedValue { counters -> CoreMetrics.Counter in
             if let counter = counters[key] { return counter }
             let counter = CoreMetrics.Counter(

@@ -206,7 +206,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// The request target as logged before it is parsed: never with userinfo.
     static func logTarget(_ uri: String) -> String {
-        guard let schemeEnd = uri.firstRange(of: "://") else { return uri }
+        // Userinfo needs an "@"; nearly no request has one, so skip the string work.
+        guard uri.utf8.contains(UInt8(ascii: "@")), let schemeEnd = uri.firstRange(of: "://") else { return uri }
         let rest = uri[schemeEnd.upperBound...]
         let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
         guard let at = rest[..<authorityEnd].lastIndex(of: "@") else { return uri }
