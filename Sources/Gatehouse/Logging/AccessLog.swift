@@ -11,7 +11,7 @@ import Darwin
 ///
 /// Event loops only append the entry to an in-memory batch under a lock; a serial dispatch
 /// queue formats and writes whole batches, so a slow disk delays the log, never the traffic.
-/// A batch is written at most `batchInterval` after its first entry (or at once when it is
+/// A batch is written at most `batchInterval` (1 ms) after its first entry (or at once when it is
 /// large): waking a writer thread per response costs more CPU than the proxying itself.
 /// Observers (the test fixture) see every entry synchronously, in order.
 public final class AccessLog: Sendable {
@@ -37,7 +37,7 @@ public final class AccessLog: Sendable {
     private let state = NIOLockedValueBox(State())
     private let queue = DispatchQueue(label: "gatehouse.access-log")
     /// How long a recorded line may wait to be written.
-    static let batchInterval = DispatchTimeInterval.milliseconds(50)
+    static let batchInterval = DispatchTimeInterval.milliseconds(1)
     /// A batch this large is written without waiting.
     static let batchLimit = 512
 
