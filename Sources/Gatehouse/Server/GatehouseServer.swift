@@ -154,7 +154,7 @@ public final class GatehouseServer: Service, Sendable {
     }
 
     /// The client pipeline: raw-byte observer, NIO's HTTP/1 encoder and decoder, pipelining
-    /// assistance, response header validation, and the proxy handler.
+    /// assistance, and the proxy handler.
     static func configureClientPipeline(_ channel: Channel, shared: ProxyContext) throws {
         let (total, fromClient) = shared.connections.add(channel)
         var encoderConfiguration = HTTPResponseEncoder.Configuration()
@@ -167,7 +167,9 @@ public final class GatehouseServer: Service, Sendable {
         try sync.addHandler(
             ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: shared.snapshot.decoderLimits)))
         try sync.addHandler(HTTPServerPipelineHandler())
-        try sync.addHandler(NIOHTTPResponseHeadersValidator())
+        // No NIOHTTPResponseHeadersValidator: every header Gatehouse writes is either its own
+        // (constant, or the realm with control characters removed) or relayed from an origin
+        // whose response NIO's parser already refused if a field held CR, LF or NUL.
         let handler = ProxyConnectionHandler(shared: shared, observer: observer)
         let configuration = handler.configuration
         if total > configuration.maxConnections {

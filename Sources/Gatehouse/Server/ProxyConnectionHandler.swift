@@ -16,7 +16,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     typealias OutboundOut = HTTPServerResponsePart
 
     let shared: ProxyContext
-    var logger: Logger
+    /// The server's logger (not copied per connection: an idle connection should cost little).
+    var logger: Logger { self.shared.logger }
     var machine = ProxyConnectionStateMachine()
     /// The exchange in progress, if any.
     var exchange: Exchange?
@@ -54,7 +55,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     init(shared: ProxyContext, observer: RequestStartObserver) {
         self.shared = shared
         self.settings = shared.snapshot
-        self.logger = shared.logger
         self.observer = observer
     }
 
@@ -65,7 +65,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         if let remote = context.channel.remoteAddress {
             self.clientAddress = remote.gatehouseDescription
         }
-        self.logger[metadataKey: "client"] = "\(self.clientAddress)"
         self.observer.connection = self
         if context.channel.isActive { self.connectionStarted(context: context) }
     }

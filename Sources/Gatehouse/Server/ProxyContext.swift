@@ -8,7 +8,7 @@ import NIOHTTP1
 final class ProxyContext: Sendable {
     /// Settings that may change on reload. Each connection takes a snapshot when it opens, so
     /// a reload never changes the rules in the middle of a connection.
-    struct Snapshot: Sendable {
+    final class Snapshot: Sendable {
         let configuration: ProxyConfiguration
         /// `Basic realm="…", charset="UTF-8"`, built once per reload.
         let challenge: String
