@@ -43,7 +43,7 @@ extension ProxyConnectionHandler {
                     try sync.addHandler(encoder)
                     try sync.addHandler(ByteToMessageHandler(decoder))
                     try sync.addHandler(IdleStateHandler(readTimeout: configuration.upstreamTimeout))
-                    let handler = UpstreamHandler(client: bound.value, pool: pool, key: key)
+                    let handler = UpstreamHandler(client: bound.value, pool: pool, key: key, upstreamTimeout: configuration.upstreamTimeout)
                     handler.attach(client: bound.value, isHead: isHead)
                     try sync.addHandler(handler)
                 }

@@ -24,11 +24,16 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestIsHead = false
     private let pool: UpstreamPool
     let key: UpstreamPool.Key
+    /// When the current exchange began; an idle event about silence from before it (while the
+    /// connection rested in the pool) is not the origin's fault.
+    private var attachedAt = NIODeadline.now()
+    private let upstreamTimeout: TimeAmount
 
-    init(client: ProxyConnectionHandler, pool: UpstreamPool, key: UpstreamPool.Key) {
+    init(client: ProxyConnectionHandler, pool: UpstreamPool, key: UpstreamPool.Key, upstreamTimeout: TimeAmount) {
         self.client = client
         self.pool = pool
         self.key = key
+        self.upstreamTimeout = upstreamTimeout
     }
 
     var isWritable: Bool { self.context?.channel.isWritable ?? true }
@@ -49,6 +54,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Starts an exchange for `client` on this (possibly pooled) connection.
     func attach(client: ProxyConnectionHandler, isHead: Bool) {
         self.client = client
+        self.attachedAt = .now()
         self.requestIsHead = isHead
         self.requestSent = false
         self.finished = false
@@ -165,8 +171,9 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 // Idle in the pool for a whole upstream timeout: let it go.
                 self.finished = true
                 context.close(promise: nil)
-            } else if self.requestSent {
-                // An upload in progress is not the origin's silence.
+            } else if self.requestSent && (NIODeadline.now() - self.attachedAt).nanoseconds >= self.upstreamTimeout.nanoseconds * 9 / 10 {
+                // An upload in progress is not the origin's silence, nor is time spent idle
+                // in the pool before this exchange (the handler fires again a timeout later).
                 self.fail(reason: .upstreamTimeout)
                 context.close(promise: nil)
             }

@@ -21,7 +21,7 @@ final class GatehouseProcess: @unchecked Sendable {
     /// Starts `gatehouse ARGS --print-address` and waits for its listening address(es).
     init(_ arguments: [String], environment: [String: String] = [:], listeners: Int = 1, executable: URL? = nil, launcher: [String]? = nil) throws {
         self.stderrPath = FileManager.default.temporaryDirectory.appendingPathComponent("gatehouse-\(UUID().uuidString).stderr").path
-        FileManager.default.createFile(atPath: self.stderrPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: self.stderrPath, contents: nil)
         let binary = (executable ?? CommandLineTests.executable).path
         if let launcher {
             self.process.executableURL = URL(fileURLWithPath: launcher[0])

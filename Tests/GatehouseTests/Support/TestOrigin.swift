@@ -73,7 +73,7 @@ enum TestData {
         while remaining > 0 {
             let start = position % period
             let n = min(remaining, period - start)
-            block.withUnsafeBytes { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[start..<(start + n)])) }
+            _ = block.withUnsafeBytes { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[start..<(start + n)])) }
             position += n
             remaining -= n
         }
