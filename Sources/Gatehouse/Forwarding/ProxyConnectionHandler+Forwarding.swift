@@ -26,7 +26,7 @@ extension ProxyConnectionHandler {
         let replayable = !head.headers.contains(name: "content-length") && !head.headers.contains(name: "transfer-encoding")
         if reuse, replayable, let pooled = pool.take(key), let channel = pooled.channel {
             pooled.attach(client: self, isHead: head.method == .HEAD)
-            self.replayableForward = (head, uri)
+            self.replayableForward = ReplayableForward(head: head, uri: uri)
             return self.upstreamConnected(channel, head: upstreamHead, context: context)
         }
         self.replayableForward = nil
@@ -116,7 +116,7 @@ extension ProxyConnectionHandler {
     // MARK: The origin's response
 
     func upstreamResponseHead(_ head: HTTPResponseHead) {
-        guard let context = self.context, var exchange = self.exchange else { return }
+        guard let context = self.context, let exchange = self.exchange else { return }
         if head.status.code / 100 == 1 {
             // 1xx: forward to HTTP/1.1 clients (RFC 9110 §15.2), e.g. 100 Continue for an
             // upload with `Expect: 100-continue`. 101 is impossible: Upgrade was stripped.
@@ -206,21 +206,20 @@ extension ProxyConnectionHandler {
     func upstreamFailed(reason: ReasonCode) {
         guard let context = self.context else { return }
         self.upstream = nil
-        if let (head, uri) = self.replayableForward, reason == .upstreamClosed || reason == .upstreamBadResponse,
+        if let replay = self.replayableForward, reason == .upstreamClosed || reason == .upstreamBadResponse,
             self.machine.retryingUpstream()
         {
             // The pooled connection was already dead (the origin closed it while idle).
             self.replayableForward = nil
             self.logger.debug("reused origin connection failed; retrying on a new one", metadata: ["reason": "\(reason.rawValue)"])
-            return self.connectUpstream(head, to: uri, context: context, reuse: false)
+            return self.connectUpstream(replay.head, to: replay.uri, context: context, reuse: false)
         }
         switch self.machine.upstreamFailed() {
         case .sendError:
             self.answer(reason, context: context)
         case .close:
-            if var exchange = self.exchange {
+            if let exchange = self.exchange {
                 self.exchange = nil
-                exchange.bytesOut += 0
                 self.shared.record(
                     exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .upstreamTruncated))
             }

@@ -2,7 +2,8 @@ import NIOCore
 import NIOHTTP1
 
 /// Bookkeeping for one request/response exchange, turned into an access-log line at its end.
-struct Exchange {
+/// A class, so that an idle connection (no exchange) does not carry its storage inline.
+final class Exchange {
     var method: String
     var target: String
     var version: HTTPVersion

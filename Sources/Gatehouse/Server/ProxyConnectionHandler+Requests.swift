@@ -20,7 +20,7 @@ extension ProxyConnectionHandler {
 
         // Targets are parsed before authentication, so that a browser pointed at the proxy
         // as if it were a web server learns what it is talking to.
-        var exchange = Exchange(head: head, target: Self.logTarget(head.uri))
+        let exchange = Exchange(head: head, target: Self.logTarget(head.uri))
         if head.version.major != 1 {
             self.exchange = exchange
             return self.answer(.versionNotSupported, context: context, close: true)

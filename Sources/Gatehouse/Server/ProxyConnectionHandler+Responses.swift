@@ -11,7 +11,7 @@ extension ProxyConnectionHandler {
         // Once the connection is closing, nothing more is said (a parse error at EOF after a
         // 408 or 505 must not produce a second response or log line).
         guard self.machine.state != .closed, context.channel.isActive else { return }
-        var exchange = self.exchange ?? Exchange(unparsedAt: self.headStarted)
+        let exchange = self.exchange ?? Exchange(unparsedAt: self.headStarted)
         let closing = close || !exchange.clientKeepAlive || self.clientInputClosed
             || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)
         let status = reason.status
@@ -112,7 +112,7 @@ extension ProxyConnectionHandler {
         text += "Content-Length: \(message.utf8.count)\r\nConnection: close\r\n\r\n" + message
         var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
         buffer.writeString(text)
-        var exchange = Exchange(unparsedAt: self.headStarted)
+        let exchange = Exchange(unparsedAt: self.headStarted)
         exchange.bytesOut = text.utf8.count
         self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(reason.status.code), reason: reason))
         self.machine.connectionClosed()

@@ -33,7 +33,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var clientAddress = "-"
     var context: ChannelHandlerContext?
     let observer: RequestStartObserver
-    var timer: Scheduled<Void>?
+    var timer: NIOScheduledCallback?
+    var timerKind = TimerKind.idle
     /// The client half-closed its side; answer what is in flight, then close.
     var clientInputClosed = false
     /// When the connection's current head started to arrive (for parser-error log lines).
@@ -46,7 +47,17 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var rejection: ReasonCode?
     /// The request in flight went out on a pooled origin connection and can be replayed
     /// once on a fresh one if that connection turns out to be dead.
-    var replayableForward: (head: HTTPRequestHead, uri: AbsoluteURI)?
+    var replayableForward: ReplayableForward?
+
+    /// Boxed, so that connections not forwarding anything do not carry it inline.
+    final class ReplayableForward {
+        let head: HTTPRequestHead
+        let uri: AbsoluteURI
+        init(head: HTTPRequestHead, uri: AbsoluteURI) {
+            self.head = head
+            self.uri = uri
+        }
+    }
 
     /// The settings this connection runs under, fixed when it opened.
     let settings: ProxyContext.Snapshot

@@ -51,7 +51,7 @@ extension ProxyConnectionHandler {
     /// (RFC 9110 §9.3.6). The 200 carries neither Content-Length nor Transfer-Encoding: the
     /// bytes that follow belong to the tunnel.
     func startTunnel(with upstream: Channel, context: ChannelHandlerContext) {
-        guard var exchange = self.exchange else { return }
+        guard let exchange = self.exchange else { return }
         self.timer?.cancel()
         self.timer = nil
         self.tunnelUpstream = nil
