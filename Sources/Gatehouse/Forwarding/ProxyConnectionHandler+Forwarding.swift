@@ -69,14 +69,21 @@ extension ProxyConnectionHandler {
         headers.removeHopByHopFields()
         headers.replaceOrAdd(name: "Host", value: uri.hostHeader)
         headers.add(name: "Via", value: "\(head.version.major).\(head.version.minor) \(via)")
-        if !headers.contains(name: "content-length") && !headers.contains(name: "transfer-encoding")
-            && [.POST, .PUT, .PATCH].contains(head.method)
+        if Self.expectsBody(head.method) && !headers.contains(name: "content-length")
+            && !headers.contains(name: "transfer-encoding")
         {
             // No framing means no body (RFC 9112 §6.3); say so, rather than let the encoder
             // pick chunked for an empty upload.
             headers.add(name: "Content-Length", value: "0")
         }
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri.originForm, headers: headers)
+    }
+
+    private static func expectsBody(_ method: HTTPMethod) -> Bool {
+        switch method {
+        case .POST, .PUT, .PATCH: return true
+        default: return false
+        }
     }
 
     private func upstreamConnected(_ channel: Channel, head: HTTPRequestHead, context: ChannelHandlerContext) {

@@ -12,6 +12,11 @@ extension HTTPHeaders {
     /// Removes every hop-by-hop field: the fixed list and every field named in `Connection`
     /// (and `Proxy-Connection`, which some clients use the same way).
     public mutating func removeHopByHopFields() {
+        // Per exchange, twice: skip the option parsing when no field names any options.
+        guard self.contains(name: "connection") || self.contains(name: "proxy-connection") else {
+            for name in Self.hopByHopNames where self.contains(name: name) { self.remove(name: name) }
+            return
+        }
         var named: [String] = []
         for value in self["connection"] + self["proxy-connection"] {
             for token in value.split(separator: ",") {

@@ -81,7 +81,8 @@ extension ProxyConnectionHandler {
         self.exchange = exchange
 
         if self.configuration.testing.authenticateConnectOnly && !isConnect {
-            return self.authenticationFinished(.authenticated(user: "-"), destination: destination, context: context)
+            // A fixture behaviour: plain-http forwards pass without credentials.
+            return self.admit(user: nil, destination: destination, context: context)
         }
         let clientIP = self.context?.channel.remoteAddress?.ipAddress ?? self.clientAddress
         switch self.shared.authenticator.authenticate(head.headers["proxy-authorization"], client: clientIP, on: context.eventLoop) {
@@ -110,33 +111,41 @@ extension ProxyConnectionHandler {
     func authenticationFinished(_ outcome: Authenticator.Outcome, destination: Destination, context: ChannelHandlerContext) {
         switch outcome {
         case .refused(let reason, let retryAfter, let user):
-            self.exchange?.user = user
-            let close = (self.exchange?.expectsContinue ?? false) && !self.bufferedEnd
-            self.answer(reason, context: context, close: close, retryAfter: retryAfter)
+            self.refuse(reason, user: user, retryAfter: retryAfter, context: context)
         case .rejected(let reason, let user):
             self.shared.metrics.authenticated(false)
-            self.exchange?.user = user
-            // Without the body, a client waiting for 100-continue would never send it, and
-            // the connection could not find the next message boundary: close instead.
-            let close = (self.exchange?.expectsContinue ?? false) && !self.bufferedEnd
-            self.answer(reason, context: context, close: close)
+            self.refuse(reason, user: user, retryAfter: nil, context: context)
         case .authenticated(let user):
-            if user != "-" { self.shared.metrics.authenticated(true) }
-            self.exchange?.user = user == "-" ? nil : user
-            self.machine.authenticated()
-            switch destination {
-            case .refuse(let reason):
-                self.answer(reason, context: context)
-            case .tunnel(let authority):
-                guard self.configuration.connectPorts.contains(authority.port ?? 0) else {
-                    return self.answer(.connectPortDenied, context: context)
-                }
-                self.openTunnel(to: authority, context: context)
-            case .forward(let uri, let head):
-                self.forward(head, to: uri, context: context)
-            }
-            self.resumeReadingIfPossible()
+            self.shared.metrics.authenticated(true)
+            self.admit(user: user, destination: destination, context: context)
         }
+    }
+
+    /// 407, 429 or 503 for a request that was not let through.
+    private func refuse(_ reason: ReasonCode, user: String?, retryAfter: Int?, context: ChannelHandlerContext) {
+        self.exchange?.user = user
+        // Without the body, a client waiting for 100-continue would never send it, and the
+        // connection could not find the next message boundary: close instead.
+        let close = (self.exchange?.expectsContinue ?? false) && !self.bufferedEnd
+        self.answer(reason, context: context, close: close, retryAfter: retryAfter)
+    }
+
+    /// The request may proceed (as `user`, or anonymously where a fixture allows it).
+    private func admit(user: String?, destination: Destination, context: ChannelHandlerContext) {
+        self.exchange?.user = user
+        self.machine.authenticated()
+        switch destination {
+        case .refuse(let reason):
+            self.answer(reason, context: context)
+        case .tunnel(let authority):
+            guard self.configuration.connectPorts.contains(authority.port ?? 0) else {
+                return self.answer(.connectPortDenied, context: context)
+            }
+            self.openTunnel(to: authority, context: context)
+        case .forward(let uri, let head):
+            self.forward(head, to: uri, context: context)
+        }
+        self.resumeReadingIfPossible()
     }
 
     /// The `CONNECT` request's `.end` arrived; the tunnel opens once the origin is connected too.
