@@ -65,7 +65,8 @@ build() {
     # shellcheck disable=SC2086
     swiftc -sanitize=fuzzer,address -parse-as-library "${FUZZ_OPT:--O}" -g \
         -module-name GatehouseFuzz -I Sources/CCrypt \
-        -o "$out" "Scripts/fuzz/Fuzz$target.swift" $srcs
+        -o "$out" "Scripts/fuzz/Fuzz$target.swift" Tests/GatehouseTests/FuzzInvariants/FuzzViolations.swift \
+        "Tests/GatehouseTests/FuzzInvariants/${target}Invariants.swift" $srcs
 }
 
 summary=()

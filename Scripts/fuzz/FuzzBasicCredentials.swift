@@ -1,85 +1,9 @@
-// libFuzzer target for `BasicCredentials(proxyAuthorization:)` and its strict base64 decoder.
-// Built by Scripts/fuzz.sh together with Sources/Gatehouse/Auth/BasicCredentials.swift.
-// The same invariants are checked over the saved corpus by Tests/GatehouseTests/Unit/FuzzCorpusTests.swift.
-
-/// Independent RFC 4648 §4 base64 encoder (with padding), so the round-trip checks do not rely
-/// on the code under test.
-func fuzzBase64(_ bytes: [UInt8]) -> String {
-    let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-    var out: [UInt8] = []
-    var index = 0
-    while index < bytes.count {
-        let remaining = bytes.count - index
-        let b0 = UInt32(bytes[index])
-        let b1 = remaining > 1 ? UInt32(bytes[index + 1]) : 0
-        let b2 = remaining > 2 ? UInt32(bytes[index + 2]) : 0
-        let group = b0 << 16 | b1 << 8 | b2
-        out.append(alphabet[Int(group >> 18 & 0x3F)])
-        out.append(alphabet[Int(group >> 12 & 0x3F)])
-        out.append(remaining > 1 ? alphabet[Int(group >> 6 & 0x3F)] : UInt8(ascii: "="))
-        out.append(remaining > 2 ? alphabet[Int(group & 0x3F)] : UInt8(ascii: "="))
-        index += 3
-    }
-    return String(decoding: out, as: UTF8.self)
-}
-
-private func check(_ condition: Bool, _ message: @autoclosure () -> String) {
-    if !condition { fatalError("invariant violated: \(message())") }
-}
-
-private func isOWS(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 }
+// libFuzzer target for the BasicCredentials parsers. Built by Scripts/fuzz.sh with the parsers' sources and
+// Tests/GatehouseTests/FuzzInvariants/ (the invariants, shared with the corpus replay in swift test).
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzEntry(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
-    let text = String(decoding: bytes, as: UTF8.self)
-
-    // 1. The whole input as a Proxy-Authorization field value.
-    do {
-        let credentials = try BasicCredentials(proxyAuthorization: text)
-        check(!credentials.user.utf8.contains(UInt8(ascii: ":")), "user contains ':'")
-        // The accepted value must be `<OWS>basic<SP>...`, case-insensitively.
-        let trimmed = Array(text.utf8.drop(while: isOWS))
-        check(trimmed.count > 6, "accepted value too short")
-        check(String(decoding: trimmed.prefix(6), as: UTF8.self).lowercased() == "basic ", "scheme is not Basic")
-        // Re-encoding user:password must parse back to the same credentials.
-        let reencoded = "Basic " + fuzzBase64(Array((credentials.user + ":" + credentials.password).utf8))
-        let again = try? BasicCredentials(proxyAuthorization: reencoded)
-        check(again == credentials, "re-encoded credentials do not round-trip")
-    } catch {
-        switch error {
-        case .wrongScheme, .malformedBase64, .missingColon, .invalidUTF8: break
-        }
-    }
-
-    // 2. The input as the decoded credentials: `Basic base64(input)` is accepted exactly when
-    //    the input is UTF-8 and contains a colon, and splits at the first colon.
-    let header = "Basic " + fuzzBase64(bytes)
-    let isUTF8 = text.utf8.elementsEqual(bytes)
-    do {
-        let credentials = try BasicCredentials(proxyAuthorization: header)
-        check(!bytes.isEmpty && isUTF8, "accepted empty or non-UTF-8 credentials")
-        let colon = bytes.firstIndex(of: UInt8(ascii: ":"))
-        check(colon != nil, "accepted credentials without a colon")
-        if let colon {
-            check(Array(credentials.user.utf8) == Array(bytes[..<colon]), "user is not the text before the first colon")
-            check(Array(credentials.password.utf8) == Array(bytes[(colon + 1)...]), "password is not the text after the first colon")
-        }
-    } catch {
-        switch error {
-        case .malformedBase64: check(bytes.isEmpty, "canonical base64 rejected as malformed")
-        case .invalidUTF8: check(!isUTF8, "valid UTF-8 rejected")
-        case .missingColon: check(isUTF8 && !bytes.contains(UInt8(ascii: ":")), "colon present but missingColon")
-        case .wrongScheme: check(false, "Basic scheme rejected")
-        }
-    }
-
-    // 3. The strict decoder only accepts canonical base64: decode then encode is the identity.
-    if let decoded = BasicCredentials.strictBase64Decode(bytes[...]) {
-        check(fuzzBase64(decoded) == text && text.utf8.elementsEqual(bytes), "strict base64 accepted a non-canonical encoding")
-    }
-    // And it decodes every canonical encoding.
-    check(BasicCredentials.strictBase64Decode(Array(fuzzBase64(bytes).utf8)[...]) == (bytes.isEmpty ? nil : bytes),
-          "strict base64 does not decode a canonical encoding")
+    let violations = BasicCredentialsInvariants.violations(Array(UnsafeBufferPointer(start: data, count: size)))
+    if let first = violations.first { fatalError("invariant violated: \(first)") }
     return 0
 }
