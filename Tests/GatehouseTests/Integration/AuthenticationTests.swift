@@ -77,8 +77,9 @@ struct AuthenticationIntegrationTests {
             #expect(result.exitCode == 0, "\(result.stderr)")
             #expect(result.body == "hello\n")
             #expect(proxy.records.map(\.status) == [407, 200])
-            // The retry reused the connection the 407 came on.
-            #expect(!result.stderr.contains("Closing connection") || result.stderr.contains("Re-using existing connection"))
+            // The retry went out on the connection the 407 came on.
+            #expect(result.stderr.contains("Re-using existing connection #0"), "\(result.stderr)")
+            #expect(result.stderr.components(separatedBy: "Connected to 127.0.0.1").count == 2, "one connection only")
         }
     }
 

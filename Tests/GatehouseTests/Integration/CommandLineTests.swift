@@ -15,7 +15,7 @@ struct CommandLineTests {
         var stderr: String
     }
 
-    static func run(_ arguments: [String], stdin: FileHandle? = nil) throws -> Run {
+    static func run(_ arguments: [String], input: String? = nil) throws -> Run {
         let process = Process()
         process.executableURL = Self.executable
         process.arguments = arguments
@@ -23,8 +23,13 @@ struct CommandLineTests {
         let err = Pipe()
         process.standardOutput = out
         process.standardError = err
+        let stdin = input.map { _ in Pipe() }
         process.standardInput = stdin ?? FileHandle.nullDevice
         try process.run()
+        if let stdin, let input {
+            stdin.fileHandleForWriting.write(Data(input.utf8))
+            try stdin.fileHandleForWriting.close()
+        }
         let outData = out.fileHandleForReading.readDataToEndOfFile()
         let errData = err.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()

@@ -313,20 +313,8 @@ struct OperationsTests {
         let path = Self.temporaryPath("users")
         defer { try? FileManager.default.removeItem(atPath: path) }
         func run(_ arguments: [String], input: String) throws -> (Int32, String) {
-            let process = Process()
-            process.executableURL = CommandLineTests.executable
-            process.arguments = ["passwd"] + arguments
-            let stdin = Pipe()
-            let stdout = Pipe()
-            process.standardInput = stdin
-            process.standardOutput = stdout
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            stdin.fileHandleForWriting.write(Data(input.utf8))
-            try stdin.fileHandleForWriting.close()
-            let out = stdout.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: out, as: UTF8.self))
+            let result = try CommandLineTests.run(["passwd"] + arguments, input: input)
+            return (result.status, result.stdout)
         }
         #expect(try run(["--stdin", "--cost", "5", path, "alice"], input: "first\n") == (0, "Adding password for user alice\n"))
         chmod(path, 0o644)
