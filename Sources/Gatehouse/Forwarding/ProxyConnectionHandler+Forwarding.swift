@@ -4,7 +4,7 @@ import NIOPosix
 
 extension ProxyConnectionHandler {
     /// Opens a connection to the origin and sends the request in origin form.
-    func forward(_ head: HTTPRequestHead, to uri: AbsoluteURI, context: ChannelHandlerContext) {
+    func forward(_ head: HTTPRequestHead, to uri: AbsoluteURI, framed: Bool, context: ChannelHandlerContext) {
         if let failure = self.configuration.testing.upstreamFailure {
             return self.answer(failure, context: context)
         }
@@ -13,17 +13,18 @@ extension ProxyConnectionHandler {
         // never contacted at all.
         context.eventLoop.assumeIsolated().execute {
             guard self.context != nil, case .connecting = self.machine.state else { return }
-            self.connectUpstream(head, to: uri, context: context)
+            self.connectUpstream(head, to: uri, replayable: !framed, context: context)
         }
     }
 
-    private func connectUpstream(_ head: HTTPRequestHead, to uri: AbsoluteURI, context: ChannelHandlerContext, reuse: Bool = true) {
+    private func connectUpstream(
+        _ head: HTTPRequestHead, to uri: AbsoluteURI, replayable: Bool, context: ChannelHandlerContext, reuse: Bool = true
+    ) {
         let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.configuration.viaPseudonym)
         let key = UpstreamPool.Key(host: uri.authority.host.lowercased(), port: uri.port)
         let pool = self.shared.pools.pool(for: context.eventLoop)
         // A request without a body may go out on an idle pooled connection: should that turn
         // out to be dead, it can be replayed on a fresh one. Uploads always get a fresh one.
-        let replayable = !head.headers.contains(name: "content-length") && !head.headers.contains(name: "transfer-encoding")
         if reuse, replayable, let pooled = pool.take(key), let channel = pooled.channel {
             pooled.attach(client: self, isHead: head.method == .HEAD)
             self.replayableForward = ReplayableForward(head: head, uri: uri)
@@ -65,18 +66,31 @@ extension ProxyConnectionHandler {
     /// origin-form target, `Host` from the URI's authority (a received `Host` is replaced),
     /// hop-by-hop fields and the proxy's credentials removed, and this proxy added to `Via`.
     static func upstreamRequestHead(_ head: HTTPRequestHead, uri: AbsoluteURI, via: String) -> HTTPRequestHead {
-        var headers = head.headers
-        headers.removeHopByHopFields()
-        headers.replaceOrAdd(name: "Host", value: uri.hostHeader)
-        headers.add(name: "Via", value: "\(head.version.major).\(head.version.minor) \(via)")
-        if Self.expectsBody(head.method) && !headers.contains(name: "content-length")
-            && !headers.contains(name: "transfer-encoding")
-        {
+        // One pass over the received fields (see FieldKind); Host goes first (RFC 9110 §7.2).
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(head.headers.count + 3)
+        fields.append(("Host", uri.hostHeader))
+        var framed = false
+        head.headers.appendEndToEndFields(to: &fields) { kind in
+            if kind == .contentLength || kind == .transferEncoding { framed = true }
+            return kind != .host
+        }
+        fields.append(("Via", Self.viaValue(head.version, pseudonym: via)))
+        if !framed && Self.expectsBody(head.method) {
             // No framing means no body (RFC 9112 §6.3); say so, rather than let the encoder
             // pick chunked for an empty upload.
-            headers.add(name: "Content-Length", value: "0")
+            fields.append(("Content-Length", "0"))
         }
-        return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri.originForm, headers: headers)
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri.originForm, headers: HTTPHeaders(fields))
+    }
+
+    /// This proxy's `Via` entry for a message received as `version` (RFC 9110 §7.6.3).
+    static func viaValue(_ version: HTTPVersion, pseudonym: String) -> String {
+        switch version {
+        case .http1_1: return "1.1 " + pseudonym
+        case .http1_0: return "1.0 " + pseudonym
+        default: return "\(version.major).\(version.minor) \(pseudonym)"
+        }
     }
 
     private static func expectsBody(_ method: HTTPMethod) -> Bool {
@@ -101,7 +115,7 @@ extension ProxyConnectionHandler {
             return
         }
         self.upstream = handler
-        self.exchange?.upstream = channel.remoteAddress?.gatehouseDescription
+        self.exchange?.upstream = handler.remoteDescription
         handler.send(.head(head))
         for buffer in self.bufferedBody {
             handler.send(.body(.byteBuffer(buffer)))
@@ -143,36 +157,42 @@ extension ProxyConnectionHandler {
             return
         }
 
-        var headers = head.headers
-        headers.removeHopByHopFields()
         // Framing towards the client is decided here, not by the encoder, because only the
         // proxy knows the request method (HEAD) and the client's HTTP version.
         let code = head.status.code
         let bodyless = exchange.isHead || code == 204 || code == 304
         var closeAfter = !exchange.clientKeepAlive || self.clientInputClosed
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(head.headers.count + 3)
+        var hasLength = false
+        var hasCoding = false
+        head.headers.appendEndToEndFields(to: &fields) { kind in
+            if kind == .contentLength { hasLength = true }
+            if kind == .transferEncoding { hasCoding = true }
+            return true
+        }
         if code == 204 {
-            headers.remove(name: "content-length")
-            headers.remove(name: "transfer-encoding")
+            if hasLength || hasCoding { fields.removeAll { Self.isFraming($0.0) } }
         } else if bodyless {
-            headers.remove(name: "transfer-encoding")
-        } else if headers.contains(name: "content-length") && !headers.contains(name: "transfer-encoding") {
+            if hasCoding { fields.removeAll { FieldKind($0.0) == .transferEncoding } }
+        } else if hasLength && !hasCoding {
             // Content-Length framing passes through unchanged.
         } else {
-            headers.remove(name: "content-length")
-            headers.remove(name: "transfer-encoding")
+            if hasLength || hasCoding { fields.removeAll { Self.isFraming($0.0) } }
             if exchange.version == .http1_1 {
-                headers.add(name: "Transfer-Encoding", value: "chunked")
+                fields.append(("Transfer-Encoding", "chunked"))
             } else {
                 // An HTTP/1.0 client cannot read chunked: the body ends when we close.
                 closeAfter = true
             }
         }
-        headers.add(name: "Via", value: "\(head.version.major).\(head.version.minor) \(self.configuration.viaPseudonym)")
+        fields.append(("Via", Self.viaValue(head.version, pseudonym: self.configuration.viaPseudonym)))
         if closeAfter {
-            headers.add(name: "Connection", value: "close")
+            fields.append(("Connection", "close"))
         } else if exchange.version == .http1_0 {
-            headers.add(name: "Connection", value: "keep-alive")
+            fields.append(("Connection", "keep-alive"))
         }
+        let headers = HTTPHeaders(fields)
         let response = HTTPResponseHead(version: .http1_1, status: head.status, headers: headers)
         exchange.status = Int(code)
         exchange.bytesOut += response.wireSize
@@ -180,6 +200,11 @@ extension ProxyConnectionHandler {
         self.closeAfterResponse = closeAfter
         self.machine.responseHeadForwarded()
         context.write(self.wrapOutboundOut(.head(response)), promise: nil)
+    }
+
+    private static func isFraming(_ name: String) -> Bool {
+        let kind = FieldKind(name)
+        return kind == .contentLength || kind == .transferEncoding
     }
 
     func upstreamResponseBody(_ buffer: ByteBuffer) {
@@ -201,9 +226,12 @@ extension ProxyConnectionHandler {
         // Decide first: writing `.end` may deliver the next pipelined request re-entrantly.
         let action = self.machine.responseEnded(keepAlive: !self.closeAfterResponse)
         if action == .awaitNextRequest { self.awaitRequest(context: context) }
-        let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
         if action == .close {
-            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        } else {
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
         }
         self.resumeReadingIfPossible()
     }
@@ -219,7 +247,7 @@ extension ProxyConnectionHandler {
             // The pooled connection was already dead (the origin closed it while idle).
             self.replayableForward = nil
             self.logger.debug("reused origin connection failed; retrying on a new one", metadata: ["reason": "\(reason.rawValue)"])
-            return self.connectUpstream(replay.head, to: replay.uri, context: context, reuse: false)
+            return self.connectUpstream(replay.head, to: replay.uri, replayable: true, context: context, reuse: false)
         }
         switch self.machine.upstreamFailed() {
         case .sendError:

@@ -13,7 +13,9 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
-    private weak var client: ProxyConnectionHandler?
+    /// Strong (a weak reference would put the client handler's refcounting on the slow path);
+    /// cleared whenever the exchange ends, fails, or this connection goes away.
+    private var client: ProxyConnectionHandler?
     private var context: ChannelHandlerContext?
     private var readsPaused = false
     private var readPending = false
@@ -40,6 +42,9 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     var channel: Channel? { self.context?.channel }
 
+    /// The origin's address as logged, worked out once per connection rather than per exchange.
+    private(set) lazy var remoteDescription: String? = self.context?.channel.remoteAddress?.gatehouseDescription
+
     /// Open, idle, and attached to nobody: ready for the next exchange.
     var isReusable: Bool { self.client == nil && !self.finished && (self.context?.channel.isActive ?? false) }
 
@@ -49,6 +54,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.client = nil
     }
 
     /// Starts an exchange for `client` on this (possibly pooled) connection.

@@ -30,8 +30,10 @@ final class UpstreamPool: @unchecked Sendable {
     /// The most recently used idle connection to `key` that is still open, if any.
     func take(_ key: Key) -> UpstreamHandler? {
         self.eventLoop.assertInEventLoop()
-        while var list = self.idle[key], let handler = list.popLast() {
-            self.idle[key] = list.isEmpty ? nil : list
+        // Mutated in place through the dictionary: copying the list out first would make
+        // popLast copy the whole array, on every forwarded request.
+        while let handler = self.idle[key]?.popLast() {
+            if self.idle[key]?.isEmpty == true { self.idle[key] = nil }
             self.count -= 1
             if handler.isReusable { return handler }
             handler.close()

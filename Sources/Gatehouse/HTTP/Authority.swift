@@ -73,7 +73,7 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
 
     /// `host:port` with IPv6 literals bracketed, the way it goes on the wire and in logs.
     public var description: String {
-        let host = self.host.contains(":") ? "[\(self.host)]" : self.host
+        let host = self.host.utf8.contains(UInt8(ascii: ":")) ? "[\(self.host)]" : self.host
         if let port { return "\(host):\(port)" }
         return host
     }

@@ -1,36 +1,137 @@
 import NIOHTTP1
 
+/// The header fields the proxy treats specially, recognised by name (case-insensitively).
+///
+/// A request needs about ten decisions about its fields; asking `HTTPHeaders` for each by name
+/// would scan the whole header section (and allocate an array) ten times over. Classifying
+/// each field once, in a single pass, costs one comparison per field.
+enum FieldKind: Equatable {
+    /// Describes one connection and must not be forwarded (RFC 9110 §7.6.1), or is the proxy's
+    /// own (`Proxy-Authorization`, `Proxy-Authenticate`; RFC 9110 §11.7). `Connection` and the
+    /// non-standard `Proxy-Connection` are listed separately because they name more fields.
+    case hopByHop
+    case connection
+    case proxyConnection
+    case proxyAuthorization
+    case host
+    case contentLength
+    case transferEncoding
+    case via
+    case expect
+    case other
+
+    init(_ name: String) {
+        var name = name
+        self = name.withUTF8 { Self.classify($0) }
+    }
+
+    private static func classify(_ name: UnsafeBufferPointer<UInt8>) -> FieldKind {
+        // Dispatch on length first: most fields match no candidate and cost one comparison.
+        switch name.count {
+        case 2: return name.equalsLowercased("te") ? .hopByHop : .other
+        case 3: return name.equalsLowercased("via") ? .via : .other
+        case 4: return name.equalsLowercased("host") ? .host : .other
+        case 6: return name.equalsLowercased("expect") ? .expect : .other
+        case 7:
+            if name.equalsLowercased("trailer") || name.equalsLowercased("upgrade") { return .hopByHop }
+            return .other
+        case 10:
+            if name.equalsLowercased("connection") { return .connection }
+            return name.equalsLowercased("keep-alive") ? .hopByHop : .other
+        case 14: return name.equalsLowercased("content-length") ? .contentLength : .other
+        case 16: return name.equalsLowercased("proxy-connection") ? .proxyConnection : .other
+        case 17: return name.equalsLowercased("transfer-encoding") ? .transferEncoding : .other
+        case 18: return name.equalsLowercased("proxy-authenticate") ? .hopByHop : .other
+        case 19: return name.equalsLowercased("proxy-authorization") ? .proxyAuthorization : .other
+        default: return .other
+        }
+    }
+
+    /// Not forwarded by an intermediary, whatever `Connection` says.
+    var isHopByHop: Bool {
+        switch self {
+        case .hopByHop, .connection, .proxyConnection, .proxyAuthorization: return true
+        default: return false
+        }
+    }
+
+    /// Message framing and routing: a `Connection` option naming one of these is ignored
+    /// (RFC 9112 §9.6 allows only hop-by-hop fields as connection options).
+    var isFraming: Bool {
+        switch self {
+        case .contentLength, .transferEncoding, .host: return true
+        default: return false
+        }
+    }
+}
+
+extension UnsafeBufferPointer<UInt8> {
+    /// ASCII case-insensitive equality with an all-lowercase literal of the same length.
+    fileprivate func equalsLowercased(_ literal: StaticString) -> Bool {
+        guard literal.utf8CodeUnitCount == self.count else { return false }
+        let other = literal.utf8Start
+        for i in 0..<self.count {
+            var byte = self[i]
+            if byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") { byte |= 0x20 }
+            if byte != other[i] { return false }
+        }
+        return true
+    }
+}
+
 extension HTTPHeaders {
-    /// Header fields that describe one connection and must not be forwarded by an intermediary
-    /// (RFC 9110 §7.6.1), plus the proxy's own credentials (RFC 9110 §11.7.2: a proxy consumes
-    /// `Proxy-Authorization` addressed to it) and the non-standard `Proxy-Connection`.
-    static let hopByHopNames: [String] = [
-        "connection", "proxy-connection", "keep-alive", "te", "trailer", "upgrade",
-        "proxy-authorization", "proxy-authenticate",
-    ]
+    /// The lowercased field names the `Connection` and `Proxy-Connection` fields list as
+    /// connection options (RFC 9110 §7.6.1); empty (and free) when neither is present.
+    func connectionOptionNames() -> [String] {
+        var named: [String] = []
+        for (name, value) in self {
+            let kind = FieldKind(name)
+            guard kind == .connection || kind == .proxyConnection else { continue }
+            for token in value.split(separator: ",") {
+                let option = token.trimmingSpaces().lowercased()
+                if !option.isEmpty { named.append(option) }
+            }
+        }
+        return named
+    }
+
+    /// Appends the fields an intermediary passes on to `fields`: every hop-by-hop field
+    /// removed, both the fixed list and every field named as a connection option (but never
+    /// framing, see ``FieldKind/isFraming``). `keep` may drop more, by kind; it sees each
+    /// remaining field once.
+    func appendEndToEndFields(to fields: inout [(String, String)], keep: (FieldKind) -> Bool = { _ in true }) {
+        var hasOptions = false
+        for (name, value) in self {
+            let kind = FieldKind(name)
+            if (kind == .connection || kind == .proxyConnection) && !Self.isPlainKeepAliveOrClose(value) {
+                hasOptions = true
+                break
+            }
+        }
+        let named = hasOptions ? self.connectionOptionNames() : []
+        for (name, value) in self {
+            let kind = FieldKind(name)
+            if kind.isHopByHop { continue }
+            if !named.isEmpty && !kind.isFraming && named.contains(name.lowercased()) { continue }
+            if keep(kind) { fields.append((name, value)) }
+        }
+    }
+
+    /// `keep-alive` or `close` alone: the usual `Connection` value, which names no field
+    /// that is not hop-by-hop already, so there are no options to parse.
+    private static func isPlainKeepAliveOrClose(_ value: String) -> Bool {
+        var value = value
+        return value.withUTF8 { $0.equalsLowercased("keep-alive") || $0.equalsLowercased("close") }
+    }
 
     /// Removes every hop-by-hop field: the fixed list and every field named in `Connection`
     /// (and `Proxy-Connection`, which some clients use the same way).
     public mutating func removeHopByHopFields() {
-        // Per exchange, twice: skip the option parsing when no field names any options.
-        guard self.contains(name: "connection") || self.contains(name: "proxy-connection") else {
-            for name in Self.hopByHopNames where self.contains(name: name) { self.remove(name: name) }
-            return
-        }
-        var named: [String] = []
-        for value in self["connection"] + self["proxy-connection"] {
-            for token in value.split(separator: ",") {
-                let name = token.trimmingSpaces().lowercased()
-                if !name.isEmpty { named.append(name) }
-            }
-        }
-        for name in Self.hopByHopNames { self.remove(name: name) }
-        for name in named where !Self.framingNames.contains(name) { self.remove(name: name) }
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(self.count)
+        self.appendEndToEndFields(to: &fields)
+        self = HTTPHeaders(fields)
     }
-
-    /// `Connection: content-length` must not make a proxy drop message framing; RFC 9112 §9.6
-    /// lists only hop-by-hop fields as valid connection options.
-    private static let framingNames: Set<String> = ["content-length", "transfer-encoding", "host"]
 
     /// Whether the `Connection` field carries the given option (case-insensitive).
     func hasConnectionOption(_ option: String) -> Bool {
@@ -40,3 +141,33 @@ extension HTTPHeaders {
     }
 }
 
+/// What the proxy decides on in a request's header section, gathered in one pass.
+struct RequestFields {
+    var hostCount = 0
+    var transferEncodings: [String] = []
+    var contentLengths: [String] = []
+    var via: [String] = []
+    var proxyAuthorization: [String] = []
+    var proxyConnectionKeepAlive = false
+    var expectsContinue = false
+
+    init(_ headers: HTTPHeaders) {
+        for (name, value) in headers {
+            switch FieldKind(name) {
+            case .host: self.hostCount += 1
+            case .transferEncoding: self.transferEncodings.append(value)
+            case .contentLength: self.contentLengths.append(value)
+            case .via: self.via.append(value)
+            case .proxyAuthorization: self.proxyAuthorization.append(value)
+            case .proxyConnection:
+                if value.lowercased() == "keep-alive" { self.proxyConnectionKeepAlive = true }
+            case .expect:
+                if value.lowercased() == "100-continue" { self.expectsContinue = true }
+            default: break
+            }
+        }
+    }
+
+    /// Whether the request says it has a body (RFC 9112 §6.3).
+    var isFramed: Bool { !self.contentLengths.isEmpty || !self.transferEncodings.isEmpty }
+}

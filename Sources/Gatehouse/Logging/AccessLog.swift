@@ -36,6 +36,8 @@ public final class AccessLog: Sendable {
     private let observer: Observer?
     private let state = NIOLockedValueBox(State())
     private let queue = DispatchQueue(label: "gatehouse.access-log")
+    /// The bytes of the batch being written, kept between batches (only touched on `queue`).
+    private let lineBuffer = NIOLockedValueBox([UInt8]())
     /// How long a recorded line may wait to be written.
     static let batchInterval = DispatchTimeInterval.milliseconds(1)
     /// A batch this large is written without waiting.
@@ -114,25 +116,30 @@ public final class AccessLog: Sendable {
             return state.pending
         }
         guard !batch.isEmpty else { return }
-        var text = ""
+        var bytes = self.lineBuffer.withLockedValue { buffer in
+            defer { buffer = [] }
+            return buffer
+        }
+        bytes.removeAll(keepingCapacity: true)
         for entry in batch {
-            text += self.format.format(entry)
-            text += "\n"
+            self.format.append(entry, to: &bytes)
+            bytes.append(UInt8(ascii: "\n"))
         }
         let fd = self.descriptor.withLockedValue { $0 }
-        var utf8 = Array(text.utf8)
         var offset = 0
-        while offset < utf8.count {
-            let written = utf8.withUnsafeMutableBytes { buffer -> Int in
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { buffer -> Int in
                 guard let base = buffer.baseAddress else { return 0 }
                 return write(fd, base + offset, buffer.count - offset)
             }
             if written < 0 {
                 if errno == EINTR { continue }
-                return  // The log is best effort once open; the proxy keeps serving.
+                break  // The log is best effort once open; the proxy keeps serving.
             }
             offset += written
         }
-        utf8.removeAll()
+        if bytes.capacity <= 1 << 20 {
+            self.lineBuffer.withLockedValue { $0 = bytes }
+        }
     }
 }

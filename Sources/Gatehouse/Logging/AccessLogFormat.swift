@@ -16,27 +16,96 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
     case json
 
     public func format(_ entry: AccessLogEntry) -> String {
+        var bytes: [UInt8] = []
+        self.append(entry, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends the entry's line (without the newline) to `bytes`. The log writer formats every
+    /// line of the busiest format straight into one reused buffer: building a `String` per line
+    /// by interpolation cost more than a tenth of the CPU of a proxied request.
+    func append(_ entry: AccessLogEntry, to bytes: inout [UInt8]) {
         switch self {
-        case .squid: return Self.squidLine(entry)
-        case .common: return Self.commonLine(entry)
-        case .json: return Self.jsonLine(entry)
+        case .squid: Self.appendSquidLine(entry, to: &bytes)
+        case .common: bytes.append(contentsOf: Self.commonLine(entry).utf8)
+        case .json: bytes.append(contentsOf: Self.jsonLine(entry).utf8)
         }
     }
 
-    private static func squidLine(_ e: AccessLogEntry) -> String {
+    private static func appendSquidLine(_ e: AccessLogEntry, to bytes: inout [UInt8]) {
         let totalMillis = Int((e.timestamp * 1000).rounded())
-        let time = "\(totalMillis / 1000).\(pad(totalMillis % 1000, 3))"
-        let elapsed = leftPad(String(e.durationMilliseconds), 6)
-        let code: String
+        appendDecimal(totalMillis / 1000, to: &bytes)
+        bytes.append(UInt8(ascii: "."))
+        appendDecimal(totalMillis % 1000, width: 3, fill: UInt8(ascii: "0"), to: &bytes)
+        bytes.append(UInt8(ascii: " "))
+        appendDecimal(e.durationMilliseconds, width: 6, fill: UInt8(ascii: " "), to: &bytes)
+        bytes.append(UInt8(ascii: " "))
+        appendClientHost(e.client, to: &bytes)
+        bytes.append(UInt8(ascii: " "))
+        let code: StaticString
         switch e.reason {
-        case .forwarded, .upstreamTruncated, .clientClosed: code = "TCP_MISS"
-        case .tunnel: code = "TCP_TUNNEL"
-        case .authMissing, .authScheme, .authMalformed, .authInvalid, .connectPortDenied: code = "TCP_DENIED"
-        default: code = e.upstream == nil ? "NONE_NONE" : "TCP_MISS"
+        case .forwarded, .upstreamTruncated, .clientClosed: code = "TCP_MISS/"
+        case .tunnel: code = "TCP_TUNNEL/"
+        case .authMissing, .authScheme, .authMalformed, .authInvalid, .connectPortDenied: code = "TCP_DENIED/"
+        default: code = e.upstream == nil ? "NONE_NONE/" : "TCP_MISS/"
         }
-        let hierarchy = e.upstream.map { "HIER_DIRECT/\($0)" } ?? "HIER_NONE/-"
-        return "\(time) \(elapsed) \(clientHost(e.client)) \(code)/\(e.status) \(e.bytesOut) \(e.method) \(e.target) "
-            + "\(e.user ?? "-") \(hierarchy) - reason=\(e.reason.rawValue)"
+        appendStatic(code, to: &bytes)
+        appendDecimal(e.status, to: &bytes)
+        bytes.append(UInt8(ascii: " "))
+        appendDecimal(e.bytesOut, to: &bytes)
+        bytes.append(UInt8(ascii: " "))
+        bytes.append(contentsOf: e.method.utf8)
+        bytes.append(UInt8(ascii: " "))
+        bytes.append(contentsOf: e.target.utf8)
+        bytes.append(UInt8(ascii: " "))
+        if let user = e.user { bytes.append(contentsOf: user.utf8) } else { bytes.append(UInt8(ascii: "-")) }
+        if let upstream = e.upstream {
+            appendStatic(" HIER_DIRECT/", to: &bytes)
+            bytes.append(contentsOf: upstream.utf8)
+        } else {
+            appendStatic(" HIER_NONE/-", to: &bytes)
+        }
+        appendStatic(" - reason=", to: &bytes)
+        bytes.append(contentsOf: e.reason.rawValue.utf8)
+    }
+
+    private static func appendStatic(_ text: StaticString, to bytes: inout [UInt8]) {
+        bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    /// `value` in decimal, left-padded with `fill` to `width`.
+    private static func appendDecimal(_ value: Int, width: Int = 0, fill: UInt8 = UInt8(ascii: " "), to bytes: inout [UInt8]) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        let negative = value < 0
+        var magnitude = value.magnitude
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[19 - count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+                magnitude /= 10
+                count += 1
+            } while magnitude > 0
+            let length = count + (negative ? 1 : 0)
+            if length < width { bytes.append(contentsOf: repeatElement(fill, count: width - length)) }
+            if negative { bytes.append(UInt8(ascii: "-")) }
+            bytes.append(contentsOf: buffer[(20 - count)...])
+        }
+    }
+
+    /// The client's IP without the port, as Squid and common logs show it.
+    private static func appendClientHost(_ client: String, to bytes: inout [UInt8]) {
+        let utf8 = client.utf8
+        if utf8.first == UInt8(ascii: "["), let close = utf8.firstIndex(of: UInt8(ascii: "]")) {
+            bytes.append(contentsOf: utf8[utf8.index(after: utf8.startIndex)..<close])
+            return
+        }
+        if let colon = utf8.lastIndex(of: UInt8(ascii: ":")), utf8.firstIndex(of: UInt8(ascii: ":")) == colon {
+            bytes.append(contentsOf: utf8[..<colon])
+            return
+        }
+        bytes.append(contentsOf: utf8)
     }
 
     private static func commonLine(_ e: AccessLogEntry) -> String {

@@ -19,13 +19,13 @@ final class Exchange {
     var isHead: Bool
     var isConnect: Bool
 
-    init(head: HTTPRequestHead, target: String) {
+    init(head: HTTPRequestHead, target: String, fields: RequestFields) {
         self.method = head.method.rawValue
         self.target = target
         self.version = head.version
         self.clientKeepAlive = head.isKeepAlive
-            || (head.version == .http1_0 && head.headers["proxy-connection"].contains { $0.lowercased() == "keep-alive" })
-        self.expectsContinue = head.headers["expect"].contains { $0.lowercased() == "100-continue" }
+            || (head.version == .http1_0 && fields.proxyConnectionKeepAlive)
+        self.expectsContinue = fields.expectsContinue
         self.started = .now()
         self.timestamp = wallClockSeconds()
         self.isHead = head.method == .HEAD
@@ -49,9 +49,17 @@ final class Exchange {
         let elapsed = (NIODeadline.now() - self.started).nanoseconds / 1_000_000
         return AccessLogEntry(
             timestamp: self.timestamp, client: client, user: self.user, method: self.method, target: self.target,
-            version: "HTTP/\(self.version.major).\(self.version.minor)", status: status, reason: reason,
+            version: Self.versionText(self.version), status: status, reason: reason,
             bytesOut: self.bytesOut, bytesIn: self.bytesIn, upstream: self.upstream,
             durationMilliseconds: Int(max(0, elapsed)))
+    }
+
+    private static func versionText(_ version: HTTPVersion) -> String {
+        switch version {
+        case .http1_1: return "HTTP/1.1"
+        case .http1_0: return "HTTP/1.0"
+        default: return "HTTP/\(version.major).\(version.minor)"
+        }
     }
 }
 

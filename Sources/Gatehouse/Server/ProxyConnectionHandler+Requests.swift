@@ -7,8 +7,7 @@ extension ProxyConnectionHandler {
     // MARK: Requests
 
     func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
+        self.clearTimer()
         self.observer.awaitingRequest = false
         guard self.machine.requestHeadReceived() else {
             context.close(promise: nil)
@@ -20,7 +19,8 @@ extension ProxyConnectionHandler {
 
         // Targets are parsed before authentication, so that a browser pointed at the proxy
         // as if it were a web server learns what it is talking to.
-        let exchange = Exchange(head: head, target: Self.logTarget(head.uri))
+        let fields = RequestFields(head.headers)
+        let exchange = Exchange(head: head, target: Self.logTarget(head.uri), fields: fields)
         if head.version.major != 1 {
             self.exchange = exchange
             return self.answer(.versionNotSupported, context: context, close: true)
@@ -31,11 +31,11 @@ extension ProxyConnectionHandler {
             return self.answer(.uriTooLong, context: context, close: true)
         }
         // Rules the parser leaves to the application (RFC 9112 §3.2, §6.1, §6.3).
-        if head.headers["host"].count > 1 {
+        if fields.hostCount > 1 {
             self.exchange = exchange
             return self.answer(.badRequest, context: context, close: true)
         }
-        let codings = head.headers["transfer-encoding"]
+        let codings = fields.transferEncodings
         if !codings.isEmpty && (codings.count != 1 || codings[0].lowercased() != "chunked" || head.version == .http1_0) {
             // Only a lone `chunked` is framing the proxy can re-encode faithfully; anything
             // else (`gzip, chunked`, a chunked HTTP/1.0 request) is a smuggling risk.
@@ -43,12 +43,12 @@ extension ProxyConnectionHandler {
             return self.answer(.badTransferEncoding, context: context, close: true)
         }
         if let limit = self.configuration.maxBodyBytes,
-            let length = head.headers["content-length"].first.flatMap({ Int($0) }), length > limit
+            let length = fields.contentLengths.first.flatMap({ Int($0) }), length > limit
         {
             self.exchange = exchange
             return self.answer(.bodyTooLarge, context: context, close: true)
         }
-        if Self.carriesVia(head.headers, pseudonym: self.configuration.viaPseudonym) {
+        if !fields.via.isEmpty && Self.carriesVia(fields.via, pseudonym: self.configuration.viaPseudonym) {
             // Our own Via on an incoming request: it came through this proxy already.
             self.exchange = exchange
             return self.answer(.loopDetected, context: context, close: true)
@@ -67,7 +67,7 @@ extension ProxyConnectionHandler {
             switch RequestTarget.parseAbsolute(head.uri) {
             case .success(let uri):
                 exchange.target = uri.logDescription
-                destination = .forward(uri, head)
+                destination = .forward(uri, head, framed: fields.isFramed)
             case .failure(.originForm):
                 self.exchange = exchange
                 return self.answer(.originForm, context: context)
@@ -84,8 +84,7 @@ extension ProxyConnectionHandler {
             // A fixture behaviour: plain-http forwards pass without credentials.
             return self.admit(user: nil, destination: destination, context: context)
         }
-        let clientIP = self.context?.channel.remoteAddress?.ipAddress ?? self.clientAddress
-        switch self.shared.authenticator.authenticate(head.headers["proxy-authorization"], client: clientIP, on: context.eventLoop) {
+        switch self.shared.authenticator.authenticate(fields.proxyAuthorization, client: self.clientIP, on: context.eventLoop) {
         case .immediate(let outcome):
             self.authenticationFinished(outcome, destination: destination, context: context)
         case .pending(let future):
@@ -103,7 +102,7 @@ extension ProxyConnectionHandler {
     }
 
     enum Destination {
-        case forward(AbsoluteURI, HTTPRequestHead)
+        case forward(AbsoluteURI, HTTPRequestHead, framed: Bool)
         case tunnel(Authority)
         case refuse(ReasonCode)
     }
@@ -142,8 +141,8 @@ extension ProxyConnectionHandler {
                 return self.answer(.connectPortDenied, context: context)
             }
             self.openTunnel(to: authority, context: context)
-        case .forward(let uri, let head):
-            self.forward(head, to: uri, context: context)
+        case .forward(let uri, let head, let framed):
+            self.forward(head, to: uri, framed: framed, context: context)
         }
         self.resumeReadingIfPossible()
     }
@@ -156,8 +155,8 @@ extension ProxyConnectionHandler {
     }
 
     /// Whether a `Via` field names this proxy's pseudonym (RFC 9110 §7.6.3: received-by).
-    static func carriesVia(_ headers: HTTPHeaders, pseudonym: String) -> Bool {
-        headers["via"].contains { value in
+    static func carriesVia(_ values: [String], pseudonym: String) -> Bool {
+        values.contains { value in
             value.split(separator: ",").contains { entry in
                 let parts = entry.trimmingSpaces().split(separator: " ", omittingEmptySubsequences: true)
                 return parts.count >= 2 && parts[1] == Substring(pseudonym)

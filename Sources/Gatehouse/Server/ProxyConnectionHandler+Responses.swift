@@ -3,6 +3,54 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
+/// One of Gatehouse's own responses: a short plain-text body saying why, with the framing and
+/// `Connection` fields the client needs to read it and carry on (or not).
+struct OwnResponse: Sendable {
+    let head: HTTPResponseHead
+    let body: ByteBuffer
+    /// Bytes the status line and fields take on the wire, for the access log.
+    let headSize: Int
+
+    init(reason: ReasonCode, challenges: [String], closing: Bool, version: HTTPVersion, retryAfter: Int?) {
+        let message = reason.message + "\n"
+        var body = ByteBufferAllocator().buffer(capacity: message.utf8.count)
+        body.writeString(message)
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(5 + challenges.count)
+        if reason.status == .proxyAuthenticationRequired {
+            for challenge in challenges {
+                headers.add(name: "Proxy-Authenticate", value: challenge)
+            }
+        }
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        if let seconds = retryAfter {
+            headers.add(name: "Retry-After", value: String(seconds))
+        }
+        if closing {
+            headers.add(name: "Connection", value: "close")
+        } else if version == .http1_0 {
+            headers.add(name: "Connection", value: "keep-alive")
+        }
+        self.head = HTTPResponseHead(version: .http1_1, status: reason.status, headers: headers)
+        self.body = body
+        self.headSize = self.head.wireSize
+    }
+
+    /// The response for every reason as sent on a kept-alive HTTP/1.1 connection (the usual
+    /// case, and every 407 of a client that has not yet sent credentials), built once per
+    /// reload rather than once per answer.
+    static func keepAliveResponses(challenges: [String]) -> [ReasonCode: OwnResponse] {
+        var responses: [ReasonCode: OwnResponse] = [:]
+        for reason in ReasonCode.allCases {
+            responses[reason] = OwnResponse(
+                reason: reason, challenges: challenges, closing: false, version: .http1_1,
+                retryAfter: reason.defaultRetryAfter)
+        }
+        return responses
+    }
+}
+
 extension ProxyConnectionHandler {
     // MARK: Gatehouse's own responses
 
@@ -15,30 +63,19 @@ extension ProxyConnectionHandler {
         let closing = close || !exchange.clientKeepAlive || self.clientInputClosed
             || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)
         let status = reason.status
-        var body = context.channel.allocator.buffer(capacity: reason.message.utf8.count + 1)
-        body.writeString(reason.message)
-        body.writeString("\n")
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(5)
-        if status == .proxyAuthenticationRequired {
-            for challenge in self.configuration.testing.extraChallenges {
-                headers.add(name: "Proxy-Authenticate", value: challenge)
-            }
-            headers.add(name: "Proxy-Authenticate", value: self.settings.challenge)
+        let response: OwnResponse
+        if !closing && exchange.version == .http1_1 && retryAfter == nil,
+            let prebuilt = self.settings.keepAliveResponses[reason]
+        {
+            response = prebuilt
+        } else {
+            response = OwnResponse(
+                reason: reason, challenges: self.settings.challenges, closing: closing, version: exchange.version,
+                retryAfter: retryAfter ?? reason.defaultRetryAfter)
         }
-        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
-        headers.add(name: "Content-Length", value: String(body.readableBytes))
-        if let seconds = retryAfter ?? reason.defaultRetryAfter {
-            headers.add(name: "Retry-After", value: String(seconds))
-        }
-        if closing {
-            headers.add(name: "Connection", value: "close")
-        } else if exchange.version == .http1_0 {
-            headers.add(name: "Connection", value: "keep-alive")
-        }
-        let head = HTTPResponseHead(version: .http1_1, status: status, headers: headers)
+        let head = response.head
         exchange.status = Int(status.code)
-        exchange.bytesOut += head.wireSize + (exchange.isHead ? 0 : body.readableBytes)
+        exchange.bytesOut += response.headSize + (exchange.isHead ? 0 : response.body.readableBytes)
         self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(status.code), reason: reason))
         self.exchange = nil
         self.bufferedBody.removeAll()
@@ -57,13 +94,16 @@ extension ProxyConnectionHandler {
         if action == .none && exchange.isConnect { self.replaceDecoderOnRequestEnd = true }
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         if !exchange.isHead {
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
-        let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
         if action == .close {
-            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        } else if swapDecoderNow {
-            self.replaceDecoderAfterConnect(context: context)
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        } else {
+            // No promise unless someone waits on it: each one is an allocation.
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            if swapDecoderNow { self.replaceDecoderAfterConnect(context: context) }
         }
         self.resumeReadingIfPossible()
     }
@@ -116,8 +156,7 @@ extension ProxyConnectionHandler {
         exchange.bytesOut = text.utf8.count
         self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(reason.status.code), reason: reason))
         self.machine.connectionClosed()
-        self.timer?.cancel()
-        self.timer = nil
+        self.cancelTimer()
         if let written = self.observer.writeRaw(buffer) {
             written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         } else {

@@ -31,9 +31,15 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// Raw bytes that arrived after a `CONNECT` head, kept for the tunnel.
     var tunnelPendingReads: [NIOAny] = []
     var clientAddress = "-"
+    /// The client's IP alone (the throttle's key), worked out once per connection.
+    var clientIP = "-"
     var context: ChannelHandlerContext?
     let observer: RequestStartObserver
     var timer: NIOScheduledCallback?
+    /// When the scheduled callback fires (nil: none is scheduled).
+    var timerFiresAt: NIODeadline?
+    /// When the current timeout expires (`.distantFuture`: no timeout is running).
+    var timerDeadline = NIODeadline.distantFuture
     var timerKind = TimerKind.idle
     /// The client half-closed its side; answer what is in flight, then close.
     var clientInputClosed = false
@@ -75,6 +81,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.context = context
         if let remote = context.channel.remoteAddress {
             self.clientAddress = remote.gatehouseDescription
+            self.clientIP = remote.ipAddress ?? self.clientAddress
         }
         self.observer.connection = self
         if context.channel.isActive { self.connectionStarted(context: context) }
@@ -83,6 +90,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func channelActive(context: ChannelHandlerContext) {
         if let remote = context.channel.remoteAddress {
             self.clientAddress = remote.gatehouseDescription
+            self.clientIP = remote.ipAddress ?? self.clientAddress
         }
         self.connectionStarted(context: context)
         context.fireChannelActive()
@@ -100,14 +108,13 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
+        self.cancelTimer()
+        self.observer.connection = nil
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
+        self.cancelTimer()
         let wasForwarding: Bool
         if case .forwarding = self.machine.state { wasForwarding = true } else { wasForwarding = false }
         self.machine.connectionClosed()
@@ -230,6 +237,6 @@ extension SocketAddress {
     var gatehouseDescription: String {
         guard let ip = self.ipAddress else { return "\(self)" }
         let port = self.port ?? 0
-        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+        return ip.utf8.contains(UInt8(ascii: ":")) ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 }

@@ -12,12 +12,18 @@ final class ProxyContext: Sendable {
         let configuration: ProxyConfiguration
         /// `Basic realm="…", charset="UTF-8"`, built once per reload.
         let challenge: String
+        /// The `Proxy-Authenticate` fields of a 407, in order (a fixture may add some first).
+        let challenges: [String]
+        /// Gatehouse's own responses on a kept-alive HTTP/1.1 connection, built once.
+        let keepAliveResponses: [ReasonCode: OwnResponse]
         /// Parser limits: header section size (431) and field count.
         let decoderLimits: NIOHTTPDecoderLimitConfiguration
 
         init(_ configuration: ProxyConfiguration) {
             self.configuration = configuration
             self.challenge = ProxyChallenge.basic(realm: configuration.realm)
+            self.challenges = configuration.testing.extraChallenges + [self.challenge]
+            self.keepAliveResponses = OwnResponse.keepAliveResponses(challenges: self.challenges)
             var limits = NIOHTTPDecoderLimitConfiguration()
             limits.maxHeaderFieldSize = configuration.maxHeaderBytes
             limits.maxHeaderListSize = configuration.maxHeaderBytes

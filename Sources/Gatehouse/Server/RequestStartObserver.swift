@@ -13,7 +13,10 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
 
     /// Set by the connection handler while it waits for a request head.
     var awaitingRequest = true
-    weak var connection: ProxyConnectionHandler?
+    /// Strong, not weak: a weak reference gives the connection handler a side table, which
+    /// sends every retain and release of it down the runtime's slow path. The cycle is broken
+    /// when the pipeline goes away (both handlers' `handlerRemoved`).
+    var connection: ProxyConnectionHandler?
     private var context: ChannelHandlerContext?
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -22,6 +25,7 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.connection = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

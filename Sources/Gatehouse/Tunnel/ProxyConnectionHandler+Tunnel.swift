@@ -52,8 +52,7 @@ extension ProxyConnectionHandler {
     /// bytes that follow belong to the tunnel.
     func startTunnel(with upstream: Channel, context: ChannelHandlerContext) {
         guard let exchange = self.exchange else { return }
-        self.timer?.cancel()
-        self.timer = nil
+        self.cancelTimer()
         self.tunnelUpstream = nil
         self.exchange = nil
         let head = HTTPResponseHead(

@@ -22,6 +22,19 @@ struct AccessLogFormatTests {
         #expect(AccessLogFormat.squid.format(denied).contains(" - HIER_NONE/- - reason=auth_missing"))
     }
 
+    @Test("squid: numbers padded and overflowing as Squid's printf does; IPv6 and odd clients")
+    func squidNumbers() {
+        var entry = Self.entry
+        entry.timestamp = 1_764_477_600.007
+        entry.durationMilliseconds = 1_234_567
+        entry.client = "[2001:db8::1]:443"
+        #expect(AccessLogFormat.squid.format(entry).hasPrefix("1764477600.007 1234567 2001:db8::1 TCP_MISS/200 "))
+        entry.durationMilliseconds = 0
+        entry.client = "-"
+        entry.bytesOut = 0
+        #expect(AccessLogFormat.squid.format(entry).hasPrefix("1764477600.007      0 - TCP_MISS/200 0 GET "))
+    }
+
     @Test("common: NCSA layout with the reason appended")
     func common() {
         #expect(AccessLogFormat.common.format(Self.entry)

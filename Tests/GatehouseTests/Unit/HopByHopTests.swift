@@ -24,6 +24,57 @@ struct HopByHopTests {
         #expect(headers["host"] == ["x"])
     }
 
+    @Test("field names are classified case-insensitively, by exact name only")
+    func classification() {
+        #expect(FieldKind("Host") == .host)
+        #expect(FieldKind("HOST") == .host)
+        #expect(FieldKind("Hosts") == .other)
+        #expect(FieldKind("Content-Length") == .contentLength)
+        #expect(FieldKind("content-lengtH") == .contentLength)
+        #expect(FieldKind("Content_Length") == .other)
+        #expect(FieldKind("Transfer-Encoding") == .transferEncoding)
+        #expect(FieldKind("PROXY-AUTHORIZATION") == .proxyAuthorization)
+        #expect(FieldKind("Proxy-Connection") == .proxyConnection)
+        #expect(FieldKind("Connection") == .connection)
+        for name in ["TE", "Keep-Alive", "Trailer", "Upgrade", "Proxy-Authenticate"] {
+            #expect(FieldKind(name) == .hopByHop, "\(name)")
+        }
+        // Same length as a known name, one byte off: `{` is `[` | 0x20, which a sloppy
+        // case fold would take for a letter.
+        #expect(FieldKind("Vi{") == .other)
+        #expect(FieldKind("Via") == .via)
+        #expect(FieldKind("") == .other)
+    }
+
+    @Test("the request summary gathers every field the proxy decides on, in one pass")
+    func requestFields() {
+        let fields = RequestFields(HTTPHeaders([
+            ("Host", "a"), ("host", "b"), ("Transfer-Encoding", "chunked"), ("Content-Length", "5"),
+            ("Via", "1.1 x"), ("Proxy-Authorization", "Basic abc"), ("Proxy-Connection", "Keep-Alive"),
+            ("Expect", "100-Continue"),
+        ]))
+        #expect(fields.hostCount == 2)
+        #expect(fields.transferEncodings == ["chunked"])
+        #expect(fields.contentLengths == ["5"])
+        #expect(fields.via == ["1.1 x"])
+        #expect(fields.proxyAuthorization == ["Basic abc"])
+        #expect(fields.proxyConnectionKeepAlive)
+        #expect(fields.expectsContinue)
+        #expect(fields.isFramed)
+        let empty = RequestFields(HTTPHeaders([("Accept", "*/*")]))
+        #expect(!empty.isFramed && empty.hostCount == 0 && !empty.expectsContinue)
+    }
+
+    @Test("a plain `Connection: keep-alive` names no options; a list with one still does")
+    func plainKeepAlive() {
+        var headers = HTTPHeaders([("Connection", "Keep-Alive"), ("X-Keep", "1")])
+        headers.removeHopByHopFields()
+        #expect(headers.map(\.name) == ["X-Keep"])
+        headers = HTTPHeaders([("Connection", "keep-alive, x-drop"), ("X-Drop", "1"), ("X-Keep", "1")])
+        headers.removeHopByHopFields()
+        #expect(headers.map(\.name) == ["X-Keep"])
+    }
+
     @Test("the upstream request: origin form, Host from the URI, Via added, credentials gone")
     func upstreamHead() throws {
         let uri = try RequestTarget.parseAbsolute("http://origin.test:8080/p?q").get()
@@ -36,5 +87,13 @@ struct HopByHopTests {
         #expect(upstream.headers["via"] == ["1.1 other", "1.1 gatehouse"])
         #expect(upstream.headers["proxy-authorization"].isEmpty)
         #expect(upstream.headers["content-length"] == ["0"], "a POST without framing has an empty body")
+        #expect(upstream.headers.first?.name == "Host", "Host leads the header section")
+        let framed = HTTPRequestHead(
+            version: .http1_0, method: .PUT, uri: "http://origin.test:8080/p",
+            headers: HTTPHeaders([("content-length", "3"), ("Connection", "x-opt"), ("X-Opt", "1")]))
+        let forwarded = ProxyConnectionHandler.upstreamRequestHead(framed, uri: uri, via: "gatehouse")
+        #expect(forwarded.headers["content-length"] == ["3"])
+        #expect(forwarded.headers["x-opt"].isEmpty)
+        #expect(forwarded.headers["via"] == ["1.0 gatehouse"])
     }
 }
