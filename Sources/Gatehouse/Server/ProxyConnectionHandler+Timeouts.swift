@@ -13,6 +13,7 @@ extension ProxyConnectionHandler {
             return
         }
         self.observer.awaitingRequest = true
+        self.observer.requestComplete = false
         self.headStarted = .now()
         self.schedule(.idle, in: self.configuration.idleTimeout, context: context)
     }

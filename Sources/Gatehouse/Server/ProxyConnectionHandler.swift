@@ -152,6 +152,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             default: break
             }
         case .end:
+            self.observer.requestComplete = true
             switch self.machine.requestEndReceived() {
             case .bufferBody:
                 self.bufferedEnd = true
@@ -180,6 +181,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func read(context: ChannelHandlerContext) {
         if self.machine.clientReadsAllowed && (self.upstream?.isWritable ?? true) {
             context.read()
+            if self.machine.awaitingResponse && !self.observer.sawPipelinedBytes && self.exchange?.isConnect == false {
+                self.observer.readThrough()
+            }
         } else {
             self.readPending = true
         }

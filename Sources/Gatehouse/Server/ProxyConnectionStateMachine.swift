@@ -58,6 +58,14 @@ struct ProxyConnectionStateMachine {
 
     var isIdle: Bool { self.state == .idle }
 
+    /// The whole request has arrived and only the response is outstanding.
+    var awaitingResponse: Bool {
+        switch self.state {
+        case .authenticating(true), .connecting(true), .forwarding(true, _): return true
+        default: return false
+        }
+    }
+
     /// Whether a response (of the origin's, or Gatehouse's own) has begun for the current exchange.
     var responseStarted: Bool {
         switch self.state {

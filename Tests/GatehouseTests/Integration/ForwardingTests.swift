@@ -140,6 +140,37 @@ struct ForwardingTests {
         }
     }
 
+    @Test("requests pipelined while a response is outstanding, in separate packets, are answered in order")
+    func pipeliningWhileWaiting() async throws {
+        // The connection keeps read interest while a request awaits its response (see
+        // RequestStartObserver.readThrough); bytes arriving then must still queue in order.
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            let base = "http://127.0.0.1:\(origin.port)"
+            func request(_ i: Int) -> String {
+                "GET \(base)/slow?n=\(i) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+            }
+            try await client.send(request(0))
+            try await Task.sleep(for: .milliseconds(100))
+            for i in 1...3 {
+                try await client.send(request(i))
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            try await client.send((4..<8).map(request).joined())
+            let text = await client.waitFor { $0.contains("n=7\n") }
+            #expect(statusCodes(in: text) == Array(repeating: 200, count: 8))
+            var lastIndex = text.startIndex
+            for i in 0..<8 {
+                let range = try #require(text.range(of: "GET /slow?n=\(i)\n"))
+                #expect(range.lowerBound >= lastIndex, "response \(i) out of order")
+                lastIndex = range.lowerBound
+            }
+            #expect(proxy.records.map(\.status) == Array(repeating: 200, count: 8))
+            #expect(!client.isClosed)
+            await client.close()
+        }
+    }
+
     @Test("HTTP/1.0 clients get keep-alive only when they ask, and close-delimited bodies otherwise")
     func http10() async throws {
         try await withProxyAndOrigin { proxy, origin in

@@ -149,6 +149,14 @@ private final class OriginHandler: ChannelInboundHandler {
         let path = String(head.uri.prefix(while: { $0 != "?" }))
         if path == "/hello" {
             self.send(context, status: .ok, body: "hello\n")
+        } else if path == "/slow" {
+            // Answers after 300 ms, echoing the request line: keeps a response outstanding.
+            let line = "\(head.method.rawValue) \(head.uri)\n"
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .milliseconds(300)) {
+                let (handler, context) = bound.value
+                handler.send(context, status: .ok, body: line)
+            }
         } else if path == "/headers" {
             var text = "\(head.method.rawValue) \(head.uri)\n"
             for (name, value) in head.headers { text += "\(name.lowercased()): \(value)\n" }
@@ -210,7 +218,7 @@ private final class OriginHandler: ChannelInboundHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    private func send(_ context: ChannelHandlerContext, status: HTTPResponseStatus, body: String) {
+    func send(_ context: ChannelHandlerContext, status: HTTPResponseStatus, body: String) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Length", value: String(body.utf8.count))
         headers.add(name: "Content-Type", value: "text/plain")
