@@ -57,7 +57,19 @@ public enum RequestTarget: Sendable, Equatable {
         guard pathAndQuery.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return .failure(.invalid) }
         var originForm = String(Substring(pathAndQuery))
         if originForm.isEmpty || originForm.utf8.first == UInt8(ascii: "?") { originForm = "/" + originForm }
-        return .success(AbsoluteURI(authority: authority, originForm: originForm, hadUserinfo: hadUserinfo))
+        var result = AbsoluteURI(authority: authority, originForm: originForm, hadUserinfo: hadUserinfo)
+        // Most targets are already written the way they are logged (lowercase scheme, no
+        // userinfo or fragment, a path, no `:80`, no leading zeros in the port): keep the
+        // text rather than rebuild it for every log line.
+        let portText = authorityText.lastIndex(of: UInt8(ascii: ":")).map { authorityText[authorityText.index(after: $0)...] }
+        let ipv6WithoutPort = authorityText.last == UInt8(ascii: "]")
+        if scheme.elementsEqual("http".utf8), !hadUserinfo, pathAndQuery.endIndex == bytes.endIndex,
+            pathAndQuery.first == UInt8(ascii: "/"), authority.port != 80,
+            ipv6WithoutPort || portText == nil || portText?.first != UInt8(ascii: "0")
+        {
+            result.canonicalText = uri
+        }
+        return .success(result)
     }
 
     static func equalsIgnoringCase(_ bytes: Substring.UTF8View, _ lowercase: StaticString) -> Bool {
@@ -70,10 +82,22 @@ public enum RequestTarget: Sendable, Equatable {
 
 /// An `http://` absolute URI split into what the upstream request needs.
 public struct AbsoluteURI: Sendable, Equatable {
-    public var authority: Authority
+    public var authority: Authority { didSet { self.canonicalText = nil } }
     /// Path and query, the origin-form target sent upstream (RFC 9112 §3.2.1).
-    public var originForm: String
+    public var originForm: String { didSet { self.canonicalText = nil } }
     public var hadUserinfo: Bool
+    /// The target as received, when that is exactly ``logDescription``.
+    fileprivate(set) var canonicalText: String?
+
+    public init(authority: Authority, originForm: String, hadUserinfo: Bool) {
+        self.authority = authority
+        self.originForm = originForm
+        self.hadUserinfo = hadUserinfo
+    }
+
+    public static func == (lhs: AbsoluteURI, rhs: AbsoluteURI) -> Bool {
+        lhs.authority == rhs.authority && lhs.originForm == rhs.originForm && lhs.hadUserinfo == rhs.hadUserinfo
+    }
 
     /// The port to connect to: explicit, or 80 for `http`.
     public var port: Int { self.authority.port ?? 80 }
@@ -88,6 +112,6 @@ public struct AbsoluteURI: Sendable, Equatable {
 
     /// The URL as logged: scheme, authority and path, never userinfo.
     public var logDescription: String {
-        "http://\(self.hostHeader)\(self.originForm)"
+        self.canonicalText ?? "http://\(self.hostHeader)\(self.originForm)"
     }
 }

@@ -61,6 +61,9 @@ private func run(_ bytes: [UInt8], _ v: FuzzViolations) {
         // Host header: the authority without the default port; it must parse back.
         let host = Authority(parsing: Substring(uri.hostHeader))
         v.check(host?.host == uri.authority.host && (host?.port ?? 80) == uri.port, "hostHeader does not re-parse")
+        // Keeping the received text as the logged URL is only a shortcut: it must be exactly
+        // what rebuilding it would give.
+        v.check(uri.logDescription == "http://\(uri.hostHeader)\(uri.originForm)", "canonical log text differs")
         // The logged URL parses back to the same target (minus userinfo and a default port).
         switch RequestTarget.parseAbsolute(uri.logDescription) {
         case .success(let again):

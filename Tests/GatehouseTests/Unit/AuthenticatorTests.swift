@@ -1,3 +1,4 @@
+import CCrypt
 @testable import Gatehouse
 import Foundation
 import NIOCore
@@ -65,6 +66,25 @@ struct AuthenticatorTests {
         #expect(a.key(for: value) == a.key(for: value))
         #expect(a.key(for: value) != b.key(for: value))
         #expect(a.key(for: value) != a.key(for: Self.header("alice:secreT")))
+    }
+
+    @Test("the precomputed HMAC-SHA-256 equals OpenSSL's HMAC() (RFC 2104), for short and long values")
+    func cacheKeyIsHMAC() {
+        let secret = (0..<32).map { UInt8($0 * 7 & 0xFF) }
+        let cache = CredentialCache(ttl: .seconds(1), secret: secret)
+        for value in ["", "Basic YWxpY2U6c2VjcmV0", String(repeating: "x", count: 200), "Basic ünïcødé"] {
+            var digest = [UInt8](repeating: 0, count: 32)
+            var length: UInt32 = 0
+            let message = Array(value.utf8)
+            _ = secret.withUnsafeBytes { key in
+                message.withUnsafeBytes { data in
+                    HMAC(EVP_sha256(), key.baseAddress, Int32(key.count), data.baseAddress, data.count, &digest, &length)
+                }
+            }
+            let words = digest.withUnsafeBytes { raw in (0..<4).map { raw.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self) } }
+            let key = cache.key(for: value)
+            #expect([key.a, key.b, key.c, key.d] == words, "\(value.prefix(20))")
+        }
     }
 
     @Test("entries expire after the TTL")

@@ -18,6 +18,30 @@ struct RequestTargetTests {
         #expect(query.originForm == "/?x")
     }
 
+    @Test("the logged URL: the received text when already canonical, rebuilt otherwise")
+    func logDescription() throws {
+        let cases = [
+            ("http://example.com/x?y", "http://example.com/x?y"),
+            ("http://Example.com:8080/a", "http://Example.com:8080/a"),
+            ("http://[::1]/", "http://[::1]/"),
+            ("http://[::1]:81/", "http://[::1]:81/"),
+            ("HTTP://example.com/x", "http://example.com/x"),
+            ("http://example.com:80/x", "http://example.com/x"),
+            ("http://example.com:080/x", "http://example.com/x"),
+            ("http://example.com:0081/x", "http://example.com:81/x"),
+            ("http://example.com/x#frag", "http://example.com/x"),
+            ("http://example.com", "http://example.com/"),
+            ("http://example.com?q", "http://example.com/?q"),
+            ("http://u:p@example.com/x", "http://example.com/x"),
+        ]
+        for (target, logged) in cases {
+            #expect(try RequestTarget.parseAbsolute(target).get().logDescription == logged, "\(target)")
+        }
+        var edited = try RequestTarget.parseAbsolute("http://example.com/x").get()
+        edited.originForm = "/y"
+        #expect(edited.logDescription == "http://example.com/y", "an edited URI is rebuilt")
+    }
+
     @Test("userinfo is dropped and never logged")
     func userinfo() throws {
         let uri = try RequestTarget.parseAbsolute("http://bob:hunter2@example.com/x").get()
