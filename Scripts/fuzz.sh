@@ -53,7 +53,7 @@ sources_for() {
     case "$1" in
         BasicCredentials) echo "Sources/Gatehouse/Auth/BasicCredentials.swift" ;;
         Htpasswd) echo "Sources/Gatehouse/Auth/HtpasswdFile.swift Sources/Gatehouse/Auth/PasswordHash.swift Sources/Gatehouse/Auth/BasicCredentials.swift" ;;
-        RequestTarget) echo "Sources/Gatehouse/HTTP/Authority.swift Sources/Gatehouse/HTTP/RequestTarget.swift" ;;
+        RequestTarget) echo "Sources/Gatehouse/HTTP/Authority.swift Sources/Gatehouse/HTTP/RequestTarget.swift Tests/GatehouseTests/FuzzInvariants/ReferenceRequestTarget.swift" ;;
         *) echo "fuzz.sh: unknown target '$1' (known: ${all_targets[*]})" >&2; return 1 ;;
     esac
 }

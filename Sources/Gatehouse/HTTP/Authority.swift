@@ -16,37 +16,43 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
     /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`. Returns `nil` for anything else,
     /// including empty hosts, ports outside 0–65535 and characters a host cannot contain.
     public init?(parsing text: Substring) {
-        // Byte-wise: every accepted character is ASCII, and this runs on every request.
-        let bytes = text.utf8
-        let host: Substring
-        var rest: Substring.UTF8View
-        if bytes.first == UInt8(ascii: "[") {
+        var text = text
+        guard let authority = text.withUTF8({ Self.parse($0) }) else { return nil }
+        self = authority
+    }
+
+    /// Byte-wise over the target's bytes: every accepted character is ASCII, and this runs on
+    /// every request. (The String.Index version this replaced is kept as the reference the
+    /// fuzz invariants compare against.)
+    static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> Authority? {
+        let count = bytes.count
+        let hostRange: Range<Int>
+        let rest: Int
+        if count > 0 && bytes[0] == UInt8(ascii: "[") {
             guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { return nil }
-            let inner = bytes[bytes.index(after: bytes.startIndex)..<close]
+            let inner = UnsafeBufferPointer(rebasing: bytes[1..<close])
             guard !inner.isEmpty, inner.allSatisfy(Self.isIPv6LiteralByte), inner.contains(UInt8(ascii: ":")) else { return nil }
-            host = Substring(inner)
-            rest = bytes[bytes.index(after: close)...]
+            hostRange = 1..<close
+            rest = close + 1
         } else {
-            let colon = bytes.lastIndex(of: UInt8(ascii: ":")) ?? bytes.endIndex
-            let name = bytes[..<colon]
-            guard !name.isEmpty, name.allSatisfy(Self.isRegNameByte) else { return nil }
-            host = Substring(name)
-            rest = bytes[colon...]
+            let colon = bytes.lastIndex(of: UInt8(ascii: ":")) ?? count
+            guard colon > 0, UnsafeBufferPointer(rebasing: bytes[0..<colon]).allSatisfy(Self.isRegNameByte) else { return nil }
+            hostRange = 0..<colon
+            rest = colon
         }
-        if rest.isEmpty {
-            self.init(host: String(host), port: nil)
-            return
-        }
-        guard rest.first == UInt8(ascii: ":") else { return nil }
-        rest = rest.dropFirst()
-        guard !rest.isEmpty, rest.count <= 5 else { return nil }
+        let host = String(decoding: UnsafeBufferPointer(rebasing: bytes[hostRange]), as: UTF8.self)
+        if rest == count { return Authority(host: host, port: nil) }
+        guard bytes[rest] == UInt8(ascii: ":") else { return nil }
+        let digits = (rest + 1)..<count
+        guard !digits.isEmpty, digits.count <= 5 else { return nil }
         var port = 0
-        for byte in rest {
+        for index in digits {
+            let byte = bytes[index]
             guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
             port = port * 10 + Int(byte - UInt8(ascii: "0"))
         }
         guard port <= 65535 else { return nil }
-        self.init(host: String(host), port: port)
+        return Authority(host: host, port: port)
     }
 
     private static func isIPv6LiteralByte(_ c: UInt8) -> Bool {

@@ -29,50 +29,63 @@ public enum RequestTarget: Sendable, Equatable {
 
     /// Parses the target of any other method, which must be in absolute form.
     public static func parseAbsolute(_ uri: String) -> Result<AbsoluteURI, ParseError> {
-        // Byte-wise, on every request: everything accepted is ASCII.
-        let bytes = Substring(uri).utf8
-        if bytes.first == UInt8(ascii: "/") || uri == "*" { return .failure(.originForm) }
+        var text = uri
+        return text.withUTF8 { Self.parseAbsolute($0, text: uri) }
+    }
+
+    /// Byte-wise over the target's bytes (on every request; everything accepted is ASCII).
+    private static func parseAbsolute(_ bytes: UnsafeBufferPointer<UInt8>, text uri: String) -> Result<AbsoluteURI, ParseError> {
+        let count = bytes.count
+        if count > 0 && bytes[0] == UInt8(ascii: "/") || (count == 1 && bytes[0] == UInt8(ascii: "*")) {
+            return .failure(.originForm)
+        }
         guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { return .failure(.invalid) }
-        let scheme = bytes[..<colon]
-        var afterScheme = bytes[bytes.index(after: colon)...]
-        guard afterScheme.starts(with: "//".utf8) else { return .failure(.invalid) }
-        afterScheme = afterScheme.dropFirst(2)
+        let scheme = UnsafeBufferPointer(rebasing: bytes[0..<colon])
+        guard colon + 2 < count,
+            bytes[colon + 1] == UInt8(ascii: "/"), bytes[colon + 2] == UInt8(ascii: "/")
+        else { return .failure(.invalid) }
+        let authorityStart = colon + 3
         if Self.equalsIgnoringCase(scheme, "https") { return .failure(.httpsAbsoluteForm) }
         guard Self.equalsIgnoringCase(scheme, "http") else { return .failure(.invalid) }
-        let authorityEnd = afterScheme.firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") })
-            ?? afterScheme.endIndex
-        var authorityText = afterScheme[..<authorityEnd]
+        var authorityEnd = authorityStart
+        while authorityEnd < count {
+            let byte = bytes[authorityEnd]
+            if byte == UInt8(ascii: "/") || byte == UInt8(ascii: "?") || byte == UInt8(ascii: "#") { break }
+            authorityEnd += 1
+        }
+        var hostStart = authorityStart
         var hadUserinfo = false
-        if let at = authorityText.lastIndex(of: UInt8(ascii: "@")) {
+        if let at = UnsafeBufferPointer(rebasing: bytes[authorityStart..<authorityEnd]).lastIndex(of: UInt8(ascii: "@")) {
             // Userinfo in an http URI is deprecated (RFC 9110 §4.2.4); it is dropped and never logged.
-            authorityText = authorityText[authorityText.index(after: at)...]
+            hostStart = authorityStart + at + 1
             hadUserinfo = true
         }
-        guard let authority = Authority(parsing: Substring(authorityText)), authority.port != 0 else { return .failure(.invalid) }
-        var pathAndQuery = afterScheme[authorityEnd...]
-        if let hash = pathAndQuery.firstIndex(of: UInt8(ascii: "#")) {
+        let authorityBytes = UnsafeBufferPointer(rebasing: bytes[hostStart..<authorityEnd])
+        guard let authority = Authority.parse(authorityBytes), authority.port != 0 else { return .failure(.invalid) }
+        var pathEnd = authorityEnd
+        while pathEnd < count && bytes[pathEnd] != UInt8(ascii: "#") {
             // A fragment is never sent to the origin (RFC 9110 §4.2.5).
-            pathAndQuery = pathAndQuery[..<hash]
+            guard bytes[pathEnd] > 0x20 && bytes[pathEnd] < 0x7F else { return .failure(.invalid) }
+            pathEnd += 1
         }
-        guard pathAndQuery.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return .failure(.invalid) }
-        var originForm = String(Substring(pathAndQuery))
-        if originForm.isEmpty || originForm.utf8.first == UInt8(ascii: "?") { originForm = "/" + originForm }
+        let path = UnsafeBufferPointer(rebasing: bytes[authorityEnd..<pathEnd])
+        var originForm = String(decoding: path, as: UTF8.self)
+        if path.isEmpty || path[0] == UInt8(ascii: "?") { originForm = "/" + originForm }
         var result = AbsoluteURI(authority: authority, originForm: originForm, hadUserinfo: hadUserinfo)
         // Most targets are already written the way they are logged (lowercase scheme, no
         // userinfo or fragment, a path, no `:80`, no leading zeros in the port): keep the
         // text rather than rebuild it for every log line.
-        let portText = authorityText.lastIndex(of: UInt8(ascii: ":")).map { authorityText[authorityText.index(after: $0)...] }
-        let ipv6WithoutPort = authorityText.last == UInt8(ascii: "]")
-        if scheme.elementsEqual("http".utf8), !hadUserinfo, pathAndQuery.endIndex == bytes.endIndex,
-            pathAndQuery.first == UInt8(ascii: "/"), authority.port != 80,
-            ipv6WithoutPort || portText == nil || portText?.first != UInt8(ascii: "0")
+        let portColon = authorityBytes.last == UInt8(ascii: "]") ? nil : authorityBytes.lastIndex(of: UInt8(ascii: ":"))
+        if scheme.elementsEqual("http".utf8), !hadUserinfo, pathEnd == count,
+            !path.isEmpty, path[0] == UInt8(ascii: "/"), authority.port != 80,
+            portColon.map({ authorityBytes[$0 + 1] != UInt8(ascii: "0") }) ?? true
         {
             result.canonicalText = uri
         }
         return .success(result)
     }
 
-    static func equalsIgnoringCase(_ bytes: Substring.UTF8View, _ lowercase: StaticString) -> Bool {
+    static func equalsIgnoringCase(_ bytes: UnsafeBufferPointer<UInt8>, _ lowercase: StaticString) -> Bool {
         guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
         return lowercase.withUTF8Buffer { expected in
             zip(bytes, expected).allSatisfy { ($0 | 0x20) == $1 }
