@@ -1,4 +1,4 @@
-import Dispatch
+import Foundation
 import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
@@ -9,10 +9,12 @@ import Darwin
 
 /// Writes access-log lines without ever blocking an event loop.
 ///
-/// Event loops only append the entry to an in-memory batch under a lock; a serial dispatch
-/// queue formats and writes whole batches, so a slow disk delays the log, never the traffic.
-/// A batch is written at most `batchInterval` (1 ms) after its first entry (or at once when it is
-/// large): waking a writer thread per response costs more CPU than the proxying itself.
+/// Event loops only append the entry to an in-memory batch under a lock; a writer thread of
+/// the log's own formats and writes whole batches, so a slow disk delays the log, never the
+/// traffic. A batch is written about `batchInterval` (1 ms) after its first entry (or at once
+/// when it is large): waking a writer per response costs more CPU than the proxying itself.
+/// The writer is a plain thread woken through a condition variable, at most once per batch;
+/// a Dispatch timer per batch (`asyncAfter`) cost several times as much.
 /// Observers (the test fixture) see every entry synchronously, in order.
 public final class AccessLog: Sendable {
     public enum Destination: Sendable, Equatable {
@@ -23,123 +25,167 @@ public final class AccessLog: Sendable {
 
     public typealias Observer = @Sendable (AccessLogEntry) -> Void
 
-    private struct State {
-        var pending: [AccessLogEntry] = []
-        var flushScheduled = false
-    }
-
-    private let format: AccessLogFormat
-    /// The descriptor written to; swapped by ``reopen()``, only ever used on `queue`.
-    private let descriptor: NIOLockedValueBox<Int32>
     private let enabled: Bool
     private let path: String?
     private let observer: Observer?
-    private let state = NIOLockedValueBox(State())
-    private let queue = DispatchQueue(label: "gatehouse.access-log")
-    /// The bytes of the batch being written, kept between batches (only touched on `queue`).
-    private let lineBuffer = NIOLockedValueBox([UInt8]())
-    /// How long a recorded line may wait to be written.
-    static let batchInterval = DispatchTimeInterval.milliseconds(1)
+    private let writer: Writer?
+    /// How long a recorded line may wait to be written, in microseconds.
+    static let batchIntervalMicroseconds: UInt32 = 1_000
     /// A batch this large is written without waiting.
     static let batchLimit = 512
 
     /// Opens the destination; a file is opened for appending and created with mode 0640.
     public init(destination: Destination, format: AccessLogFormat, observer: Observer? = nil) throws(ConfigurationError) {
-        self.format = format
         self.observer = observer
+        let fd: Int32
         switch destination {
         case .standardOutput:
-            self.descriptor = NIOLockedValueBox(STDOUT_FILENO)
+            fd = STDOUT_FILENO
             self.path = nil
         case .none:
-            self.descriptor = NIOLockedValueBox(-1)
+            fd = -1
             self.path = nil
         case .file(let path):
-            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+            fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
             guard fd >= 0 else {
                 throw .htpasswd("cannot open access log \(path): \(String(cString: strerror(errno)))")
             }
-            self.descriptor = NIOLockedValueBox(fd)
             self.path = path
         }
         self.enabled = destination != .none
+        self.writer = self.enabled ? Writer(descriptor: fd, format: format, ownsDescriptor: self.path != nil) : nil
     }
 
     deinit {
-        if self.path != nil { close(self.descriptor.withLockedValue { $0 }) }
+        self.writer?.stop()
     }
 
     /// Closes and reopens a log file (SIGUSR1), after logrotate moved it away. Lines already
     /// recorded go to the old file first; nothing is lost or split.
     public func reopen() {
         guard let path = self.path else { return }
-        self.queue.async {
-            self.writePending()
-            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-            guard fd >= 0 else { return }  // keep writing to the old descriptor
-            let old = self.descriptor.withLockedValue { current -> Int32 in
-                defer { current = fd }
-                return current
-            }
-            close(old)
-        }
+        self.writer?.reopen(path: path)
     }
 
     /// Records one response. Cheap and non-blocking: safe to call on an event loop.
     public func record(_ entry: AccessLogEntry) {
         self.observer?(entry)
-        guard self.enabled else { return }
-        enum Wake { case none, later, now }
-        let wake = self.state.withLockedValue { state -> Wake in
-            state.pending.append(entry)
-            if state.pending.count == Self.batchLimit { return .now }
-            if state.flushScheduled { return .none }
-            state.flushScheduled = true
-            return .later
-        }
-        switch wake {
-        case .none: break
-        case .later: self.queue.asyncAfter(deadline: .now() + Self.batchInterval) { self.writePending() }
-        case .now: self.queue.async { self.writePending() }
-        }
+        self.writer?.append(entry)
     }
 
     /// Blocks until every recorded entry has been written. For shutdown and tests, not loops.
     public func flush() {
-        self.queue.sync { self.writePending() }
+        self.writer?.writePending()
     }
 
-    private func writePending() {
-        let batch = self.state.withLockedValue { state -> [AccessLogEntry] in
-            state.flushScheduled = false
-            defer { state.pending.removeAll(keepingCapacity: true) }
-            return state.pending
+    /// The writer thread and what it shares with the event loops.
+    private final class Writer: @unchecked Sendable {
+        private struct Pending {
+            var entries: [AccessLogEntry] = []
+            /// The writer has been woken for the current batch (or is awake anyway).
+            var signalled = false
+            var stopping = false
         }
-        guard !batch.isEmpty else { return }
-        var bytes = self.lineBuffer.withLockedValue { buffer in
-            defer { buffer = [] }
-            return buffer
+
+        private let format: AccessLogFormat
+        private let ownsDescriptor: Bool
+        /// Guarded by `writeLock`, which also keeps whole batches in order.
+        private var descriptor: Int32
+        private var bytes: [UInt8] = []
+        private let writeLock = NIOLock()
+        private let pending = NIOLockedValueBox(Pending())
+        /// 1 while there is work for the writer thread.
+        private let wake = ConditionLock(value: 0)
+        private let finished = DispatchSemaphore(value: 0)
+
+        init(descriptor: Int32, format: AccessLogFormat, ownsDescriptor: Bool) {
+            self.descriptor = descriptor
+            self.format = format
+            self.ownsDescriptor = ownsDescriptor
+            let thread = Thread { [self] in self.run() }
+            thread.name = "gatehouse-access-log"
+            thread.start()
         }
-        bytes.removeAll(keepingCapacity: true)
-        for entry in batch {
-            self.format.append(entry, to: &bytes)
-            bytes.append(UInt8(ascii: "\n"))
-        }
-        let fd = self.descriptor.withLockedValue { $0 }
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes.withUnsafeBytes { buffer -> Int in
-                guard let base = buffer.baseAddress else { return 0 }
-                return write(fd, base + offset, buffer.count - offset)
+
+        func append(_ entry: AccessLogEntry) {
+            let signal = self.pending.withLockedValue { pending -> Bool in
+                pending.entries.append(entry)
+                if pending.signalled { return false }
+                pending.signalled = true
+                return true
             }
-            if written < 0 {
-                if errno == EINTR { continue }
-                break  // The log is best effort once open; the proxy keeps serving.
+            if signal {
+                self.wake.lock()
+                self.wake.unlock(withValue: 1)
             }
-            offset += written
         }
-        if bytes.capacity <= 1 << 20 {
-            self.lineBuffer.withLockedValue { $0 = bytes }
+
+        private func run() {
+            while true {
+                self.wake.lock(whenValue: 1)
+                self.wake.unlock(withValue: 0)
+                let stopping = self.pending.withLockedValue { $0.stopping }
+                if !stopping {
+                    // Let the batch fill, unless it is already large.
+                    let size = self.pending.withLockedValue { $0.entries.count }
+                    if size < AccessLog.batchLimit { usleep(AccessLog.batchIntervalMicroseconds) }
+                }
+                self.writePending()
+                if stopping { break }
+            }
+            self.writeLock.withLock {
+                if self.ownsDescriptor { close(self.descriptor) }
+            }
+            self.finished.signal()
+        }
+
+        /// Ends the thread after it has written everything recorded.
+        func stop() {
+            self.pending.withLockedValue { $0.stopping = true }
+            self.wake.lock()
+            self.wake.unlock(withValue: 1)
+            _ = self.finished.wait(timeout: .now() + .seconds(5))
+        }
+
+        func reopen(path: String) {
+            self.writeLock.withLock {
+                self.writeLocked()
+                let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+                guard fd >= 0 else { return }  // keep writing to the old descriptor
+                close(self.descriptor)
+                self.descriptor = fd
+            }
+        }
+
+        func writePending() {
+            self.writeLock.withLock { self.writeLocked() }
+        }
+
+        private func writeLocked() {
+            let batch = self.pending.withLockedValue { pending -> [AccessLogEntry] in
+                pending.signalled = false
+                defer { pending.entries = [] }
+                return pending.entries
+            }
+            guard !batch.isEmpty else { return }
+            self.bytes.removeAll(keepingCapacity: true)
+            for entry in batch {
+                self.format.append(entry, to: &self.bytes)
+                self.bytes.append(UInt8(ascii: "\n"))
+            }
+            var offset = 0
+            while offset < self.bytes.count {
+                let written = self.bytes.withUnsafeBytes { buffer -> Int in
+                    guard let base = buffer.baseAddress else { return 0 }
+                    return write(self.descriptor, base + offset, buffer.count - offset)
+                }
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    break  // The log is best effort once open; the proxy keeps serving.
+                }
+                offset += written
+            }
+            if self.bytes.capacity > 1 << 16 { self.bytes = [] }
         }
     }
 }
