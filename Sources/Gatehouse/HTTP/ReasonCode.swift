@@ -41,6 +41,15 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     /// Log-only: the client went away before the response was complete.
     case clientClosed = "client_closed"
 
+    /// Whether every response with this reason has ``status`` (false where the origin's
+    /// status is logged: forwards, tunnels, and their failures after the response began).
+    var hasFixedStatus: Bool {
+        switch self {
+        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed: return false
+        default: return true
+        }
+    }
+
     /// The status Gatehouse itself answers with for this reason.
     public var status: HTTPResponseStatus {
         switch self {

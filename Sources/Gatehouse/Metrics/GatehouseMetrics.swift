@@ -14,6 +14,9 @@ public final class GatehouseMetrics: Sendable {
     }
 
     private let responses = NIOLockedValueBox([ResponseKey: CoreMetrics.Counter]())
+    /// Counters for the reasons whose status never varies (all of Gatehouse's own answers),
+    /// made up front: the busiest path (a 407 per credential-less request) then takes no lock.
+    private let fixedResponses: [ReasonCode: CoreMetrics.Counter]
     private let authSuccess: CoreMetrics.Counter
     private let authFailure: CoreMetrics.Counter
     private let cacheHits: CoreMetrics.Counter
@@ -33,6 +36,13 @@ public final class GatehouseMetrics: Sendable {
         ]
         self.registry = registry
         self.factory = factory
+        var fixed: [ReasonCode: CoreMetrics.Counter] = [:]
+        for reason in ReasonCode.allCases where reason.hasFixedStatus {
+            fixed[reason] = CoreMetrics.Counter(
+                label: "gatehouse_responses_total",
+                dimensions: [("status", String(reason.status.code)), ("reason", reason.rawValue)], factory: factory)
+        }
+        self.fixedResponses = fixed
         self.authSuccess = CoreMetrics.Counter(label: "gatehouse_auth_total", dimensions: [("result", "success")], factory: factory)
         self.authFailure = CoreMetrics.Counter(label: "gatehouse_auth_total", dimensions: [("result", "failure")], factory: factory)
         self.cacheHits = CoreMetrics.Counter(label: "gatehouse_credential_cache_hits_total", factory: factory)
@@ -46,6 +56,16 @@ public final class GatehouseMetrics: Sendable {
     }
 
     func responded(_ entry: AccessLogEntry) {
+        if entry.status == Int(entry.reason.status.code), let counter = self.fixedResponses[entry.reason] {
+            counter.increment()
+        } else {
+            self.respondedVariable(entry)
+        }
+        if entry.bytesOut > 0 { self.bytesToClient.increment(by: entry.bytesOut) }
+        if entry.bytesIn > 0 { self.bytesFromClient.increment(by: entry.bytesIn) }
+    }
+
+    private func respondedVariable(_ entry: AccessLogEntry) {
         let key = ResponseKey(status: entry.status, reason: entry.reason)
         let counter = self.responses.withLockedValue { counters -> CoreMetrics.Counter in
             if let counter = counters[key] { return counter }
@@ -56,8 +76,6 @@ public final class GatehouseMetrics: Sendable {
             return counter
         }
         counter.increment()
-        if entry.bytesOut > 0 { self.bytesToClient.increment(by: entry.bytesOut) }
-        if entry.bytesIn > 0 { self.bytesFromClient.increment(by: entry.bytesIn) }
     }
 
     func authenticated(_ success: Bool) {
