@@ -104,12 +104,6 @@ public final class GatehouseServer: Service, Sendable {
                     }
                 }
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelOption(.maxMessagesPerRead, value: 16)
-                // NIO keeps each channel's last receive buffer for reuse, so its size is memory
-                // every idle keep-alive connection holds. Request heads are a few hundred bytes;
-                // uploads and tunnels grow the buffer as reads fill it.
-                .childChannelOption(.recvAllocator, value: Self.clientReceiveAllocator)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try Self.configureClientPipeline(channel, shared: shared)
@@ -164,7 +158,22 @@ public final class GatehouseServer: Service, Sendable {
     /// The client pipeline: raw-byte observer, NIO's HTTP/1 encoder and decoder, pipelining
     /// assistance, and the proxy handler.
     static func configureClientPipeline(_ channel: Channel, shared: ProxyContext) throws {
-        let (total, fromClient) = shared.connections.add(channel)
+        // Set here rather than as bootstrap child options, which NIO applies one future at a
+        // time: a new connection per request (S2) is where a proxy's fixed costs show.
+        if let options = channel.syncOptions {
+            try options.setOption(.allowRemoteHalfClosure, value: true)
+            try options.setOption(.maxMessagesPerRead, value: 16)
+            // NIO keeps each channel's last receive buffer for reuse, so its size is memory
+            // every idle keep-alive connection holds. Request heads are a few hundred bytes;
+            // uploads and tunnels grow the buffer as reads fill it.
+            try options.setOption(.recvAllocator, value: Self.clientReceiveAllocator)
+        }
+        // The client's address, worked out once (each lookup takes the channel's lock and
+        // formats the address anew).
+        let remote = channel.remoteAddress
+        let clientIP = remote?.ipAddress ?? "-"
+        let clientAddress = remote.map { $0.gatehouseDescription(ip: clientIP) } ?? "-"
+        let (total, fromClient) = shared.connections.add(channel, client: clientIP)
         var encoderConfiguration = HTTPResponseEncoder.Configuration()
         // Framing is decided by the proxy, which knows the request method and client version.
         encoderConfiguration.automaticallySetFramingHeaders = false
@@ -179,6 +188,8 @@ public final class GatehouseServer: Service, Sendable {
         // (constant, or the realm with control characters removed) or relayed from an origin
         // whose response NIO's parser already refused if a field held CR, LF or NUL.
         let handler = ProxyConnectionHandler(shared: shared, observer: observer)
+        handler.clientIP = clientIP
+        handler.clientAddress = clientAddress
         let configuration = handler.configuration
         if total > configuration.maxConnections {
             handler.rejection = .tooManyConnections

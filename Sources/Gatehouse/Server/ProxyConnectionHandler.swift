@@ -79,21 +79,22 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if let remote = context.channel.remoteAddress {
-            self.clientAddress = remote.gatehouseDescription
-            self.clientIP = remote.ipAddress ?? self.clientAddress
-        }
+        self.learnClientAddress(context: context)
         self.observer.connection = self
         if context.channel.isActive { self.connectionStarted(context: context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        if let remote = context.channel.remoteAddress {
-            self.clientAddress = remote.gatehouseDescription
-            self.clientIP = remote.ipAddress ?? self.clientAddress
-        }
+        self.learnClientAddress(context: context)
         self.connectionStarted(context: context)
         context.fireChannelActive()
+    }
+
+    /// The pipeline's builder usually knows the client's address already.
+    private func learnClientAddress(context: ChannelHandlerContext) {
+        guard self.clientAddress == "-", let remote = context.channel.remoteAddress else { return }
+        self.clientIP = remote.ipAddress ?? "-"
+        self.clientAddress = remote.gatehouseDescription(ip: self.clientIP)
     }
 
     /// A connection over the global or per-client limit is answered 503 with `Retry-After`
@@ -240,6 +241,12 @@ extension SocketAddress {
     /// `ip:port`, with IPv6 bracketed.
     var gatehouseDescription: String {
         guard let ip = self.ipAddress else { return "\(self)" }
+        return self.gatehouseDescription(ip: ip)
+    }
+
+    /// `ip:port` for an `ip` already worked out from this address.
+    func gatehouseDescription(ip: String) -> String {
+        guard ip != "-" else { return "\(self)" }
         let port = self.port ?? 0
         return ip.utf8.contains(UInt8(ascii: ":")) ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }

@@ -97,9 +97,8 @@ final class ConnectionRegistry: Sendable {
 
     /// Registers a new connection; returns how many are open in all, and from its address.
     @discardableResult
-    func add(_ channel: Channel) -> (total: Int, fromClient: Int) {
+    func add(_ channel: Channel, client: String) -> (total: Int, fromClient: Int) {
         let id = ObjectIdentifier(channel)
-        let client = channel.remoteAddress?.ipAddress ?? "-"
         let counts = self.state.withLockedValue { state -> (Int, Int) in
             state.channels[id] = channel
             state.perClient[client, default: 0] += 1
