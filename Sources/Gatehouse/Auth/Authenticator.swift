@@ -29,6 +29,8 @@ public final class Authenticator: Sendable {
     private let threadPool: NIOThreadPool
     private let onCacheHit: (@Sendable () -> Void)?
     private let pending = NIOLockedValueBox(0)
+    /// Verifications running, by cache key, for requests with the same header to join.
+    private let inFlight = NIOLockedValueBox([CredentialCache.Key: EventLoopFuture<Outcome>]())
     private let maxPending: Int
 
     public init(
@@ -60,7 +62,8 @@ public final class Authenticator: Sendable {
         guard let value = values.first else { return .immediate(.rejected(.authMissing, user: nil)) }
         // Two Proxy-Authorization fields are ambiguous; refuse rather than pick one.
         guard values.count == 1 else { return .immediate(.rejected(.authMalformed, user: nil)) }
-        if let user = self.cache.user(for: value) {
+        let key = self.cache.key(for: value)
+        if let user = self.cache.user(forKey: key) {
             self.onCacheHit?()
             return .immediate(.authenticated(user: user))
         }
@@ -91,12 +94,29 @@ public final class Authenticator: Sendable {
         if store.isCheap(user: credentials.user) {
             return .immediate(check())
         }
+        // The same header value already being verified (a client opening many connections at
+        // once, each sending the same credentials first): wait for that answer instead of
+        // hashing again. With a bcrypt user, 50 connections starting together would otherwise
+        // cost 50 verifications before the cache could help.
+        let promise = eventLoop.makePromise(of: Outcome.self)
+        let existing = self.inFlight.withLockedValue { inFlight -> EventLoopFuture<Outcome>? in
+            if let existing = inFlight[key] { return existing }
+            inFlight[key] = promise.futureResult
+            return nil
+        }
+        if let existing {
+            promise.fail(CancellationError())  // never handed out
+            return .pending(existing.hop(to: eventLoop))
+        }
+        let inFlight = self.inFlight
+        promise.futureResult.whenComplete { _ in inFlight.withLockedValue { $0[key] = nil } }
         let admitted = self.pending.withLockedValue { pending -> Bool in
             guard pending < self.maxPending else { return false }
             pending += 1
             return true
         }
         guard admitted else {
+            promise.succeed(.refused(.authBusy, retryAfter: 1, user: credentials.user))
             return .immediate(.refused(.authBusy, retryAfter: 1, user: credentials.user))
         }
         let counter = self.pending
@@ -105,6 +125,7 @@ public final class Authenticator: Sendable {
             return check()
         }
         future.whenFailure { _ in counter.withLockedValue { $0 = max(0, $0 - 1) } }
-        return .pending(future)
+        future.cascade(to: promise)
+        return .pending(promise.futureResult)
     }
 }

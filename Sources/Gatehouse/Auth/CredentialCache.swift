@@ -57,8 +57,11 @@ public final class CredentialCache: Sendable {
 
     /// The user a cached header value belongs to, if it was verified within the TTL.
     public func user(for headerValue: String, now: NIODeadline = .now()) -> String? {
-        let key = self.key(for: headerValue)
-        return self.entries.withLockedValue { entries in
+        self.user(forKey: self.key(for: headerValue), now: now)
+    }
+
+    func user(forKey key: Key, now: NIODeadline = .now()) -> String? {
+        self.entries.withLockedValue { entries in
             guard let entry = entries[key] else { return nil }
             if entry.expires < now {
                 entries[key] = nil

@@ -58,6 +58,37 @@ struct AuthenticatorTests {
         #expect(try await Self.outcome(authenticator, [good]) == .rejected(.authInvalid, user: "bcrypt-user"))
     }
 
+    @Test("requests with the same header arriving together share one verification")
+    func singleFlight() async throws {
+        let url = try #require(Bundle.module.url(forResource: "vectors", withExtension: "htpasswd", subdirectory: "Fixtures"))
+        let authenticator = Authenticator(
+            store: CredentialStore(htpasswd: try HtpasswdFile.load(path: url.path)), cacheTTL: .minutes(5), threadPool: .singleton)
+        let group = MultiThreadedEventLoopGroup.singleton
+        for (header, expected) in [
+            (Self.header("bcrypt-user:bcrypt-secret"), Authenticator.Outcome.authenticated(user: "bcrypt-user")),
+            (Self.header("bcrypt-user:wrong"), .rejected(.authInvalid, user: "bcrypt-user")),
+        ] {
+            var futures: [EventLoopFuture<Authenticator.Outcome>] = []
+            for _ in 0..<20 {
+                let loop = group.next()
+                guard case .pending(let future) = authenticator.authenticate([header], on: loop) else {
+                    Issue.record("bcrypt must run off the event loop")
+                    return
+                }
+                futures.append(future)
+            }
+            // The other 19 joined the first verification (or, had it already finished, the
+            // next one): never one hash per request.
+            #expect(authenticator.pendingVerifications <= 1)
+            for future in futures {
+                #expect(try await future.get() == expected)
+            }
+            #expect(authenticator.pendingVerifications == 0)
+        }
+        // The failure counted once against the throttle, not twenty times.
+        #expect(authenticator.throttle.retryAfter(client: "-", user: "bcrypt-user") == nil)
+    }
+
     @Test("the cache key is a keyed hash: different per process, never the header itself")
     func cacheKey() {
         let a = CredentialCache(ttl: .seconds(1))
