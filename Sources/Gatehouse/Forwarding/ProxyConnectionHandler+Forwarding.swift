@@ -27,10 +27,10 @@ extension ProxyConnectionHandler {
         // out to be dead, it can be replayed on a fresh one. Uploads always get a fresh one.
         if reuse, replayable, let pooled = pool.take(key), let channel = pooled.channel {
             pooled.attach(client: self, isHead: head.method == .HEAD)
-            self.replayableForward = ReplayableForward(head: head, uri: uri)
+            self.exchange?.replay = (head, uri)
             return self.upstreamConnected(channel, head: upstreamHead, context: context)
         }
-        self.replayableForward = nil
+        self.exchange?.replay = nil
         let configuration = self.configuration
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let isHead = head.method == .HEAD
@@ -200,6 +200,7 @@ extension ProxyConnectionHandler {
         self.closeAfterResponse = closeAfter
         self.machine.responseHeadForwarded()
         context.write(self.wrapOutboundOut(.head(response)), promise: nil)
+        self.clientFlushPending = true
     }
 
     private static func isFraming(_ name: String) -> Bool {
@@ -212,10 +213,16 @@ extension ProxyConnectionHandler {
         self.exchange?.bytesOut += buffer.readableBytes
         if self.exchange?.isHead == true { return }
         context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        self.clientFlushPending = true
     }
 
     func upstreamReadComplete() {
-        self.context?.flush()
+        // Only if something was written since the last flush: an empty flush still walks the
+        // whole outbound pipeline.
+        if self.clientFlushPending {
+            self.clientFlushPending = false
+            self.context?.flush()
+        }
     }
 
     func upstreamResponseEnd() {
@@ -226,6 +233,7 @@ extension ProxyConnectionHandler {
         // Decide first: writing `.end` may deliver the next pipelined request re-entrantly.
         let action = self.machine.responseEnded(keepAlive: !self.closeAfterResponse)
         if action == .awaitNextRequest { self.awaitRequest(context: context) }
+        self.clientFlushPending = false
         if action == .close {
             context.writeAndFlush(self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
@@ -241,11 +249,11 @@ extension ProxyConnectionHandler {
     func upstreamFailed(reason: ReasonCode) {
         guard let context = self.context else { return }
         self.upstream = nil
-        if let replay = self.replayableForward, reason == .upstreamClosed || reason == .upstreamBadResponse,
+        if let replay = self.exchange?.replay, reason == .upstreamClosed || reason == .upstreamBadResponse,
             self.machine.retryingUpstream()
         {
             // The pooled connection was already dead (the origin closed it while idle).
-            self.replayableForward = nil
+            self.exchange?.replay = nil
             self.logger.debug("reused origin connection failed; retrying on a new one", metadata: ["reason": "\(reason.rawValue)"])
             return self.connectUpstream(replay.head, to: replay.uri, replayable: true, context: context, reuse: false)
         }

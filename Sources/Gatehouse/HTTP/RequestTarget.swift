@@ -118,6 +118,11 @@ public struct AbsoluteURI: Sendable, Equatable {
     /// The `Host` header for the upstream request: the URI's authority without userinfo, and
     /// without the port when it is the default (RFC 9110 §7.2).
     public var hostHeader: String {
+        if let text = self.canonicalText {
+            // Canonical: "http://" + exactly the Host value + a path starting with "/".
+            let utf8 = text.utf8.dropFirst(7)
+            return String(Substring(utf8.prefix { $0 != UInt8(ascii: "/") }))
+        }
         var authority = self.authority
         if authority.port == 80 { authority.port = nil }
         return authority.description

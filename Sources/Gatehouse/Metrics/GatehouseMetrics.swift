@@ -17,6 +17,8 @@ public final class GatehouseMetrics: Sendable {
     /// Counters for the reasons whose status never varies (all of Gatehouse's own answers),
     /// made up front: the busiest path (a 407 per credential-less request) then takes no lock.
     private let fixedResponses: [ReasonCode: CoreMetrics.Counter]
+    /// The commonest line of all: a forwarded 200.
+    private let forwardedOK: CoreMetrics.Counter
     private let authSuccess: CoreMetrics.Counter
     private let authFailure: CoreMetrics.Counter
     private let cacheHits: CoreMetrics.Counter
@@ -43,6 +45,9 @@ public final class GatehouseMetrics: Sendable {
                 dimensions: [("status", String(reason.status.code)), ("reason", reason.rawValue)], factory: factory)
         }
         self.fixedResponses = fixed
+        self.forwardedOK = CoreMetrics.Counter(
+            label: "gatehouse_responses_total", dimensions: [("status", "200"), ("reason", ReasonCode.forwarded.rawValue)],
+            factory: factory)
         self.authSuccess = CoreMetrics.Counter(label: "gatehouse_auth_total", dimensions: [("result", "success")], factory: factory)
         self.authFailure = CoreMetrics.Counter(label: "gatehouse_auth_total", dimensions: [("result", "failure")], factory: factory)
         self.cacheHits = CoreMetrics.Counter(label: "gatehouse_credential_cache_hits_total", factory: factory)
@@ -56,7 +61,9 @@ public final class GatehouseMetrics: Sendable {
     }
 
     func responded(_ entry: AccessLogEntry) {
-        if entry.status == Int(entry.reason.status.code), let counter = self.fixedResponses[entry.reason] {
+        if entry.status == 200 && entry.reason == .forwarded {
+            self.forwardedOK.increment()
+        } else if entry.status == Int(entry.reason.status.code), let counter = self.fixedResponses[entry.reason] {
             counter.increment()
         } else {
             self.respondedVariable(entry)

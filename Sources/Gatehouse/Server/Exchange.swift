@@ -18,6 +18,10 @@ final class Exchange {
     var status: Int = 0
     var isHead: Bool
     var isConnect: Bool
+    /// The request went out on a pooled origin connection and can be replayed once on a fresh
+    /// one if that connection turns out to be dead (kept here, not on the connection, so an
+    /// idle connection holds none of it).
+    var replay: (head: HTTPRequestHead, uri: AbsoluteURI)?
 
     init(head: HTTPRequestHead, target: String, fields: RequestFields) {
         self.method = head.method.rawValue

@@ -45,26 +45,14 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var clientInputClosed = false
     /// When the connection's current head started to arrive (for parser-error log lines).
     var headStarted = NIODeadline.now()
+    /// Response bytes were written to the client since its last flush.
+    var clientFlushPending = false
     /// The response in flight ends the connection (client asked, or close-delimited body).
     var closeAfterResponse = false
     /// A refused CONNECT's `.end` is still due; swap in a fresh HTTP decoder once it arrives.
     var replaceDecoderOnRequestEnd = false
     /// Set when the connection is over a connection limit: it gets a 503 and is closed.
     var rejection: ReasonCode?
-    /// The request in flight went out on a pooled origin connection and can be replayed
-    /// once on a fresh one if that connection turns out to be dead.
-    var replayableForward: ReplayableForward?
-
-    /// Boxed, so that connections not forwarding anything do not carry it inline.
-    final class ReplayableForward {
-        let head: HTTPRequestHead
-        let uri: AbsoluteURI
-        init(head: HTTPRequestHead, uri: AbsoluteURI) {
-            self.head = head
-            self.uri = uri
-        }
-    }
-
     /// The settings this connection runs under, fixed when it opened.
     let settings: ProxyContext.Snapshot
     var configuration: ProxyConfiguration { self.settings.configuration }

@@ -79,6 +79,9 @@ private func run(_ bytes: [UInt8], _ v: FuzzViolations) {
         // Keeping the received text as the logged URL is only a shortcut: it must be exactly
         // what rebuilding it would give.
         v.check(uri.logDescription == "http://\(uri.hostHeader)\(uri.originForm)", "canonical log text differs")
+        var rebuilt = uri.authority
+        if rebuilt.port == 80 { rebuilt.port = nil }
+        v.check(uri.hostHeader == rebuilt.description, "Host header differs from the authority's")
         // The logged URL parses back to the same target (minus userinfo and a default port).
         switch RequestTarget.parseAbsolute(uri.logDescription) {
         case .success(let again):
