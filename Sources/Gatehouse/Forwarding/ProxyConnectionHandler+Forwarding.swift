@@ -43,7 +43,6 @@ extension ProxyConnectionHandler {
                     let decoder = HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
                     try sync.addHandler(encoder)
                     try sync.addHandler(ByteToMessageHandler(decoder))
-                    try sync.addHandler(IdleStateHandler(readTimeout: configuration.upstreamTimeout))
                     let handler = UpstreamHandler(client: bound.value, pool: pool, key: key, upstreamTimeout: configuration.upstreamTimeout)
                     handler.attach(client: bound.value, isHead: isHead)
                     try sync.addHandler(handler)

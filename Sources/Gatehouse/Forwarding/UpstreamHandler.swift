@@ -26,10 +26,15 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestIsHead = false
     private let pool: UpstreamPool
     let key: UpstreamPool.Key
-    /// When the current exchange began; an idle event about silence from before it (while the
-    /// connection rested in the pool) is not the origin's fault.
-    private var attachedAt = NIODeadline.now()
+    /// Since when the origin's silence counts: the later of its last bytes and the moment the
+    /// request was fully sent (or, in the pool, the moment the connection was put back). Time
+    /// spent in the pool, or uploading, is not the origin's fault.
+    private var quietSince = NIODeadline.now()
     private let upstreamTimeout: TimeAmount
+    /// One scheduled callback per connection, re-armed lazily like the client's (see
+    /// ProxyConnectionHandler+Timeouts): a busy connection stores a time per read instead of
+    /// rescheduling, and needs no `IdleStateHandler` in its pipeline.
+    private var timer: NIOScheduledCallback?
 
     init(client: ProxyConnectionHandler, pool: UpstreamPool, key: UpstreamPool.Key, upstreamTimeout: TimeAmount) {
         self.client = client
@@ -50,17 +55,48 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.armTimer(at: .now() + self.upstreamTimeout, context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.timer?.cancel()
+        self.timer = nil
         self.context = nil
         self.client = nil
+    }
+
+    private func armTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        self.timer = try? context.eventLoop.assumeIsolated().scheduleCallback(at: deadline, handler: UpstreamTimer(self))
+    }
+
+    /// The origin has been silent for a whole upstream timeout (or the connection idled in the
+    /// pool that long): fail the exchange with 504, or let the pooled connection go.
+    fileprivate func timerFired() {
+        self.timer = nil
+        guard let context = self.context, !self.finished else { return }
+        let counting = context.channel.isActive && (self.client == nil || self.requestSent)
+        let due = self.quietSince + self.upstreamTimeout
+        let now = NIODeadline.now()
+        if !counting || now < due {
+            // Still connecting or uploading (not the origin's silence), or heard from it
+            // since: look again later.
+            self.armTimer(at: counting ? due : now + self.upstreamTimeout, context: context)
+            return
+        }
+        if self.client == nil {
+            // Idle in the pool for a whole upstream timeout: let it go.
+            self.finished = true
+            context.close(promise: nil)
+        } else {
+            self.fail(reason: .upstreamTimeout)
+            context.close(promise: nil)
+        }
     }
 
     /// Starts an exchange for `client` on this (possibly pooled) connection.
     func attach(client: ProxyConnectionHandler, isHead: Bool) {
         self.client = client
-        self.attachedAt = .now()
+        self.quietSince = .now()
         self.requestIsHead = isHead
         self.requestSent = false
         self.finished = false
@@ -91,6 +127,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// the upstream timeout.
     func requestFinished() {
         self.requestSent = true
+        self.quietSince = .now()
     }
 
     func close() {
@@ -118,6 +155,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: From the origin
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.quietSince = .now()
         let part = self.unwrapInboundIn(data)
         guard !self.finished, let client = self.client else {
             // Bytes from an idle pooled connection: the origin broke the protocol. Drop it.
@@ -141,6 +179,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.readsPaused = false
             client.upstreamResponseEnd()
             if reusable && context.channel.isActive {
+                self.quietSince = .now()
                 self.pool.release(self, key: self.key)
             } else {
                 self.finished = true
@@ -172,19 +211,6 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? IdleStateHandler.IdleStateEvent, event == .read {
-            if self.client == nil {
-                // Idle in the pool for a whole upstream timeout: let it go.
-                self.finished = true
-                context.close(promise: nil)
-            } else if self.requestSent && (NIODeadline.now() - self.attachedAt).nanoseconds >= self.upstreamTimeout.nanoseconds * 9 / 10 {
-                // An upload in progress is not the origin's silence, nor is time spent idle
-                // in the pool before this exchange (the handler fires again a timeout later).
-                self.fail(reason: .upstreamTimeout)
-                context.close(promise: nil)
-            }
-            return
-        }
         if let event = event as? ChannelEvent, event == .inputClosed {
             return
         }
@@ -197,5 +223,18 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let client = self.client
         self.client = nil
         client?.upstreamFailed(reason: reason)
+    }
+}
+
+/// Routes the upstream connection's scheduled callback to it (cancelled when it is removed).
+private struct UpstreamTimer: NIOScheduledCallbackHandler {
+    let handler: UpstreamHandler
+
+    init(_ handler: UpstreamHandler) {
+        self.handler = handler
+    }
+
+    func handleScheduledCallback(eventLoop: some EventLoop) {
+        self.handler.timerFired()
     }
 }

@@ -150,10 +150,12 @@ private final class OriginHandler: ChannelInboundHandler {
         if path == "/hello" {
             self.send(context, status: .ok, body: "hello\n")
         } else if path == "/slow" {
-            // Answers after 300 ms, echoing the request line: keeps a response outstanding.
+            // Answers after 300 ms (or `?ms=N`), echoing the request line: keeps a response
+            // outstanding.
             let line = "\(head.method.rawValue) \(head.uri)\n"
+            let delay = head.uri.split(separator: "ms=").last.flatMap { Int64($0) } ?? 300
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            context.eventLoop.scheduleTask(in: .milliseconds(300)) {
+            context.eventLoop.scheduleTask(in: .milliseconds(delay)) {
                 let (handler, context) = bound.value
                 handler.send(context, status: .ok, body: line)
             }
