@@ -55,7 +55,7 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
         return Authority(host: host, port: port)
     }
 
-    private static func isIPv6LiteralByte(_ c: UInt8) -> Bool {
+    static func isIPv6LiteralByte(_ c: UInt8) -> Bool {
         switch c {
         case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"),
             UInt8(ascii: ":"), UInt8(ascii: "."):
@@ -67,7 +67,7 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
 
     /// reg-name characters (RFC 3986 §3.2.2): unreserved / pct-encoded / sub-delims. Gatehouse is
     /// stricter than the grammar and refuses sub-delims and `%`, which no DNS name contains.
-    private static func isRegNameByte(_ c: UInt8) -> Bool {
+    static func isRegNameByte(_ c: UInt8) -> Bool {
         switch c {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
             UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):

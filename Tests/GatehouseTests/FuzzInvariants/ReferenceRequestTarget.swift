@@ -80,23 +80,8 @@ enum ReferenceRequestTarget {
         }
     }
 
-    private static func isIPv6LiteralByte(_ c: UInt8) -> Bool {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"),
-            UInt8(ascii: ":"), UInt8(ascii: "."):
-            return true
-        default:
-            return false
-        }
-    }
-
-    private static func isRegNameByte(_ c: UInt8) -> Bool {
-        switch c {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
-            return true
-        default:
-            return false
-        }
-    }
+    // The character classes are shared with Authority: what the reference checks is the
+    // parsing around them.
+    private static func isIPv6LiteralByte(_ c: UInt8) -> Bool { Authority.isIPv6LiteralByte(c) }
+    private static func isRegNameByte(_ c: UInt8) -> Bool { Authority.isRegNameByte(c) }
 }
