@@ -228,7 +228,7 @@ extension ProxyConnectionHandler {
         guard let context = self.context, let exchange = self.exchange, self.machine.responseStarted else { return }
         self.upstream = nil
         self.exchange = nil
-        self.shared.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .forwarded))
+        self.shared.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .forwarded), counts: self.counts)
         // Decide first: writing `.end` may deliver the next pipelined request re-entrantly.
         let action = self.machine.responseEnded(keepAlive: !self.closeAfterResponse)
         if action == .awaitNextRequest { self.awaitRequest(context: context) }
@@ -263,7 +263,7 @@ extension ProxyConnectionHandler {
             if let exchange = self.exchange {
                 self.exchange = nil
                 self.shared.record(
-                    exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .upstreamTruncated))
+                    exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .upstreamTruncated), counts: self.counts)
             }
             context.close(promise: nil)
         case .ignore:

@@ -39,7 +39,12 @@ enum AdminServer {
                 let path = String(head.uri.prefix { $0 != "?" })
                 switch (head.method, path) {
                 case (.GET, "/metrics"), (.HEAD, "/metrics"):
-                    self.respond(context, head, .ok, self.server.metrics.render(), type: "text/plain; version=0.0.4; charset=utf-8")
+                    // Each event loop's counts are flushed first, so the scrape sees every response.
+                    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                    self.server.metrics.renderFlushed(on: context.eventLoop).whenSuccess { text in
+                        let (handler, context) = bound.value
+                        handler.respond(context, head, .ok, text, type: "text/plain; version=0.0.4; charset=utf-8")
+                    }
                 case (.GET, "/healthz"), (.HEAD, "/healthz"):
                     self.respond(context, head, .ok, "ok\n")
                 case (.GET, "/readyz"), (.HEAD, "/readyz"):

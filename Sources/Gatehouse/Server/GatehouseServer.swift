@@ -53,8 +53,7 @@ public final class GatehouseServer: Service, Sendable {
         let metrics = GatehouseMetrics()
         let authenticator = Authenticator(
             store: credentials, cacheTTL: configuration.credentialCacheTTL, threadPool: threadPool,
-            throttle: configuration.authThrottle, maxPendingVerifications: configuration.maxPendingVerifications,
-            onCacheHit: { metrics.cacheHit() })
+            throttle: configuration.authThrottle, maxPendingVerifications: configuration.maxPendingVerifications)
         self.metrics = metrics
         self.context = ProxyContext(
             configuration: configuration, authenticator: authenticator, accessLog: accessLog, metrics: metrics, logger: logger)
@@ -187,7 +186,8 @@ public final class GatehouseServer: Service, Sendable {
         // No NIOHTTPResponseHeadersValidator: every header Gatehouse writes is either its own
         // (constant, or the realm with control characters removed) or relayed from an origin
         // whose response NIO's parser already refused if a field held CR, LF or NUL.
-        let handler = ProxyConnectionHandler(shared: shared, observer: observer)
+        let handler = ProxyConnectionHandler(
+            shared: shared, observer: observer, counts: shared.metrics.counts(for: channel.eventLoop))
         handler.clientIP = clientIP
         handler.clientAddress = clientAddress
         let configuration = handler.configuration

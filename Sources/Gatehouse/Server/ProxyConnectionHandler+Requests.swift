@@ -87,6 +87,9 @@ extension ProxyConnectionHandler {
         switch self.shared.authenticator.authenticate(fields.proxyAuthorization, client: self.clientIP, on: context.eventLoop) {
         case .immediate(let outcome):
             self.authenticationFinished(outcome, destination: destination, context: context)
+        case .cached(let user):
+            self.counts.cacheHit()
+            self.authenticationFinished(.authenticated(user: user), destination: destination, context: context)
         case .pending(let future):
             future.assumeIsolated().whenComplete { result in
                 guard self.context != nil, case .authenticating = self.machine.state else { return }
@@ -112,10 +115,10 @@ extension ProxyConnectionHandler {
         case .refused(let reason, let retryAfter, let user):
             self.refuse(reason, user: user, retryAfter: retryAfter, context: context)
         case .rejected(let reason, let user):
-            self.shared.metrics.authenticated(false)
+            self.counts.authenticated(false)
             self.refuse(reason, user: user, retryAfter: nil, context: context)
         case .authenticated(let user):
-            self.shared.metrics.authenticated(true)
+            self.counts.authenticated(true)
             self.admit(user: user, destination: destination, context: context)
         }
     }

@@ -76,7 +76,7 @@ extension ProxyConnectionHandler {
         let head = response.head
         exchange.status = Int(status.code)
         exchange.bytesOut += response.headSize + (exchange.isHead ? 0 : response.body.readableBytes)
-        self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(status.code), reason: reason))
+        self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(status.code), reason: reason), counts: self.counts)
         self.exchange = nil
         self.bufferedBody.removeAll()
         self.upstream?.close()
@@ -154,7 +154,7 @@ extension ProxyConnectionHandler {
         buffer.writeString(text)
         let exchange = Exchange(unparsedAt: self.headStarted)
         exchange.bytesOut = text.utf8.count
-        self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(reason.status.code), reason: reason))
+        self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(reason.status.code), reason: reason), counts: self.counts)
         self.machine.connectionClosed()
         self.cancelTimer()
         if let written = self.observer.writeRaw(buffer) {

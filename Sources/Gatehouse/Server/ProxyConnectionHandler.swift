@@ -16,6 +16,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     typealias OutboundOut = HTTPServerResponsePart
 
     let shared: ProxyContext
+    /// This event loop's metric counts (see ``GatehouseMetrics/LoopCounts``).
+    let counts: GatehouseMetrics.LoopCounts
     /// The server's logger (not copied per connection: an idle connection should cost little).
     var logger: Logger { self.shared.logger }
     var machine = ProxyConnectionStateMachine()
@@ -57,8 +59,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     let settings: ProxyContext.Snapshot
     var configuration: ProxyConfiguration { self.settings.configuration }
 
-    init(shared: ProxyContext, observer: RequestStartObserver) {
+    init(shared: ProxyContext, observer: RequestStartObserver, counts: GatehouseMetrics.LoopCounts) {
         self.shared = shared
+        self.counts = counts
         self.settings = shared.snapshot
         self.observer = observer
     }
@@ -112,7 +115,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.exchange = nil
             self.shared.record(
                 exchange.logEntry(client: self.clientAddress, status: exchange.status == 0 ? 499 : exchange.status,
-                                  reason: .clientClosed))
+                                  reason: .clientClosed), counts: self.counts)
         }
         self.upstream?.close()
         self.upstream = nil

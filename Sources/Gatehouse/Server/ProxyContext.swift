@@ -75,9 +75,9 @@ final class ProxyContext: Sendable {
     }
 
     /// Every response goes through here: one access-log line, and the metrics.
-    func record(_ entry: AccessLogEntry) {
+    func record(_ entry: AccessLogEntry, counts: GatehouseMetrics.LoopCounts) {
         self.accessLog.record(entry)
-        self.metrics.responded(entry)
+        counts.responded(entry)
     }
 }
 

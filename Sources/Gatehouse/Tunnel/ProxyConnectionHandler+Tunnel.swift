@@ -64,7 +64,7 @@ extension ProxyConnectionHandler {
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
 
-        let record = TunnelRecord(exchange: exchange, client: self.clientAddress, shared: self.shared)
+        let record = TunnelRecord(exchange: exchange, client: self.clientAddress, shared: self.shared, counts: self.counts)
         let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair(record: record)
         do {
             let pipeline = context.pipeline.syncOperations

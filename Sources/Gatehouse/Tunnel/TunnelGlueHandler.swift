@@ -6,12 +6,14 @@ final class TunnelRecord {
     private var exchange: Exchange
     private let client: String
     private let shared: ProxyContext
+    private let counts: GatehouseMetrics.LoopCounts
     private var openSides = 2
 
-    init(exchange: Exchange, client: String, shared: ProxyContext) {
+    init(exchange: Exchange, client: String, shared: ProxyContext, counts: GatehouseMetrics.LoopCounts) {
         self.exchange = exchange
         self.client = client
         self.shared = shared
+        self.counts = counts
         shared.metrics.tunnelOpened()
     }
 
@@ -22,7 +24,7 @@ final class TunnelRecord {
         self.openSides -= 1
         if self.openSides == 0 {
             self.shared.metrics.tunnelClosed()
-            self.shared.record(self.exchange.logEntry(client: self.client, status: 200, reason: .tunnel))
+            self.shared.record(self.exchange.logEntry(client: self.client, status: 200, reason: .tunnel), counts: self.counts)
         }
     }
 }
