@@ -43,7 +43,9 @@ extension ProxyConnectionHandler {
                     let decoder = HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
                     try sync.addHandler(encoder)
                     try sync.addHandler(ByteToMessageHandler(decoder))
-                    let handler = UpstreamHandler(client: bound.value, pool: pool, key: key, upstreamTimeout: configuration.upstreamTimeout)
+                    let handler = UpstreamHandler(
+                        client: bound.value, pool: pool, key: key, upstreamTimeout: configuration.upstreamTimeout,
+                        uploadTimeout: configuration.idleTimeout)
                     handler.attach(client: bound.value, isHead: isHead)
                     try sync.addHandler(handler)
                 }
@@ -241,6 +243,24 @@ extension ProxyConnectionHandler {
             context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
         }
         self.resumeReadingIfPossible()
+    }
+
+    /// The client stopped sending its upload (see UpstreamHandler): 408 if nothing was
+    /// answered yet, else close (the origin's response cannot be completed honestly either).
+    func uploadStalled() {
+        guard let context = self.context else { return }
+        self.upstream = nil
+        if self.machine.responseStarted {
+            if let exchange = self.exchange {
+                self.exchange = nil
+                self.shared.record(
+                    exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .bodyTimeout), counts: self.counts)
+            }
+            self.machine.connectionClosed()
+            context.close(promise: nil)
+        } else {
+            self.answer(.bodyTimeout, context: context, close: true)
+        }
     }
 
     /// The origin connection failed: before the response head, answer 502/504; after it, the

@@ -31,16 +31,24 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// spent in the pool, or uploading, is not the origin's fault.
     private var quietSince = NIODeadline.now()
     private let upstreamTimeout: TimeAmount
+    /// How long a client may send nothing in the middle of its upload (its idle timeout).
+    private let uploadTimeout: TimeAmount
+    /// When the last bytes of the client's upload went out to the origin.
+    private var uploadProgress = NIODeadline.now()
     /// One scheduled callback per connection, re-armed lazily like the client's (see
     /// ProxyConnectionHandler+Timeouts): a busy connection stores a time per read instead of
     /// rescheduling, and needs no `IdleStateHandler` in its pipeline.
     private var timer: NIOScheduledCallback?
 
-    init(client: ProxyConnectionHandler, pool: UpstreamPool, key: UpstreamPool.Key, upstreamTimeout: TimeAmount) {
+    init(
+        client: ProxyConnectionHandler, pool: UpstreamPool, key: UpstreamPool.Key, upstreamTimeout: TimeAmount,
+        uploadTimeout: TimeAmount
+    ) {
         self.client = client
         self.pool = pool
         self.key = key
         self.upstreamTimeout = upstreamTimeout
+        self.uploadTimeout = uploadTimeout
     }
 
     var isWritable: Bool { self.context?.channel.isWritable ?? true }
@@ -55,7 +63,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.armTimer(at: .now() + self.upstreamTimeout, context: context)
+        self.armTimer(at: .now() + self.checkInterval, context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -64,6 +72,10 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.context = nil
         self.client = nil
     }
+
+    /// The callback is never further ahead than the shorter limit, so whichever applies next
+    /// (an upload starting, writability changing) is noticed in time.
+    private var checkInterval: TimeAmount { min(self.upstreamTimeout, self.uploadTimeout) }
 
     private func armTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
         self.timer = try? context.eventLoop.assumeIsolated().scheduleCallback(at: deadline, handler: UpstreamTimer(self))
@@ -74,13 +86,16 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     fileprivate func timerFired() {
         self.timer = nil
         guard let context = self.context, !self.finished else { return }
+        if self.client != nil && !self.requestSent && context.channel.isActive {
+            return self.checkUpload(context: context)
+        }
         let counting = context.channel.isActive && (self.client == nil || self.requestSent)
         let due = self.quietSince + self.upstreamTimeout
         let now = NIODeadline.now()
         if !counting || now < due {
             // Still connecting or uploading (not the origin's silence), or heard from it
             // since: look again later.
-            self.armTimer(at: counting ? due : now + self.upstreamTimeout, context: context)
+            self.armTimer(at: counting ? min(due, now + self.checkInterval) : now + self.checkInterval, context: context)
             return
         }
         if self.client == nil {
@@ -91,6 +106,31 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.fail(reason: .upstreamTimeout)
             context.close(promise: nil)
         }
+    }
+
+    /// An upload in progress: the origin's silence does not count, but a stall does. Nothing
+    /// moved for the idle timeout while the origin could take more: the client stopped
+    /// sending (408 `body_timeout`). Nothing moved for the upstream timeout while the origin
+    /// took nothing: the origin stopped reading (504 `upstream_timeout`).
+    private func checkUpload(context: ChannelHandlerContext) {
+        let since = max(self.quietSince, self.uploadProgress)
+        let originReady = context.channel.isWritable
+        let due = since + (originReady ? self.uploadTimeout : self.upstreamTimeout)
+        let now = NIODeadline.now()
+        if now < due {
+            // Checked again no later than the shorter limit, in case writability changes.
+            self.armTimer(at: min(due, now + self.checkInterval), context: context)
+            return
+        }
+        if originReady {
+            self.finished = true
+            let client = self.client
+            self.client = nil
+            client?.uploadStalled()
+        } else {
+            self.fail(reason: .upstreamTimeout)
+        }
+        context.close(promise: nil)
     }
 
     /// Starts an exchange for `client` on this (possibly pooled) connection.
@@ -112,6 +152,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func send(_ part: HTTPClientRequestPart, flush: Bool = false) {
         guard let context = self.context else { return }
+        if case .body = part { self.uploadProgress = .now() }
         if flush {
             context.writeAndFlush(self.wrapOutboundOut(part), promise: nil)
         } else {

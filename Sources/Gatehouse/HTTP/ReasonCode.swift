@@ -17,6 +17,9 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     case authMalformed = "auth_malformed"
     case authInvalid = "auth_invalid"
     case headerTimeout = "header_timeout"
+    /// The client stopped sending its request body (for the idle timeout) while the origin
+    /// was ready to take more.
+    case bodyTimeout = "body_timeout"
     case uriTooLong = "uri_too_long"
     case headerTooLarge = "header_too_large"
     case httpsAbsoluteForm = "https_absolute_form"
@@ -57,7 +60,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .badRequest, .originForm, .badTarget: return .badRequest
         case .connectPortDenied: return .forbidden
         case .authMissing, .authScheme, .authMalformed, .authInvalid: return .proxyAuthenticationRequired
-        case .headerTimeout: return .requestTimeout
+        case .headerTimeout, .bodyTimeout: return .requestTimeout
         case .uriTooLong: return .uriTooLong
         case .headerTooLarge: return .requestHeaderFieldsTooLarge
         case .httpsAbsoluteForm: return .notImplemented
@@ -98,6 +101,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .authMalformed: return "Proxy authentication required: the Basic credentials are malformed."
         case .authInvalid: return "Proxy authentication required: the user name or password is not valid."
         case .headerTimeout: return "The request header was not received in time."
+        case .bodyTimeout: return "The request body stopped arriving."
         case .uriTooLong: return "The request target is too long."
         case .headerTooLarge: return "The request header section is too large."
         case .httpsAbsoluteForm:

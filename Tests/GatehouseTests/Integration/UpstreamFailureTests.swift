@@ -35,6 +35,33 @@ struct UpstreamFailureTests {
         }
     }
 
+    @Test("a client that stops sending its upload gets 408 body_timeout; a slow but steady one gets through")
+    func stalledUpload() async throws {
+        try await withProxyAndOrigin(configure: { $0.idleTimeout = .milliseconds(1_500) }) { proxy, origin in
+            let head = "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\n"
+                + "Proxy-Authorization: \(TestUser.basic)\r\nContent-Length: 100\r\n\r\n"
+            // Steady: 100 bytes in five parts, 200 ms apart (each gap far shorter than the timeout).
+            let steady = try await RawClient.connect(port: proxy.port)
+            try await steady.send(head)
+            for _ in 0..<5 {
+                try await Task.sleep(for: .milliseconds(200))
+                try await steady.send(String(repeating: "a", count: 20))
+            }
+            let text = await steady.waitFor { $0.hasSuffix(" 100") }
+            #expect(statusCodes(in: text) == [200], "\(text)")
+            await steady.close()
+
+            // Stalled: 10 bytes, then nothing.
+            let stalled = try await RawClient.connect(port: proxy.port)
+            try await stalled.send(head + "0123456789")
+            #expect(await stalled.waitForClose())
+            #expect(statusCodes(in: stalled.text) == [408], "\(stalled.text)")
+            #expect(stalled.text.contains("Connection: close\r\n"))
+            #expect(proxy.records.map(\.reason) == [.forwarded, .bodyTimeout])
+            #expect(proxy.records.last?.status == 408)
+        }
+    }
+
     @Test("an origin that never answers gets 504 upstream_timeout")
     func upstreamTimeout() async throws {
         let origin = try await RawOrigin.start(.respondAndHang(""))
