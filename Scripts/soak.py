@@ -230,6 +230,17 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
         self.rfile.close()
         self.connection.close()  # RST
 
+    def _hash_exactly(self, left: int, digest) -> int:
+        """Reads exactly `left` body bytes into `digest`; returns how many."""
+        n = left
+        while left:
+            data = self.rfile.read(min(left, 256 * KIB))
+            if not data:
+                raise ConnectionError("upload cut short")
+            digest.update(data)
+            left -= len(data)
+        return n
+
     def do_POST(self) -> None:
         if self._leaked():
             return
@@ -244,24 +255,10 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
                     while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                left = size
-                while left:
-                    data = self.rfile.read(min(left, 256 * KIB))
-                    if not data:
-                        raise ConnectionError("upload cut short")
-                    digest.update(data)
-                    left -= len(data)
-                    n += len(data)
+                n += self._hash_exactly(size, digest)
                 self.rfile.readline(16)
         else:
-            left = int(self.headers.get("Content-Length", "0"))
-            while left:
-                data = self.rfile.read(min(left, 256 * KIB))
-                if not data:
-                    raise ConnectionError("upload cut short")
-                digest.update(data)
-                left -= len(data)
-                n += len(data)
+            n += self._hash_exactly(int(self.headers.get("Content-Length", "0")), digest)
         self._plain(200, f"{digest.hexdigest()} {n}\n")
 
 

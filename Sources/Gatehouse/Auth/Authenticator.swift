@@ -29,7 +29,6 @@ public final class Authenticator: Sendable {
     public let cache: CredentialCache
     public let throttle: AuthThrottle
     private let threadPool: NIOThreadPool
-    private let onCacheHit: (@Sendable () -> Void)?
     private let pending = NIOLockedValueBox(0)
     /// Verifications running, by cache key, for requests with the same header to join.
     private let inFlight = NIOLockedValueBox([CredentialCache.Key: EventLoopFuture<Outcome>]())
@@ -37,15 +36,13 @@ public final class Authenticator: Sendable {
 
     public init(
         store: CredentialStore, cacheTTL: TimeAmount, threadPool: NIOThreadPool,
-        throttle: AuthThrottle.Limits = AuthThrottle.Limits(), maxPendingVerifications: Int = 256,
-        onCacheHit: (@Sendable () -> Void)? = nil
+        throttle: AuthThrottle.Limits = AuthThrottle.Limits(), maxPendingVerifications: Int = 256
     ) {
         self.store = NIOLockedValueBox(store)
         self.cache = CredentialCache(ttl: cacheTTL)
         self.throttle = AuthThrottle(limits: throttle)
         self.threadPool = threadPool
         self.maxPending = maxPendingVerifications
-        self.onCacheHit = onCacheHit
     }
 
     /// Replaces the user list and clears the cache, so removed users lose access at once.
@@ -66,7 +63,6 @@ public final class Authenticator: Sendable {
         guard values.count == 1 else { return .immediate(.rejected(.authMalformed, user: nil)) }
         let key = self.cache.key(for: value)
         if let user = self.cache.user(forKey: key) {
-            self.onCacheHit?()
             return .cached(user: user)
         }
 

@@ -22,7 +22,7 @@ extension ProxyConnectionHandler {
     ) {
         let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.configuration.viaPseudonym)
         let key = UpstreamPool.Key(host: uri.authority.host.lowercased(), port: uri.port)
-        let pool = self.shared.pools.pool(for: context.eventLoop)
+        let pool = self.pool
         // A request without a body may go out on an idle pooled connection: should that turn
         // out to be dead, it can be replayed on a fresh one. Uploads always get a fresh one.
         if reuse, replayable, let pooled = pool.take(key), let channel = pooled.channel {

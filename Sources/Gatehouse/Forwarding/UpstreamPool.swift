@@ -63,18 +63,3 @@ final class UpstreamPool: @unchecked Sendable {
 
     var idleCount: Int { self.count }
 }
-
-/// The per-loop pools of one server.
-final class UpstreamPools: Sendable {
-    private let pools = NIOLockedValueBox([ObjectIdentifier: UpstreamPool]())
-
-    func pool(for eventLoop: EventLoop) -> UpstreamPool {
-        let id = ObjectIdentifier(eventLoop)
-        return self.pools.withLockedValue { pools in
-            if let pool = pools[id] { return pool }
-            let pool = UpstreamPool(eventLoop: eventLoop)
-            pools[id] = pool
-            return pool
-        }
-    }
-}

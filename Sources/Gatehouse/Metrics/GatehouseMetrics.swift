@@ -134,22 +134,22 @@ public final class GatehouseMetrics: Sendable {
         }
     }
 
-    private let loops = NIOLockedValueBox([ObjectIdentifier: LoopCounts]())
+    private let loops = NIOLockedValueBox<PerEventLoop<LoopCounts>?>(nil)
 
     /// The counts of `eventLoop` (each connection looks them up once).
     func counts(for eventLoop: EventLoop) -> LoopCounts {
-        let id = ObjectIdentifier(eventLoop)
-        return self.loops.withLockedValue { loops in
-            if let counts = loops[id] { return counts }
-            let counts = LoopCounts(eventLoop: eventLoop, metrics: self)
-            loops[id] = counts
-            return counts
+        let loops = self.loops.withLockedValue { loops in
+            if let loops { return loops }
+            let made = PerEventLoop { [unowned self] in LoopCounts(eventLoop: $0, metrics: self) }
+            loops = made
+            return made
         }
+        return loops.value(for: eventLoop)
     }
 
     /// Flushes every loop's counts, then renders: what `/metrics` serves.
     func renderFlushed(on eventLoop: EventLoop) -> EventLoopFuture<String> {
-        let all = self.loops.withLockedValue { Array($0.values) }
+        let all = self.loops.withLockedValue { $0?.all ?? [] }
         let flushes = all.map { counts in counts.eventLoop.submit { counts.flush() } }
         return EventLoopFuture.andAllComplete(flushes, on: eventLoop).map { self.render() }
     }

@@ -186,8 +186,7 @@ public final class GatehouseServer: Service, Sendable {
         // No NIOHTTPResponseHeadersValidator: every header Gatehouse writes is either its own
         // (constant, or the realm with control characters removed) or relayed from an origin
         // whose response NIO's parser already refused if a field held CR, LF or NUL.
-        let handler = ProxyConnectionHandler(
-            shared: shared, observer: observer, counts: shared.metrics.counts(for: channel.eventLoop))
+        let handler = ProxyConnectionHandler(shared: shared, observer: observer, eventLoop: channel.eventLoop)
         handler.clientIP = clientIP
         handler.clientAddress = clientAddress
         let configuration = handler.configuration

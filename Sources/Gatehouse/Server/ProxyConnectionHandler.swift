@@ -18,6 +18,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     let shared: ProxyContext
     /// This event loop's metric counts (see ``GatehouseMetrics/LoopCounts``).
     let counts: GatehouseMetrics.LoopCounts
+    /// This event loop's idle origin connections.
+    let pool: UpstreamPool
     /// The server's logger (not copied per connection: an idle connection should cost little).
     var logger: Logger { self.shared.logger }
     var machine = ProxyConnectionStateMachine()
@@ -59,9 +61,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     let settings: ProxyContext.Snapshot
     var configuration: ProxyConfiguration { self.settings.configuration }
 
-    init(shared: ProxyContext, observer: RequestStartObserver, counts: GatehouseMetrics.LoopCounts) {
+    init(shared: ProxyContext, observer: RequestStartObserver, eventLoop: EventLoop) {
         self.shared = shared
-        self.counts = counts
+        self.counts = shared.metrics.counts(for: eventLoop)
+        self.pool = shared.pools.value(for: eventLoop)
         self.settings = shared.snapshot
         self.observer = observer
     }

@@ -39,7 +39,7 @@ final class ProxyContext: Sendable {
     let logger: Logger
     let connections: ConnectionRegistry
     /// Idle keep-alive origin connections, one pool per event loop.
-    let pools = UpstreamPools()
+    let pools = PerEventLoop { UpstreamPool(eventLoop: $0) }
     /// The addresses this server listens on, for loop detection.
     let listeners = NIOLockedValueBox([SocketAddress]())
 

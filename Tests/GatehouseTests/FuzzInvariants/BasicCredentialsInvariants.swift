@@ -32,9 +32,7 @@ private func isOWS(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 }
 enum BasicCredentialsInvariants {
     /// Every invariant the input breaks; empty when all hold.
     static func violations(_ bytes: [UInt8]) -> [String] {
-        let v = FuzzViolations()
-        run(bytes, v)
-        return v.messages
+        FuzzViolations.collect { run(bytes, $0) }
     }
 }
 

@@ -7,4 +7,11 @@ final class FuzzViolations {
     func check(_ condition: Bool, _ message: @autoclosure () -> String) {
         if !condition { self.messages.append(message()) }
     }
+
+    /// Every invariant `run` finds broken; empty when all hold.
+    static func collect(_ run: (FuzzViolations) -> Void) -> [String] {
+        let v = FuzzViolations()
+        run(v)
+        return v.messages
+    }
 }

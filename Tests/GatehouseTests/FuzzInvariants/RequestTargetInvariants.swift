@@ -22,9 +22,7 @@ private func checkAuthority(_ authority: Authority, _ v: FuzzViolations) {
 enum RequestTargetInvariants {
     /// Every invariant the input breaks; empty when all hold.
     static func violations(_ bytes: [UInt8]) -> [String] {
-        let v = FuzzViolations()
-        run(bytes, v)
-        return v.messages
+        FuzzViolations.collect { run(bytes, $0) }
     }
 }
 

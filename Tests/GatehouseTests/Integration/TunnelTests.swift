@@ -14,10 +14,7 @@ struct TunnelTests {
             certificateChain: certificate.map { .certificate($0) }, privateKey: .privateKey(key)))
         let origin = try await TestOrigin.start(tls: tls)
         defer { Task { await origin.stop() } }
-        var configuration = ProxyConfiguration()
-        configuration.connectPorts = try PortSet(parsing: "\(origin.port)")
-        let frozen = configuration
-        try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen) { proxy in
+        try await withTunnelProxy(toPort: origin.port) { proxy in
             let result = try await Curl.run([
                 "-x", proxy.authenticatedURL, "--cacert", TLSFixture.certificatePath,
                 "https://127.0.0.1:\(origin.port)/bytes/1000000",
@@ -49,10 +46,7 @@ struct TunnelTests {
     func rawTunnelKeepsEarlyBytes() async throws {
         let origin = try await TestOrigin.start()
         defer { Task { await origin.stop() } }
-        var configuration = ProxyConfiguration()
-        configuration.connectPorts = try PortSet(parsing: "\(origin.port)")
-        let frozen = configuration
-        try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen) { proxy in
+        try await withTunnelProxy(toPort: origin.port) { proxy in
             let client = try await RawClient.connect(port: proxy.port)
             try await client.send(
                 "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nHost: 127.0.0.1:\(origin.port)\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
@@ -86,10 +80,7 @@ struct TunnelTests {
         // This origin answers only once it has read EOF, with the number of bytes it received.
         let origin = try await RawOrigin.start(.respondOnEOF)
         defer { Task { await origin.stop() } }
-        var configuration = ProxyConfiguration()
-        configuration.connectPorts = try PortSet(parsing: "\(origin.port)")
-        let frozen = configuration
-        try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen) { proxy in
+        try await withTunnelProxy(toPort: origin.port) { proxy in
             let client = try await RawClient.connect(port: proxy.port)
             try await client.send(
                 "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")

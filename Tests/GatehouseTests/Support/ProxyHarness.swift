@@ -37,6 +37,16 @@ func withProxyAndOrigin<T: Sendable>(
     }
 }
 
+/// A proxy (with the test user) that allows `CONNECT` to `port` only.
+func withTunnelProxy<T: Sendable>(
+    toPort port: Int, _ body: @Sendable (GatehouseFixture) async throws -> T
+) async throws -> T {
+    var configuration = ProxyConfiguration()
+    configuration.connectPorts = try PortSet(parsing: "\(port)")
+    let frozen = configuration
+    return try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen, body)
+}
+
 extension GatehouseFixture {
     var authenticatedURL: String { self.proxyURL(user: TestUser.name, password: TestUser.password) }
 }
