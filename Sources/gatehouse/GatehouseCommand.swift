@@ -53,7 +53,7 @@ struct SettingsOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("How long a client may take to send a request head, 408 after (default 20s).", valueName: "DUR"))
     var headerTimeout: String?
 
-    @Option(name: .long, help: ArgumentHelp("How long a keep-alive client connection may sit idle, or a client pause mid-upload, 408 after (default 60s).", valueName: "DUR"))
+    @Option(name: .long, help: ArgumentHelp("How long a keep-alive client connection may sit idle, a client pause mid-upload (408 after), or take nothing of a response (default 60s).", valueName: "DUR"))
     var idleTimeout: String?
 
     @Option(name: .long, help: ArgumentHelp("How long a CONNECT tunnel may carry no bytes (default 10m).", valueName: "DUR"))

@@ -45,7 +45,7 @@ extension ProxyConnectionHandler {
                     try sync.addHandler(ByteToMessageHandler(decoder))
                     let handler = UpstreamHandler(
                         client: bound.value, pool: pool, key: key, upstreamTimeout: configuration.upstreamTimeout,
-                        uploadTimeout: configuration.idleTimeout)
+                        clientTimeout: configuration.idleTimeout)
                     handler.attach(client: bound.value, isHead: isHead)
                     try sync.addHandler(handler)
                 }
@@ -251,16 +251,34 @@ extension ProxyConnectionHandler {
         guard let context = self.context else { return }
         self.upstream = nil
         if self.machine.responseStarted {
-            if let exchange = self.exchange {
-                self.exchange = nil
-                self.shared.record(
-                    exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .bodyTimeout), counts: self.counts)
-            }
-            self.machine.connectionClosed()
-            context.close(promise: nil)
+            self.endExchangeAndClose(reason: .bodyTimeout, context: context)
         } else {
             self.answer(.bodyTimeout, context: context, close: true)
         }
+    }
+
+    /// Bytes of its responses the client's TCP has acknowledged so far (see ``ClientProgress``).
+    func bytesAcknowledgedByClient() -> UInt64? {
+        self.context.flatMap { ClientProgress.bytesAcknowledged(by: $0.channel) }
+    }
+
+    /// The client took none of the response for its idle timeout (see UpstreamHandler): log
+    /// the exchange as `client_stalled` and close; the response cannot be completed.
+    func responseStalled() {
+        guard let context = self.context else { return }
+        self.upstream = nil
+        self.endExchangeAndClose(reason: .clientStalled, context: context)
+    }
+
+    /// Logs the exchange in progress (with the status already sent) and closes the connection.
+    private func endExchangeAndClose(reason: ReasonCode, context: ChannelHandlerContext) {
+        if let exchange = self.exchange {
+            self.exchange = nil
+            self.shared.record(
+                exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: reason), counts: self.counts)
+        }
+        self.machine.connectionClosed()
+        context.close(promise: nil)
     }
 
     /// The origin connection failed: before the response head, answer 502/504; after it, the

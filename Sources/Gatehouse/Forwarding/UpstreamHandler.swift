@@ -31,10 +31,16 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// spent in the pool, or uploading, is not the origin's fault.
     private var quietSince = NIODeadline.now()
     private let upstreamTimeout: TimeAmount
-    /// How long a client may send nothing in the middle of its upload (its idle timeout).
-    private let uploadTimeout: TimeAmount
+    /// How long a client may send nothing in the middle of its upload, or take nothing of its
+    /// response (its idle timeout).
+    private let clientTimeout: TimeAmount
     /// When the last bytes of the client's upload went out to the origin.
     private var uploadProgress = NIODeadline.now()
+    /// Since when the client has taken nothing while reads from the origin are paused on its
+    /// account (its socket full), and how many bytes it had acknowledged then (see
+    /// ``ClientProgress``).
+    private var pausedSince = NIODeadline.now()
+    private var clientAcked: UInt64?
     /// One scheduled callback per connection, re-armed lazily like the client's (see
     /// ProxyConnectionHandler+Timeouts): a busy connection stores a time per read instead of
     /// rescheduling, and needs no `IdleStateHandler` in its pipeline.
@@ -42,13 +48,13 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     init(
         client: ProxyConnectionHandler, pool: UpstreamPool, key: UpstreamPool.Key, upstreamTimeout: TimeAmount,
-        uploadTimeout: TimeAmount
+        clientTimeout: TimeAmount
     ) {
         self.client = client
         self.pool = pool
         self.key = key
         self.upstreamTimeout = upstreamTimeout
-        self.uploadTimeout = uploadTimeout
+        self.clientTimeout = clientTimeout
     }
 
     var isWritable: Bool { self.context?.channel.isWritable ?? true }
@@ -75,7 +81,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The callback is never further ahead than the shorter limit, so whichever applies next
     /// (an upload starting, writability changing) is noticed in time.
-    private var checkInterval: TimeAmount { min(self.upstreamTimeout, self.uploadTimeout) }
+    private var checkInterval: TimeAmount { min(self.upstreamTimeout, self.clientTimeout) }
 
     private func armTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
         self.timer = try? context.eventLoop.assumeIsolated().scheduleCallback(at: deadline, handler: UpstreamTimer(self))
@@ -86,6 +92,9 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     fileprivate func timerFired() {
         self.timer = nil
         guard let context = self.context, !self.finished else { return }
+        if self.client != nil && self.readsPaused && context.channel.isActive {
+            return self.checkClientReading(context: context)
+        }
         if self.client != nil && !self.requestSent && context.channel.isActive {
             return self.checkUpload(context: context)
         }
@@ -115,7 +124,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func checkUpload(context: ChannelHandlerContext) {
         let since = max(self.quietSince, self.uploadProgress)
         let originReady = context.channel.isWritable
-        let due = since + (originReady ? self.uploadTimeout : self.upstreamTimeout)
+        let due = since + (originReady ? self.clientTimeout : self.upstreamTimeout)
         let now = NIODeadline.now()
         if now < due {
             // Checked again no later than the shorter limit, in case writability changes.
@@ -130,6 +139,28 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } else {
             self.fail(reason: .upstreamTimeout)
         }
+        context.close(promise: nil)
+    }
+
+    /// Reads from the origin are paused because the client's socket is full, so the origin's
+    /// silence is not its own. The client taking nothing for its idle timeout ends the
+    /// exchange as `client_stalled` (not `upstream_truncated`, which would blame the origin).
+    private func checkClientReading(context: ChannelHandlerContext) {
+        let now = NIODeadline.now()
+        if let acked = self.client?.bytesAcknowledgedByClient(), acked != self.clientAcked {
+            // Slow but moving: it took bytes without draining enough to turn writable.
+            self.clientAcked = acked
+            self.pausedSince = now
+        }
+        let due = self.pausedSince + self.clientTimeout
+        if now < due {
+            self.armTimer(at: min(due, now + self.checkInterval), context: context)
+            return
+        }
+        self.finished = true
+        let client = self.client
+        self.client = nil
+        client?.responseStalled()
         context.close(promise: nil)
     }
 
@@ -178,6 +209,12 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func clientWritabilityChanged(_ writable: Bool) {
+        if !writable && !self.readsPaused {
+            self.pausedSince = .now()
+            self.clientAcked = self.client?.bytesAcknowledgedByClient()
+        }
+        // Time spent paused on the client's account is not the origin's silence.
+        if writable && self.readsPaused { self.quietSince = .now() }
         self.readsPaused = !writable
         if writable, self.readPending, let context = self.context {
             self.readPending = false

@@ -43,12 +43,15 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     case upstreamTruncated = "upstream_truncated"
     /// Log-only: the client went away before the response was complete.
     case clientClosed = "client_closed"
+    /// Log-only: the client took none of the response for the idle timeout (its socket stayed
+    /// full); both connections were closed.
+    case clientStalled = "client_stalled"
 
     /// Whether every response with this reason has ``status`` (false where the origin's
     /// status is logged: forwards, tunnels, and their failures after the response began).
     var hasFixedStatus: Bool {
         switch self {
-        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed: return false
+        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled: return false
         default: return true
         }
     }
@@ -56,7 +59,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     /// The status Gatehouse itself answers with for this reason.
     public var status: HTTPResponseStatus {
         switch self {
-        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed: return .ok
+        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled: return .ok
         case .badRequest, .originForm, .badTarget: return .badRequest
         case .connectPortDenied: return .forbidden
         case .authMissing, .authScheme, .authMalformed, .authInvalid: return .proxyAuthenticationRequired
@@ -124,6 +127,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .loopDetected: return "The request would loop back through this proxy."
         case .upstreamTruncated: return "The destination cut its response short."
         case .clientClosed: return "The client closed the connection."
+        case .clientStalled: return "The client stopped reading the response."
         }
     }
 }

@@ -44,7 +44,7 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
         bytes.append(UInt8(ascii: " "))
         let code: StaticString
         switch e.reason {
-        case .forwarded, .upstreamTruncated, .clientClosed: code = "TCP_MISS/"
+        case .forwarded, .upstreamTruncated, .clientClosed, .clientStalled: code = "TCP_MISS/"
         case .tunnel: code = "TCP_TUNNEL/"
         case .authMissing, .authScheme, .authMalformed, .authInvalid, .connectPortDenied: code = "TCP_DENIED/"
         default: code = e.upstream == nil ? "NONE_NONE/" : "TCP_MISS/"

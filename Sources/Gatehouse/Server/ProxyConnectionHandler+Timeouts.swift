@@ -81,11 +81,29 @@ extension ProxyConnectionHandler {
         self.timerDeadline = .distantFuture
         switch self.timerKind {
         case .idle:
+            if self.clientStillReading(context: context) {
+                self.schedule(.idle, in: self.configuration.idleTimeout, context: context)
+                return
+            }
             // A keep-alive connection that stayed idle: close it quietly; no response is due.
             context.close(promise: nil)
         case .header:
             self.headerTimedOut()
         }
+    }
+
+    /// Whether the tail of a response is still queued for a client that is taking it.
+    ///
+    /// The idle timeout starts once a response is handed to the channel, but a slow reader may
+    /// not have taken all of it yet: closing then would drop the bytes NIO still holds. So the
+    /// connection stays while bytes are queued and the client acknowledged more since the last
+    /// look (``ClientProgress``); one that took nothing for a whole idle timeout is closed.
+    func clientStillReading(context: ChannelHandlerContext) -> Bool {
+        let queued = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
+        let acked = queued > 0 ? ClientProgress.bytesAcknowledged(by: context.channel) : nil
+        let decision = ClientProgress.idleDecision(queued: queued, acked: acked, previous: self.idleAcked)
+        self.idleAcked = decision.sample
+        return decision.keepOpen
     }
 
     /// RFC 9110 §15.5.9: 408 tells the client the server closed an unfinished request.

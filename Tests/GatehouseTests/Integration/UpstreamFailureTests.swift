@@ -62,6 +62,89 @@ struct UpstreamFailureTests {
         }
     }
 
+    @Test("a client that reads slowly keeps its response; one that stops reading is cut off after --idle-timeout (client_stalled)")
+    func stalledReader() async throws {
+        // The upstream timeout is the longer one: before client_stalled existed, the paused
+        // origin read ran into it and the exchange was blamed on the origin (upstream_truncated).
+        try await withProxyAndOrigin(configure: {
+            $0.idleTimeout = .milliseconds(1_500)
+            $0.upstreamTimeout = .seconds(3)
+        }) { proxy, origin in
+            let size = 256 * 1024 * 1024
+            let client = try await RawClient.connect(port: proxy.port, reading: false)
+            try await client.send(bytesRequest(size, origin: origin))
+            let clock = ContinuousClock()
+            let started = clock.now
+            // Fast at first, so the kernel grows the proxy's send buffer to megabytes.
+            var deadline = clock.now + .seconds(20)
+            while client.byteCount < 16 * 1024 * 1024, clock.now < deadline {
+                client.readSome()
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            // Then slow but steady (64 KiB every 100 ms) for longer than both timeouts. The
+            // kernel reports the proxy's socket writable only once half that buffer drained,
+            // which takes longer than the idle timeout: only the bytes the client acknowledges
+            // show it is still reading.
+            let slowFrom = client.byteCount
+            let fastTook = clock.now - started
+            deadline = clock.now + .seconds(5)
+            while clock.now < deadline {
+                client.readSome()
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let progress = "fast phase: \(slowFrom) bytes in \(fastTook); slow phase: \(client.byteCount - slowFrom) bytes"
+            #expect(client.byteCount - slowFrom > 2 * 1024 * 1024, "the reader was too slow to show progress; \(progress)")
+            #expect(!client.isClosed, "\(progress)")
+            #expect(proxy.records.isEmpty, "\(proxy.records); \(progress)")
+
+            // Then nothing at all.
+            let records = await proxy.waitForRecords(count: 1, timeout: .seconds(10))
+            #expect(records.map(\.reason) == [.clientStalled], "\(records); \(progress)")
+            #expect(records.first?.status == 200)
+            #expect((records.first?.bytesOut ?? size) < size)
+            await client.close()
+
+            // The proxy carries on: the same request from a client that reads gets it all.
+            let curl = try await Curl.run([
+                "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "-x", proxy.authenticatedURL,
+                "http://127.0.0.1:\(origin.port)/bytes/1000000",
+            ])
+            #expect(curl.body == "200 1000000")
+        }
+    }
+
+    @Test("a slow reader keeps its connection, and every byte, after the origin finished and the idle timeout passed")
+    func slowReaderTail() async throws {
+        try await withProxyAndOrigin(configure: { $0.idleTimeout = .milliseconds(1_500) }) { proxy, origin in
+            let size = 28 * 1024 * 1024
+            let client = try await RawClient.connect(port: proxy.port, reading: false)
+            try await client.send(bytesRequest(size, origin: origin))
+            let clock = ContinuousClock()
+            func read(every pause: Duration, for limit: Duration, while condition: () -> Bool) async throws {
+                let deadline = clock.now + limit
+                while condition(), !client.isClosed, clock.now < deadline {
+                    client.readSome()
+                    try await Task.sleep(for: pause)
+                }
+            }
+            // Fast, so the socket buffers grow to megabytes; then 64 KiB per 20 ms until the
+            // origin is done and the exchange logged, with the rest of the body queued in the
+            // kernel and in the proxy's channel.
+            try await read(every: .milliseconds(1), for: .seconds(20)) { client.byteCount < 16 * 1024 * 1024 }
+            try await read(every: .milliseconds(20), for: .seconds(20)) { proxy.records.isEmpty }
+            #expect(proxy.records.map(\.reason) == [.forwarded])
+            // Slowly on (64 KiB per 400 ms), for twice the idle timeout. Closing the connection
+            // as idle while the channel still holds part of the body would drop those bytes
+            // (the kernel takes more only once half its send buffer drained). How much the
+            // channel still holds by then varies with the kernel's buffer sizes, so this catches
+            // that loss in some runs only; ``ClientProgressTests`` pin the rule itself.
+            try await read(every: .milliseconds(400), for: .seconds(3)) { true }
+            try await read(every: .milliseconds(1), for: .seconds(20)) { (client.bodyByteCount ?? 0) < size }
+            #expect(client.bodyByteCount == size)
+            await client.close()
+        }
+    }
+
     @Test("an origin that never answers gets 504 upstream_timeout")
     func upstreamTimeout() async throws {
         let origin = try await RawOrigin.start(.respondAndHang(""))
@@ -136,4 +219,9 @@ struct UpstreamFailureTests {
             #expect(proxy.records.first?.reason == .upstreamBadResponse)
         }
     }
+}
+
+/// An authenticated request for `size` bytes from the test origin's `/bytes/` route.
+private func bytesRequest(_ size: Int, origin: TestOrigin) -> String {
+    "GET http://127.0.0.1:\(origin.port)/bytes/\(size) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
 }

@@ -35,21 +35,21 @@ struct UpstreamPoolTests {
 
     @Test("time a connection rested in the pool does not count against the upstream timeout; idle ones are let go")
     func poolIdleTime() async throws {
-        // Upstream timeout 1.5 s: the connection rests 0.8 s in the pool, then carries a request
-        // the origin answers after 0.8 s. Together that is past the timeout, but the origin was
-        // silent for only 0.8 s of it.
-        try await withProxyAndOrigin(configure: { $0.upstreamTimeout = .milliseconds(1_500) }) { proxy, origin in
+        // Upstream timeout 3 s: the connection rests 1 s in the pool, then carries a request
+        // the origin answers after 2.2 s. Together that is past the timeout, but the origin was
+        // silent for only 2.2 s of it. (The rest may overrun by 2 s on a loaded machine.)
+        try await withProxyAndOrigin(configure: { $0.upstreamTimeout = .seconds(3) }) { proxy, origin in
             let client = try await RawClient.connect(port: proxy.port)
             let request = "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
             try await client.send(request)
             _ = await client.waitFor { statusCodes(in: $0).count == 1 }
-            try await Task.sleep(for: .milliseconds(800))
-            try await client.send(request.replacingOccurrences(of: "/hello", with: "/slow?ms=800"))
+            try await Task.sleep(for: .seconds(1))
+            try await client.send(request.replacingOccurrences(of: "/hello", with: "/slow?ms=2200"))
             _ = await client.waitFor { statusCodes(in: $0).count == 2 }
             #expect(statusCodes(in: client.text) == [200, 200], "\(client.text)")
             #expect(origin.connections == 1, "the pooled connection was reused")
             // Idle in the pool past the timeout: closed, so the next request opens a new one.
-            try await Task.sleep(for: .milliseconds(2_300))
+            try await Task.sleep(for: .milliseconds(4_000))
             try await client.send(request)
             _ = await client.waitFor { statusCodes(in: $0).count == 3 }
             #expect(statusCodes(in: client.text) == [200, 200, 200])

@@ -14,13 +14,19 @@ final class RawClient: Sendable {
     }
 
     /// Connects to 127.0.0.1:`port`, optionally from another loopback address (127.0.0.2, …),
-    /// which the proxy sees as a different client.
-    static func connect(port: Int, from source: String? = nil) async throws -> RawClient {
+    /// which the proxy sees as a different client. With `reading: false` nothing is read
+    /// unless ``readSome()`` asks: a client that stopped taking its response, or a slow one.
+    static func connect(
+        port: Int, from source: String? = nil, reading: Bool = true, readSize: Int = 65_536
+    ) async throws -> RawClient {
         let state = NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>(([], false))
         var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         if let source { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: source, port: 0)) }
         let channel = try await bootstrap
             .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.autoRead, value: reading)
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: readSize))
+            .channelOption(.maxMessagesPerRead, value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(Collector(state: state))
@@ -37,6 +43,27 @@ final class RawClient: Sendable {
 
     func send(bytes: [UInt8]) async throws {
         try await self.channel.writeAndFlush(ByteBuffer(bytes: bytes))
+    }
+
+    /// With `reading: false`: takes what the socket holds now, up to `readSize` bytes.
+    func readSome() {
+        self.channel.read()
+    }
+
+    /// How many bytes have been received so far.
+    var byteCount: Int { self.state.withLockedValue { $0.bytes.count } }
+
+    /// How many bytes have been received after the first response head (nil: no head yet).
+    var bodyByteCount: Int? {
+        self.state.withLockedValue { state in
+            let end: [UInt8] = Array("\r\n\r\n".utf8)
+            let window = state.bytes.prefix(16_384)
+            guard window.count >= 4 else { return nil }
+            for index in 0...(window.count - 4) where window[index..<(index + 4)].elementsEqual(end) {
+                return state.bytes.count - index - 4
+            }
+            return nil
+        }
     }
 
     /// Everything received so far, as text (lossy for binary).
