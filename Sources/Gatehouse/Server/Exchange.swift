@@ -80,9 +80,11 @@ func wallClockSeconds() -> Double {
 }
 
 extension HTTPResponseHead {
-    /// Bytes the status line and header section take on the wire, for the access log.
+    /// Bytes the status line and header section take on the wire, for the access log:
+    /// `HTTP/1.1 200 OK\r\n` is 15 bytes plus the reason phrase, each field its name and
+    /// value plus `: ` and CRLF, and a CRLF ends the section.
     var wireSize: Int {
-        var size = 17 + self.status.reasonPhrase.utf8.count
+        var size = 15 + self.status.reasonPhrase.utf8.count
         for (name, value) in self.headers { size += name.utf8.count + value.utf8.count + 4 }
         return size + 2
     }

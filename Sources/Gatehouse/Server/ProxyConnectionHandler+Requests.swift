@@ -55,6 +55,7 @@ extension ProxyConnectionHandler {
         }
         let destination: Destination
         if isConnect {
+            self.observer.holdsEndOfInput = true
             switch RequestTarget.parseConnect(head.uri) {
             case .success(let authority):
                 exchange.target = authority.description

@@ -60,6 +60,9 @@ extension ProxyConnectionHandler {
         // 408 or 505 must not produce a second response or log line).
         guard self.machine.state != .closed, context.channel.isActive else { return }
         let exchange = self.exchange ?? Exchange(unparsedAt: self.headStarted)
+        // A refused CONNECT leaves an HTTP connection: an EOF held for the tunnel counts now
+        // (it arrives here re-entrantly and makes this answer the last one).
+        if exchange.isConnect { self.observer.releaseEndOfInput() }
         let closing = close || !exchange.clientKeepAlive || self.clientInputClosed
             || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)
         let status = reason.status

@@ -57,6 +57,33 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
         self.context?.read()
     }
 
+    /// Set while a `CONNECT` awaits its tunnel: the client's end of input is held here, in
+    /// front of the HTTP decoder. Once NIO's decoder sees EOF after a `CONNECT` head it drops
+    /// the bytes that followed the head (it forwards them only when removed without EOF), so a
+    /// client that sends its first tunnel bytes and half-closes at once (`nc -N`, a scripted
+    /// request) would lose them. The tunnel passes the held EOF on to the origin itself, after
+    /// those bytes; a refused `CONNECT` releases it into the HTTP pipeline.
+    var holdsEndOfInput = false
+    /// The client's EOF arrived while held.
+    private(set) var heldEndOfInput = false
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if self.holdsEndOfInput, let event = event as? ChannelEvent, event == .inputClosed {
+            self.heldEndOfInput = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Stops holding the client's EOF, and passes it on if it came (the `CONNECT` was refused:
+    /// the connection is HTTP again).
+    func releaseEndOfInput() {
+        self.holdsEndOfInput = false
+        guard self.heldEndOfInput else { return }
+        self.heldEndOfInput = false
+        self.context?.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+    }
+
     /// Writes bytes straight to the socket, below the HTTP encoder.
     func writeRaw(_ buffer: ByteBuffer) -> EventLoopFuture<Void>? {
         guard let context = self.context else { return nil }

@@ -65,7 +65,13 @@ extension ProxyConnectionHandler {
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
 
         let record = TunnelRecord(exchange: exchange, client: self.clientAddress, shared: self.shared, counts: self.counts)
-        let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair(record: record)
+        let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair(
+            record: record, lingerTimeout: self.configuration.tunnelIdleTimeout)
+        // The client may already have sent its EOF (held by the observer, see
+        // `RequestStartObserver.holdsEndOfInput`): it goes to the origin after the bytes
+        // that preceded it.
+        let clientInputClosed = self.observer.heldEndOfInput || self.clientInputClosed
+        self.observer.holdsEndOfInput = false
         do {
             let pipeline = context.pipeline.syncOperations
             // The HTTP handlers go first, in an order that never lets raw bytes reach a handler
@@ -85,7 +91,10 @@ extension ProxyConnectionHandler {
             // ByteToMessageHandler hands over its leftover bytes (anything the client sent
             // right after the CONNECT head) in a later event-loop tick, as a read without a
             // read-complete; flush them to the origin once they are through.
-            context.eventLoop.assumeIsolated().execute { upstream.flush() }
+            context.eventLoop.assumeIsolated().execute {
+                upstream.flush()
+                if clientInputClosed { clientGlue.inputClosedBeforeTunnel() }
+            }
         } catch {
             self.logger.error("could not set up tunnel", metadata: ["error": "\(error)"])
             upstream.close(promise: nil)

@@ -35,6 +35,9 @@ final class TunnelRecord {
 /// - backpressure: a side stops reading while its partner is not writable;
 /// - half-close: EOF on one side becomes a write shutdown on the other (TLS close_notify and
 ///   `shutdown(SHUT_WR)` clients rely on it), and the tunnel ends when both directions are done;
+/// - no lost tails: a side closes only once the bytes queued for its peer are written (a
+///   plain `close`, and NIO's write shutdown of a channel whose input already ended, drop
+///   them), or after `lingerTimeout` if that peer takes nothing;
 /// - an idle timeout, fed by an `IdleStateHandler` in front of the client side.
 final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
@@ -45,17 +48,22 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext?
     private var pendingRead = false
     private var inputClosed = false
+    private var closing = false
     private let record: TunnelRecord
     private let isClientSide: Bool
+    private let lingerTimeout: TimeAmount
 
-    private init(record: TunnelRecord, isClientSide: Bool) {
+    private init(record: TunnelRecord, isClientSide: Bool, lingerTimeout: TimeAmount) {
         self.record = record
         self.isClientSide = isClientSide
+        self.lingerTimeout = lingerTimeout
     }
 
-    static func matchedPair(record: TunnelRecord) -> (client: TunnelGlueHandler, upstream: TunnelGlueHandler) {
-        let client = TunnelGlueHandler(record: record, isClientSide: true)
-        let upstream = TunnelGlueHandler(record: record, isClientSide: false)
+    static func matchedPair(
+        record: TunnelRecord, lingerTimeout: TimeAmount
+    ) -> (client: TunnelGlueHandler, upstream: TunnelGlueHandler) {
+        let client = TunnelGlueHandler(record: record, isClientSide: true, lingerTimeout: lingerTimeout)
+        let upstream = TunnelGlueHandler(record: record, isClientSide: false, lingerTimeout: lingerTimeout)
         client.partner = upstream
         upstream.partner = client
         return (client, upstream)
@@ -92,12 +100,44 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func partnerInputClosed() {
-        // The other side will send no more: pass the EOF on as a write shutdown.
-        self.context?.close(mode: .output, promise: nil)
+        guard let context = self.context else { return }
+        if self.inputClosed {
+            // Both directions are done. NIO would turn a write shutdown here into a full close
+            // at once, dropping what is still queued.
+            self.closeAfterFlushing(context: context)
+        } else {
+            // The other side will send no more: pass the EOF on as a write shutdown (NIO
+            // shuts the socket's output once the queued writes are out).
+            context.close(mode: .output, promise: nil)
+        }
     }
 
     private func partnerClosed() {
-        self.context?.close(promise: nil)
+        guard let context = self.context else { return }
+        self.closeAfterFlushing(context: context)
+    }
+
+    /// Closes once everything queued on this side is written: an empty write completes after
+    /// all the writes before it. A peer that takes nothing gets `lingerTimeout`.
+    private func closeAfterFlushing(context: ChannelHandlerContext) {
+        guard !self.closing else { return }
+        self.closing = true
+        let fallback = context.eventLoop.assumeIsolated().scheduleTask(in: self.lingerTimeout) {
+            context.close(promise: nil)
+        }
+        context.writeAndFlush(self.wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
+            fallback.cancel()
+            context.close(promise: nil)
+        }
+    }
+
+    /// The client's EOF came before the tunnel was in place (with the bytes it sent first
+    /// already passed on): treat it as if it had arrived here.
+    func inputClosedBeforeTunnel() {
+        guard !self.inputClosed, let context = self.context else { return }
+        self.inputClosed = true
+        self.partner?.partnerInputClosed()
+        if self.partner?.inputClosed ?? true { self.closeAfterFlushing(context: context) }
     }
 
     private var partnerWritable: Bool { self.context?.channel.isWritable ?? false }
@@ -133,7 +173,7 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let event = event as? ChannelEvent, event == .inputClosed {
             self.inputClosed = true
             self.partner?.partnerInputClosed()
-            if self.partner?.inputClosed ?? true { context.close(promise: nil) }
+            if self.partner?.inputClosed ?? true { self.closeAfterFlushing(context: context) }
             return
         }
         if event is IdleStateHandler.IdleStateEvent {

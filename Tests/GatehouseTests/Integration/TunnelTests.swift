@@ -1,4 +1,3 @@
-import Foundation
 import Gatehouse
 import GatehouseTesting
 import NIOSSL
@@ -93,6 +92,39 @@ struct TunnelTests {
             let records = await proxy.waitForRecords(count: 1)
             #expect(records.first?.bytesIn == 10)
             #expect(records.first?.reason == .tunnel)
+        }
+    }
+
+    @Test(
+        "a client that half-closed and reads slowly gets every byte the origin sent before closing",
+        arguments: [false, true])
+    func halfClosedSlowReader(waitForTunnel: Bool) async throws {
+        let size = 8 * 1024 * 1024
+        let origin = try await RawOrigin.start(.respondAndClose(String(repeating: "x", count: size)))
+        defer { Task { await origin.stop() } }
+        try await withTunnelProxy(toPort: origin.port) { proxy in
+            let client = try await RawClient.connect(port: proxy.port, reading: false)
+            // The request rides behind the CONNECT head; then the client is done sending, at
+            // once (its EOF arrives before the tunnel is in place) or once the tunnel is up.
+            try await client.send(
+                "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+                    + "GET / HTTP/1.1\r\n\r\n")
+            if waitForTunnel { try await Task.sleep(for: .milliseconds(300)) }
+            try await client.closeOutput()
+            // Not reading for a moment: the origin sends what the buffers take, and the proxy
+            // holds the rest for the client.
+            try await Task.sleep(for: .milliseconds(500))
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(20)
+            while (client.bodyByteCount ?? 0) < size, clock.now < deadline {
+                client.readSome()
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            #expect(client.bodyByteCount == size)
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.first?.reason == .tunnel)
+            #expect(records.first?.bytesOut == client.byteCount)
+            await client.close()
         }
     }
 }
