@@ -56,9 +56,9 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
         bytes.append(UInt8(ascii: " "))
         bytes.append(contentsOf: e.method.utf8)
         bytes.append(UInt8(ascii: " "))
-        bytes.append(contentsOf: e.target.utf8)
+        appendEscaped(e.target, keepingPercent: true, to: &bytes)
         bytes.append(UInt8(ascii: " "))
-        if let user = e.user { bytes.append(contentsOf: user.utf8) } else { bytes.append(UInt8(ascii: "-")) }
+        if let user = e.user { appendEscaped(user, keepingPercent: false, to: &bytes) } else { bytes.append(UInt8(ascii: "-")) }
         if let upstream = e.upstream {
             appendStatic(" HIER_DIRECT/", to: &bytes)
             bytes.append(contentsOf: upstream.utf8)
@@ -67,6 +67,41 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
         }
         appendStatic(" - reason=", to: &bytes)
         bytes.append(contentsOf: e.reason.rawValue.utf8)
+    }
+
+    /// Text the client chose (the user name from its credentials, the request target), made
+    /// safe for a space-separated line: every byte outside visible ASCII, and `"`, becomes
+    /// `%XX`, as Squid escapes these fields. Without it a user name such as
+    /// `x\n1764477600.000 … reason=forwarded` would forge a log line, and escape sequences
+    /// would reach the terminal of whoever reads the log. A user name's `%` is escaped too,
+    /// so the name can be recovered exactly (`j%C3%BCrgen` is `jürgen`); a URL keeps its
+    /// own `%XX` escapes as they are.
+    static func appendEscaped(_ text: String, keepingPercent: Bool, to bytes: inout [UInt8]) {
+        let utf8 = text.utf8
+        if !utf8.contains(where: { needsEscape($0, keepingPercent: keepingPercent) }) {
+            bytes.append(contentsOf: utf8)
+            return
+        }
+        let hex: StaticString = "0123456789ABCDEF"
+        for byte in utf8 {
+            if needsEscape(byte, keepingPercent: keepingPercent) {
+                bytes.append(UInt8(ascii: "%"))
+                bytes.append(hex.utf8Start[Int(byte >> 4)])
+                bytes.append(hex.utf8Start[Int(byte & 0x0F)])
+            } else {
+                bytes.append(byte)
+            }
+        }
+    }
+
+    private static func needsEscape(_ byte: UInt8, keepingPercent: Bool) -> Bool {
+        byte <= 0x20 || byte >= 0x7F || byte == UInt8(ascii: "\"") || (byte == UInt8(ascii: "%") && !keepingPercent)
+    }
+
+    static func escaped(_ text: String, keepingPercent: Bool) -> String {
+        var bytes: [UInt8] = []
+        appendEscaped(text, keepingPercent: keepingPercent, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     private static func appendStatic(_ text: StaticString, to bytes: inout [UInt8]) {
@@ -109,7 +144,8 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
     }
 
     private static func commonLine(_ e: AccessLogEntry) -> String {
-        "\(clientHost(e.client)) - \(e.user ?? "-") [\(commonTime(e.timestamp))] \"\(e.method) \(e.target) \(e.version)\" "
+        "\(clientHost(e.client)) - \(e.user.map { escaped($0, keepingPercent: false) } ?? "-") [\(commonTime(e.timestamp))] "
+            + "\"\(e.method) \(escaped(e.target, keepingPercent: true)) \(e.version)\" "
             + "\(e.status) \(e.bytesOut) reason=\(e.reason.rawValue)"
     }
 

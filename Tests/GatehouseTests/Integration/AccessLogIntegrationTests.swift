@@ -5,6 +5,9 @@ import Testing
 
 @Suite("Access log on the wire")
 struct AccessLogIntegrationTests {
+    /// What a user name would add to the log if it were written raw.
+    static let forged = "1764477600.000      1 10.0.0.9 TCP_MISS/200 1 GET http://forged/ admin HIER_NONE/- - reason=forwarded"
+
     @Test("exactly one line per response, each with its status and reason, and never the password", arguments: AccessLogFormat.allCases)
     func oneLinePerResponse(format: AccessLogFormat) async throws {
         let origin = try await TestOrigin.start()
@@ -21,7 +24,8 @@ struct AccessLogIntegrationTests {
             let base = "http://127.0.0.1:\(origin.port)"
             try await client.send(
                 "GET \(base)/hello HTTP/1.1\r\nHost: x\r\n\r\n"  // 407
-                    + "GET \(base)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic \(Data("\(TestUser.name):wrong-\(TestUser.password)".utf8).base64EncodedString())\r\n\r\n"  // 407
+                    // 407; the user name tries to forge a second line
+                    + "GET \(base)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic \(Data("\(TestUser.name)\n\(Self.forged):wrong-\(TestUser.password)".utf8).base64EncodedString())\r\n\r\n"
                     + "GET http://\(TestUser.name):\(TestUser.password)@127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"  // 200, userinfo in URL
                     + "CONNECT 127.0.0.1:1 HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"  // 403
                     + "GET / HTTP/1.1\r\nHost: x\r\n\r\n"  // 400 origin form
@@ -51,6 +55,8 @@ struct AccessLogIntegrationTests {
             #expect(line.contains("\(status)"), "\(line)")
             #expect(line.contains(reason), "\(line)")
         }
+        #expect(!lines.contains { $0.hasPrefix("1764477600.000") })
+        if format != .json { #expect(lines[1].contains(" \(TestUser.name)%0A1764477600.000%20"), "\(lines[1])") }
         #expect(lines[2].contains("http://127.0.0.1:\(origin.port)/hello"))
         #expect(lines[6].contains("CONNECT"))
         if format == .json {

@@ -35,6 +35,23 @@ struct AccessLogFormatTests {
         #expect(AccessLogFormat.squid.format(entry).hasPrefix("1764477600.007      0 - TCP_MISS/200 0 GET "))
     }
 
+    @Test("squid and common: a user name or target cannot forge a line or reach the terminal", arguments: [
+        AccessLogFormat.squid, .common,
+    ])
+    func escaping(format: AccessLogFormat) {
+        var entry = Self.entry
+        entry.user = "ev il\n1764477600.000      1 10.0.0.1 TCP_MISS/200 1 GET http://x/ admin \u{1B}[31m%\""
+        entry.target = "http://example.com/a\"b%20c\u{7F}é"
+        let line = format.format(entry)
+        #expect(!line.contains("\n") && !line.contains("\u{1B}") && !line.contains("\u{7F}"))
+        #expect(line.contains(" ev%20il%0A1764477600.000%20%20%20%20%20%201%2010.0.0.1%20TCP_MISS/200%201%20GET%20http://x/%20admin%20%1B[31m%25%22 "))
+        #expect(line.contains("http://example.com/a%22b%20c%7F%C3%A9"))
+        // Plain names and targets are untouched; a UTF-8 name stays recoverable.
+        entry.user = "jürgen"
+        #expect(format.format(entry).contains(" j%C3%BCrgen "))
+        #expect(format.format(Self.entry).contains(" demo ") && format.format(Self.entry).contains("http://example.com/ "))
+    }
+
     @Test("common: NCSA layout with the reason appended")
     func common() {
         #expect(AccessLogFormat.common.format(Self.entry)
