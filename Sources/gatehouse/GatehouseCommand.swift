@@ -180,7 +180,7 @@ struct ServeCommand: AsyncParsableCommand {
 
         let accessLog: AccessLog
         do {
-            accessLog = try AccessLog(destination: settings.accessLog, format: settings.logFormat)
+            accessLog = try AccessLog(destination: settings.accessLog, format: settings.logFormat, logger: logger)
         } catch {
             throw CommandError(error.description)
         }

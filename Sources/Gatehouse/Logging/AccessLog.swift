@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
@@ -38,7 +39,11 @@ public final class AccessLog: Sendable {
     static let batchLimit = 512
 
     /// Opens the destination; a file is opened for appending and created with mode 0640.
-    public init(destination: Destination, format: AccessLogFormat, observer: Observer? = nil) throws(ConfigurationError) {
+    /// Write failures (a full disk, a closed pipe) are reported to `logger`: once when lines
+    /// start to be lost, once when writing works again, with the count lost in between.
+    public init(
+        destination: Destination, format: AccessLogFormat, logger: Logger? = nil, observer: Observer? = nil
+    ) throws(ConfigurationError) {
         self.observer = observer
         let fd: Int32
         switch destination {
@@ -56,8 +61,11 @@ public final class AccessLog: Sendable {
             self.path = path
         }
         self.enabled = destination != .none
-        self.writer = self.enabled ? Writer(descriptor: fd, format: format, ownsDescriptor: self.path != nil) : nil
+        self.writer = self.enabled ? Writer(descriptor: fd, format: format, ownsDescriptor: self.path != nil, logger: logger) : nil
     }
+
+    /// Lines that could not be written since the log was opened.
+    public var linesLost: Int { self.writer?.linesLost ?? 0 }
 
     deinit {
         self.writer?.stop()
@@ -92,6 +100,12 @@ public final class AccessLog: Sendable {
 
         private let format: AccessLogFormat
         private let ownsDescriptor: Bool
+        private let logger: Logger?
+        private let lost = NIOLockedValueBox(0)
+        /// Guarded by `writeLock`: lines lost in the current failure episode, and whether the
+        /// file ends in a partly written line.
+        private var failing: (lines: Int, error: Int32)?
+        private var midLine = false
         /// Guarded by `writeLock`, which also keeps whole batches in order.
         private var descriptor: Int32
         private var bytes: [UInt8] = []
@@ -103,10 +117,11 @@ public final class AccessLog: Sendable {
         private let wake = ConditionLock(value: 0)
         private let finished = DispatchSemaphore(value: 0)
 
-        init(descriptor: Int32, format: AccessLogFormat, ownsDescriptor: Bool) {
+        init(descriptor: Int32, format: AccessLogFormat, ownsDescriptor: Bool, logger: Logger?) {
             self.descriptor = descriptor
             self.format = format
             self.ownsDescriptor = ownsDescriptor
+            self.logger = logger
             let thread = Thread { [self] in self.run() }
             thread.name = "gatehouse-access-log"
             thread.start()
@@ -179,11 +194,15 @@ public final class AccessLog: Sendable {
             }
             guard !batch.isEmpty else { return }
             self.bytes.removeAll(keepingCapacity: true)
+            // After a failure that cut a line, start on a fresh one.
+            let prefix = self.midLine ? 1 : 0
+            if self.midLine { self.bytes.append(UInt8(ascii: "\n")) }
             for entry in batch {
                 self.format.append(entry, to: &self.bytes)
                 self.bytes.append(UInt8(ascii: "\n"))
             }
             var offset = 0
+            var failure: Int32?
             while offset < self.bytes.count {
                 let written = self.bytes.withUnsafeBytes { buffer -> Int in
                     guard let base = buffer.baseAddress else { return 0 }
@@ -191,11 +210,40 @@ public final class AccessLog: Sendable {
                 }
                 if written < 0 {
                     if errno == EINTR { continue }
-                    break  // The log is best effort once open; the proxy keeps serving.
+                    failure = errno
+                    break
                 }
                 offset += written
             }
+            self.account(failure: failure, written: offset, prefix: prefix)
             if self.bytes.capacity > 1 << 16 { self.bytes = [] }
+        }
+
+        var linesLost: Int { self.lost.withLockedValue { $0 } }
+
+        /// The proxy keeps serving when its log cannot be written; the operator hears of it
+        /// once per episode rather than once per line.
+        private func account(failure: Int32?, written: Int, prefix: Int) {
+            guard let failure else {
+                self.midLine = false
+                if let episode = self.failing {
+                    self.failing = nil
+                    self.logger?.notice(
+                        "access log writable again", metadata: ["lines_lost": "\(episode.lines)"])
+                }
+                return
+            }
+            let lines = self.bytes[max(written, prefix)...].reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
+            if written > 0 { self.midLine = self.bytes[written - 1] != UInt8(ascii: "\n") }
+            self.lost.withLockedValue { $0 += lines }
+            if let episode = self.failing {
+                self.failing = (episode.lines + lines, episode.error)
+            } else {
+                self.failing = (lines, failure)
+                self.logger?.error(
+                    "access log write failed; lines are being lost until it works again",
+                    metadata: ["error": "\(String(cString: strerror(failure)))"])
+            }
         }
     }
 }
