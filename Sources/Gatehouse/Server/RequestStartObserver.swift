@@ -7,6 +7,10 @@ import NIOCore
 /// there. This handler sees raw bytes, tells the connection handler when a new request begins,
 /// and lets it write a raw `408` that does not disturb the HTTP handlers' own bookkeeping
 /// (there is no request for the 408 to answer, as far as they know).
+///
+/// Being the first handler, it also holds back two events the HTTP handlers would act on too
+/// early: the client's EOF while a `CONNECT` awaits its tunnel, and graceful shutdown while a
+/// response tail is still queued.
 final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -70,6 +74,17 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if self.holdsEndOfInput, let event = event as? ChannelEvent, event == .inputClosed {
             self.heldEndOfInput = true
+            return
+        }
+        if event is ChannelShouldQuiesceEvent,
+            let queued = try? context.channel.syncOptions?.getOption(.bufferedWritableBytes), queued > 0
+        {
+            // Graceful shutdown: HTTPServerPipelineHandler closes an idle connection at once,
+            // which would drop a response tail still queued for a slow reader. An empty write
+            // completes once everything before it is written; the drain timeout bounds the wait.
+            context.writeAndFlush(NIOAny(ByteBuffer())).assumeIsolated().whenComplete { _ in
+                context.fireUserInboundEventTriggered(event)
+            }
             return
         }
         context.fireUserInboundEventTriggered(event)

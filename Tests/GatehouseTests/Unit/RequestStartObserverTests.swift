@@ -35,4 +35,54 @@ struct RequestStartObserverTests {
         #expect(observer.sawPipelinedBytes, "bytes while a complete request awaits its response")
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
+
+    /// Notes the user events that get past the observer, and how many bytes were still
+    /// queued (unwritten) when each arrived.
+    final class EventCatcher: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        var events: [(event: String, queued: Int)] = []
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            let queued = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? -1
+            self.events.append(("\(event)", queued))
+        }
+    }
+
+    @Test("a client's EOF is held while a CONNECT awaits its tunnel, and released if it is refused")
+    func heldEndOfInput() throws {
+        let observer = RequestStartObserver()
+        let catcher = EventCatcher()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandlers([observer, catcher])
+
+        observer.holdsEndOfInput = true
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(catcher.events.isEmpty, "held back from the HTTP decoder")
+        #expect(observer.heldEndOfInput)
+        observer.releaseEndOfInput()
+        #expect(catcher.events.map(\.event) == ["\(ChannelEvent.inputClosed)"])
+        #expect(!observer.heldEndOfInput)
+        // Not holding: it passes straight on.
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(catcher.events.count == 2)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("graceful shutdown reaches the HTTP handlers only once a queued response tail is written")
+    func quiesceAfterQueuedBytes() throws {
+        let observer = RequestStartObserver()
+        let catcher = EventCatcher()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandlers([observer, catcher])
+        channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 1), promise: nil)
+
+        // Nothing queued: straight on.
+        channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        #expect(catcher.events.map(\.queued) == [0])
+        // A tail still queued (written, not yet out): the event follows it.
+        channel.write(ByteBuffer(string: "tail of a response"), promise: nil)
+        channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        #expect(catcher.events.map(\.queued) == [0, 0], "\(catcher.events)")
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "tail of a response"))
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
 }
