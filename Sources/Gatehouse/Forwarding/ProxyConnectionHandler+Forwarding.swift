@@ -123,7 +123,8 @@ extension ProxyConnectionHandler {
         }
         self.bufferedBody.removeAll()
         if complete {
-            handler.send(.end(nil))
+            handler.send(.end(self.exchange?.bufferedTrailers))
+            self.exchange?.bufferedTrailers = nil
             handler.requestFinished()
         }
         handler.flush()
@@ -226,7 +227,9 @@ extension ProxyConnectionHandler {
         }
     }
 
-    func upstreamResponseEnd() {
+    /// The origin's response is complete; `trailers` are its trailer fields, already filtered
+    /// (NIO's encoder writes them only if the client's response is chunked).
+    func upstreamResponseEnd(trailers: HTTPHeaders? = nil) {
         guard let context = self.context, let exchange = self.exchange, self.machine.responseStarted else { return }
         self.upstream = nil
         self.exchange = nil
@@ -236,11 +239,11 @@ extension ProxyConnectionHandler {
         if action == .awaitNextRequest { self.awaitRequest(context: context) }
         self.clientFlushPending = false
         if action == .close {
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            context.writeAndFlush(self.wrapOutboundOut(.end(trailers))).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
             }
         } else {
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
         }
         self.resumeReadingIfPossible()
     }

@@ -24,6 +24,8 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Whether the response in progress leaves the connection reusable (see ``UpstreamPool``).
     private var responseKeepsAlive = false
     private var requestIsHead = false
+    /// Field names the response's `Connection` listed, kept for a chunked body's trailers.
+    private var responseConnectionOptions: [String] = []
     private let pool: UpstreamPool
     let key: UpstreamPool.Key
     /// Since when the origin's silence counts: the later of its last bytes and the moment the
@@ -243,19 +245,22 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch part {
         case .head(let head):
             if head.status.code / 100 != 1 {
-                let framed = head.headers.contains(name: "content-length")
-                    || head.headers["transfer-encoding"].last?.lowercased() == "chunked"
-                    || head.status.code == 204 || head.status.code == 304 || self.requestIsHead
+                let hasLength = head.headers.contains(name: "content-length")
+                let chunked = !hasLength && head.headers["transfer-encoding"].last?.lowercased() == "chunked"
+                let framed = hasLength || chunked || head.status.code == 204 || head.status.code == 304 || self.requestIsHead
                 self.responseKeepsAlive = head.isKeepAlive && head.version == .http1_1 && framed
+                // Only a chunked body can end in trailers.
+                self.responseConnectionOptions = chunked ? head.headers.connectionOptionNames() : []
             }
             client.upstreamResponseHead(head)
         case .body(let buffer):
             client.upstreamResponseBody(buffer)
-        case .end:
+        case .end(let trailers):
             let reusable = self.responseKeepsAlive && self.requestSent
             self.client = nil
             self.readsPaused = false
-            client.upstreamResponseEnd()
+            client.upstreamResponseEnd(
+                trailers: trailers.flatMap { $0.forwardableTrailers(connectionOptions: self.responseConnectionOptions) })
             if reusable && context.channel.isActive {
                 self.quietSince = .now()
                 self.pool.release(self, key: self.key)

@@ -32,9 +32,9 @@ enum FieldKind: Equatable {
         case 3: return name.equalsLowercased("via") ? .via : .other
         case 4: return name.equalsLowercased("host") ? .host : .other
         case 6: return name.equalsLowercased("expect") ? .expect : .other
-        case 7:
-            if name.equalsLowercased("trailer") || name.equalsLowercased("upgrade") { return .hopByHop }
-            return .other
+        // `Trailer` is end-to-end: it announces the trailer fields (RFC 9110 §6.6.2), and is not
+        // in §7.6.1's list of fields to remove (RFC 2616 listed a `Trailers` there by mistake).
+        case 7: return name.equalsLowercased("upgrade") ? .hopByHop : .other
         case 10:
             if name.equalsLowercased("connection") { return .connection }
             return name.equalsLowercased("keep-alive") ? .hopByHop : .other
@@ -122,6 +122,21 @@ extension HTTPHeaders {
     private static func isPlainKeepAliveOrClose(_ value: String) -> Bool {
         var value = value
         return value.withUTF8 { $0.equalsLowercased("keep-alive") || $0.equalsLowercased("close") }
+    }
+
+    /// The trailer fields an intermediary passes on (RFC 9110 §6.5): none that is hop-by-hop
+    /// (the fixed list, and `connectionOptions`, the names the message's `Connection` field
+    /// listed: §7.6.1 removes "header or trailer fields" of those names), and none of the
+    /// framing, routing or proxy-credential fields that a trailer section may not carry
+    /// (§6.5.1), so a client cannot slip `Proxy-Authorization` to the origin in one. nil when
+    /// nothing is left.
+    func forwardableTrailers(connectionOptions: [String]) -> HTTPHeaders? {
+        var kept: [(String, String)] = []
+        for (name, value) in self where FieldKind(name) == .other {
+            if !connectionOptions.isEmpty && connectionOptions.contains(name.lowercased()) { continue }
+            kept.append((name, value))
+        }
+        return kept.isEmpty ? nil : HTTPHeaders(kept)
     }
 
     /// Removes every hop-by-hop field: the fixed list and every field named in `Connection`

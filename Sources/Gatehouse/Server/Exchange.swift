@@ -22,6 +22,10 @@ final class Exchange {
     /// one if that connection turns out to be dead (kept here, not on the connection, so an
     /// idle connection holds none of it).
     var replay: (head: HTTPRequestHead, uri: AbsoluteURI)?
+    /// Field names the request's `Connection` listed, kept for a chunked upload's trailers.
+    var requestConnectionOptions: [String] = []
+    /// The upload's trailer fields, while the origin connection is still being made.
+    var bufferedTrailers: HTTPHeaders?
 
     init(head: HTTPRequestHead, target: String, fields: RequestFields) {
         self.method = head.method.rawValue

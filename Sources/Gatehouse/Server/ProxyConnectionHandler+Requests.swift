@@ -21,6 +21,10 @@ extension ProxyConnectionHandler {
         // as if it were a web server learns what it is talking to.
         let fields = RequestFields(head.headers)
         let exchange = Exchange(head: head, target: Self.logTarget(head.uri), fields: fields)
+        if !fields.transferEncodings.isEmpty {
+            // A chunked upload may end in trailers: the same Connection options apply to them.
+            exchange.requestConnectionOptions = head.headers.connectionOptionNames()
+        }
         if head.version.major != 1 {
             self.exchange = exchange
             return self.answer(.versionNotSupported, context: context, close: true)

@@ -149,14 +149,18 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             case .forwardBody: self.upstream?.send(.body(.byteBuffer(buffer)))
             default: break
             }
-        case .end:
+        case .end(let trailers):
             self.observer.requestComplete = true
+            let forwarded = trailers.flatMap {
+                $0.forwardableTrailers(connectionOptions: self.exchange?.requestConnectionOptions ?? [])
+            }
             switch self.machine.requestEndReceived() {
             case .bufferBody:
                 self.bufferedEnd = true
+                self.exchange?.bufferedTrailers = forwarded
                 if let exchange = self.exchange, exchange.isConnect { self.connectRequestCompleted(context: context) }
             case .forwardEnd:
-                self.upstream?.send(.end(nil), flush: true)
+                self.upstream?.send(.end(forwarded), flush: true)
                 self.upstream?.requestFinished()
             case .awaitNextRequest:
                 if self.replaceDecoderOnRequestEnd {

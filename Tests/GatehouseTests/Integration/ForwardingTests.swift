@@ -204,4 +204,32 @@ struct ForwardingTests {
             await client.close()
         }
     }
+
+    @Test("trailer fields pass end to end in both directions; hop-by-hop and credential trailers do not")
+    func trailers() async throws {
+        let origin = try await RawOrigin.start(.captureUntil(
+            "\r\n0\r\n",
+            then: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nConnection: X-Resp-Hop\r\n\r\n"
+                + "2\r\nok\r\n0\r\nX-Sum: 42\r\nX-Resp-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "POST http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n"
+                    + "Transfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: X-Hop\r\n\r\n"
+                    + "3\r\nabc\r\n0\r\nX-Checksum: abc\r\nProxy-Authorization: \(TestUser.basic)\r\nX-Hop: 1\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("\r\n\r\n") && $0.contains("\r\n0\r\n") }
+            // The origin saw the upload's end-to-end trailer, and neither the field its
+            // Connection named nor the proxy credentials a trailer tried to carry.
+            let request = origin.received.first ?? ""
+            #expect(request.hasSuffix("3\r\nabc\r\n0\r\nX-Checksum: abc\r\n\r\n"), "\(request)")
+            #expect(request.contains("Trailer: X-Checksum\r\n"))
+            // The client got the response's trailer (and its Trailer announcement) but not
+            // the hop-by-hop ones.
+            #expect(text.contains("Trailer: X-Sum\r\n"))
+            #expect(text.hasSuffix("2\r\nok\r\n0\r\nX-Sum: 42\r\n\r\n"), "\(text)")
+            #expect(proxy.records.map(\.reason) == [.forwarded])
+            await client.close()
+        }
+    }
 }

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -16,26 +17,37 @@ final class RawOrigin: Sendable {
         /// connection open; close without answering any later request on it (a keep-alive
         /// connection that went stale).
         case keepAliveOnce(String)
+        /// Read until the first string has arrived and a blank line after it (the last chunk
+        /// of a chunked body and its trailers), then send the second and close.
+        /// ``received`` has what arrived.
+        case captureUntil(String, then: String)
     }
 
     let channel: Channel
+    private let captured: NIOLockedValueBox<[String]>
     var port: Int { self.channel.localAddress?.port ?? 0 }
+    /// What each `captureUntil` connection received, in order.
+    var received: [String] { self.captured.withLockedValue { $0 } }
 
-    private init(channel: Channel) { self.channel = channel }
+    private init(channel: Channel, captured: NIOLockedValueBox<[String]>) {
+        self.channel = channel
+        self.captured = captured
+    }
 
     static func start(_ behaviour: Behaviour, onConnection: (@Sendable () -> Void)? = nil) async throws -> RawOrigin {
+        let captured = NIOLockedValueBox<[String]>([])
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     onConnection?()
-                    try channel.pipeline.syncOperations.addHandler(ScriptHandler(behaviour: behaviour))
+                    try channel.pipeline.syncOperations.addHandler(ScriptHandler(behaviour: behaviour, captured: captured))
                 }
             }
             .bind(host: "127.0.0.1", port: 0)
             .get()
-        return RawOrigin(channel: channel)
+        return RawOrigin(channel: channel, captured: captured)
     }
 
     func stop() async { try? await self.channel.close() }
@@ -44,15 +56,31 @@ final class RawOrigin: Sendable {
         typealias InboundIn = ByteBuffer
         typealias OutboundOut = ByteBuffer
         let behaviour: Behaviour
+        let captured: NIOLockedValueBox<[String]>
         var received = ""
         var answered = false
 
-        init(behaviour: Behaviour) { self.behaviour = behaviour }
+        init(behaviour: Behaviour, captured: NIOLockedValueBox<[String]>) {
+            self.behaviour = behaviour
+            self.captured = captured
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var buffer = self.unwrapInboundIn(data)
             self.received += buffer.readString(length: buffer.readableBytes) ?? ""
             if case .respondOnEOF = self.behaviour { return }
+            if case .captureUntil(let marker, let reply) = self.behaviour {
+                guard !self.answered, let start = self.received.range(of: marker),
+                    self.received[start.upperBound...].contains("\r\n\r\n") || self.received.hasSuffix(marker + "\r\n")
+                else { return }
+                self.answered = true
+                let text = self.received
+                self.captured.withLockedValue { $0.append(text) }
+                context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: reply))).assumeIsolated().whenComplete { _ in
+                    context.close(promise: nil)
+                }
+                return
+            }
             if case .keepAliveOnce(let text) = self.behaviour {
                 guard self.received.contains("\r\n\r\n") else { return }
                 self.received = ""
@@ -73,7 +101,7 @@ final class RawOrigin: Sendable {
                 }
             case .respondAndHang(let text):
                 if !text.isEmpty { context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil) }
-            case .respondOnEOF, .keepAliveOnce:
+            case .respondOnEOF, .keepAliveOnce, .captureUntil:
                 break
             }
         }
