@@ -173,8 +173,12 @@ struct OperationsTests {
         try await Task.sleep(for: .milliseconds(500))
         proxy.signal(SIGTERM)
         #expect(await proxy.waitForLog("shutting down: draining connections"))
-        let refused = try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", "http://u:p@127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/hello"])
-        #expect(refused.body == "000", "no new connections while draining")
+        // Several tries: the kernel spreads new connections over the per-loop listeners by
+        // their ports, and every one of those listeners must be closed.
+        for _ in 0..<6 {
+            let refused = try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", "http://u:p@127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(refused.body == "000", "no new connections while draining")
+        }
         let result = try await download
         #expect(result.exitCode == 0, "\(result.stderr)")
         #expect(result.stdout.count == size)
@@ -267,7 +271,9 @@ struct OperationsTests {
         #expect(metrics.contains("gatehouse_responses_total{status=\"403\",reason=\"connect_port_denied\"} 0"))
         #expect(metrics.contains("gatehouse_auth_total{result=\"success\"} 2"))
         #expect(metrics.contains("gatehouse_auth_total{result=\"failure\"} 2"))
-        #expect(metrics.contains("gatehouse_upstream_connect_seconds_count 2"))
+        // One per origin connection: 1 or 2, as the two clients land on one event loop (and
+        // its pool) or on two.
+        #expect(metrics.contains("gatehouse_upstream_connect_seconds_count \(origin.connections)"), "\(origin.connections)")
         #expect(metrics.contains("gatehouse_bytes_total{direction=\"to_client\"}"))
         #expect(metrics.contains("gatehouse_active_connections"))
         #expect(metrics.contains("gatehouse_active_tunnels"))
