@@ -120,7 +120,6 @@ public final class GatehouseServer: Service, Sendable {
                             try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
                         }
                     }
-                    .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                     .childChannelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
                             try Self.configureClientPipeline(channel, shared: shared)
@@ -204,6 +203,7 @@ public final class GatehouseServer: Service, Sendable {
         // Set here rather than as bootstrap child options, which NIO applies one future at a
         // time: a new connection per request (S2) is where a proxy's fixed costs show.
         if let options = channel.syncOptions {
+            try options.setOption(.tcpOption(.tcp_nodelay), value: 1)
             try options.setOption(.allowRemoteHalfClosure, value: true)
             try options.setOption(.maxMessagesPerRead, value: 16)
             // NIO keeps each channel's last receive buffer for reuse, so its size is memory
