@@ -25,8 +25,16 @@ public struct CredentialStore: Sendable {
 
     public var isEmpty: Bool { self.hashes.isEmpty && self.inlinePasswords.isEmpty }
 
+    /// The longest password that is checked at all. apr1 hashes every byte of the password a
+    /// thousand times over, so a 20 KB password cost about 65 ms of CPU per attempt (as much as
+    /// a bcrypt check) for anyone who knows a user name. No htpasswd tool writes longer ones:
+    /// Apache's `htpasswd` refuses more than 256 bytes, bcrypt reads 72, libxcrypt's SHA-crypt
+    /// at most 512. Refused before the user is looked up, so it tells nothing about users.
+    public static let maximumPasswordBytes = 1_024
+
     /// Checks a user name and password. May run bcrypt: call it off the event loop.
     public func verify(user: String, password: String) -> Bool {
+        guard password.utf8.count <= Self.maximumPasswordBytes else { return false }
         if let inline = self.inlinePasswords[user] {
             return constantTimeEquals(Array(inline.utf8), Array(password.utf8))
         }

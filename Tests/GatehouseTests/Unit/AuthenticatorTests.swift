@@ -20,6 +20,20 @@ struct AuthenticatorTests {
         }
     }
 
+    @Test("a password over 1,024 bytes is refused unhashed, even where its hash would match")
+    func overlongPassword() throws {
+        let setting = Array("$apr1$abcdefgh$".utf8)
+        let edge = String(repeating: "x", count: CredentialStore.maximumPasswordBytes)
+        let long = edge + "x"
+        let edgeHash = try #require(PasswordHash.apr1(password: Array(edge.utf8), setting: setting))
+        let longHash = try #require(PasswordHash.apr1(password: Array(long.utf8), setting: setting))
+        let file = HtpasswdFile(contents: "edge:\(edgeHash)\nlong:\(longHash)\n", path: "test")
+        let store = CredentialStore(htpasswd: file, inlineUsers: ["inline": long])
+        #expect(store.verify(user: "edge", password: edge))
+        #expect(!store.verify(user: "long", password: long))
+        #expect(!store.verify(user: "inline", password: long))
+    }
+
     @Test("outcomes for each kind of header")
     func outcomes() async throws {
         let file = HtpasswdFile(contents: "carol:{SHA}" + "W6ph5Mm5Pz8GgiULbPgzG37mj9g=" + "\n", path: "t")
