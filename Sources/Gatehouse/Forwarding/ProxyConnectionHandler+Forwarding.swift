@@ -229,7 +229,7 @@ extension ProxyConnectionHandler {
 
     /// The origin's response is complete; `trailers` are its trailer fields, already filtered
     /// (NIO's encoder writes them only if the client's response is chunked).
-    func upstreamResponseEnd(trailers: HTTPHeaders? = nil) {
+    func upstreamResponseEnd(trailers: HTTPHeaders?) {
         guard let context = self.context, let exchange = self.exchange, self.machine.responseStarted else { return }
         self.upstream = nil
         self.exchange = nil
@@ -301,12 +301,7 @@ extension ProxyConnectionHandler {
         case .sendError:
             self.answer(reason, context: context)
         case .close:
-            if let exchange = self.exchange {
-                self.exchange = nil
-                self.shared.record(
-                    exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .upstreamTruncated), counts: self.counts)
-            }
-            context.close(promise: nil)
+            self.endExchangeAndClose(reason: .upstreamTruncated, context: context)
         case .ignore:
             break
         }

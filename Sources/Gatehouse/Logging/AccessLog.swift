@@ -101,9 +101,9 @@ public final class AccessLog: Sendable {
         private let format: AccessLogFormat
         private let ownsDescriptor: Bool
         private let logger: Logger?
-        private let lost = NIOLockedValueBox(0)
-        /// Guarded by `writeLock`: lines lost in the current failure episode, and whether the
-        /// file ends in a partly written line.
+        /// Guarded by `writeLock`: lines lost in all, lines lost in the current failure
+        /// episode, and whether the file ends in a partly written line.
+        private var lost = 0
         private var failing: (lines: Int, error: Int32)?
         private var midLine = false
         /// Guarded by `writeLock`, which also keeps whole batches in order.
@@ -219,7 +219,7 @@ public final class AccessLog: Sendable {
             if self.bytes.capacity > 1 << 16 { self.bytes = [] }
         }
 
-        var linesLost: Int { self.lost.withLockedValue { $0 } }
+        var linesLost: Int { self.writeLock.withLock { self.lost } }
 
         /// The proxy keeps serving when its log cannot be written; the operator hears of it
         /// once per episode rather than once per line.
@@ -235,7 +235,7 @@ public final class AccessLog: Sendable {
             }
             let lines = self.bytes[max(written, prefix)...].reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
             if written > 0 { self.midLine = self.bytes[written - 1] != UInt8(ascii: "\n") }
-            self.lost.withLockedValue { $0 += lines }
+            self.lost += lines
             if let episode = self.failing {
                 self.failing = (episode.lines + lines, episode.error)
             } else {

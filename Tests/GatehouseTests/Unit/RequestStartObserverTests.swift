@@ -47,12 +47,18 @@ struct RequestStartObserverTests {
         }
     }
 
-    @Test("a client's EOF is held while a CONNECT awaits its tunnel, and released if it is refused")
-    func heldEndOfInput() throws {
+    /// An observer with an event catcher behind it, on an embedded channel.
+    static func observed() throws -> (RequestStartObserver, EventCatcher, EmbeddedChannel) {
         let observer = RequestStartObserver()
         let catcher = EventCatcher()
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandlers([observer, catcher])
+        return (observer, catcher, channel)
+    }
+
+    @Test("a client's EOF is held while a CONNECT awaits its tunnel, and released if it is refused")
+    func heldEndOfInput() throws {
+        let (observer, catcher, channel) = try Self.observed()
 
         observer.holdsEndOfInput = true
         channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
@@ -69,10 +75,7 @@ struct RequestStartObserverTests {
 
     @Test("graceful shutdown reaches the HTTP handlers only once a queued response tail is written")
     func quiesceAfterQueuedBytes() throws {
-        let observer = RequestStartObserver()
-        let catcher = EventCatcher()
-        let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandlers([observer, catcher])
+        let (_, catcher, channel) = try Self.observed()
         channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 1), promise: nil)
 
         // Nothing queued: straight on.
