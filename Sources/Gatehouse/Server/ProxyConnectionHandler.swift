@@ -221,8 +221,22 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.parserError(parserError, context: context)
             return
         }
-        self.logger.debug("client connection error", metadata: ["error": "\(error)"])
+        self.logger.debug("client connection error", metadata: ["error": "\(Self.loggable(error))"])
         context.close(promise: nil)
+    }
+
+    /// An error as logged. NIO's decoder errors carry the raw bytes the client sent (their
+    /// description prints up to 1 KiB of them), which may hold its `Proxy-Authorization`:
+    /// only their kind and size are logged.
+    static func loggable(_ error: Error) -> String {
+        switch error {
+        case ByteToMessageDecoderError.dataReceivedInErrorState(let underlying, let data):
+            return "dataReceivedInErrorState(\(Self.loggable(underlying)), \(data.readableBytes) bytes)"
+        case ByteToMessageDecoderError.leftoverDataWhenDone(let data):
+            return "leftoverDataWhenDone(\(data.readableBytes) bytes)"
+        default:
+            return "\(error)"
+        }
     }
 
     // MARK: Helpers

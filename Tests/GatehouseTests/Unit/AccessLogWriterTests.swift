@@ -2,6 +2,8 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
 import Testing
 
 @Suite("Access log writer")
@@ -66,5 +68,19 @@ struct AccessLogWriterTests {
         let written = try String(contentsOfFile: real, encoding: .utf8)
         #expect(written.hasSuffix("http://x/5 u HIER_NONE/- - reason=forwarded\n"))
         #expect(written.split(separator: "\n").count == 1)
+    }
+
+    @Test("a decoder error holding the client's raw bytes is logged by kind and size, never its bytes")
+    func errorsWithClientBytes() {
+        let secret = "Proxy-Authorization: Basic YWxpY2U6czNjcmV0\r\n"
+        let bytes = ByteBuffer(string: secret)
+        let hex = bytes.readableBytesView.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        let raw = ByteToMessageDecoderError.dataReceivedInErrorState(HTTPParserError.invalidHeaderToken, bytes)
+        #expect("\(raw)".contains(hex), "NIO's own description shows the bytes (what this guards against)")
+        for error: Error in [raw, ByteToMessageDecoderError.leftoverDataWhenDone(bytes)] {
+            let logged = ProxyConnectionHandler.loggable(error)
+            #expect(!logged.contains("YWxpY2U6czNjcmV0") && !logged.contains(hex), "\(logged)")
+            #expect(logged.contains("\(secret.utf8.count) bytes"))
+        }
     }
 }
