@@ -12,8 +12,18 @@ final class OwnResponse: Sendable {
     let body: ByteBuffer
     /// Bytes the status line and fields take on the wire, for the access log.
     let headSize: Int
+    /// A prebuilt response as it goes on the wire (see `OwnResponseEncoder`): whole, and its
+    /// head alone for HEAD requests.
+    let encoded: Encoded?
+    let encodedHead: Encoded?
 
-    init(reason: ReasonCode, challenges: [String], closing: Bool, version: HTTPVersion, retryAfter: Int?) {
+    struct Encoded: Sendable {
+        var bytes: ByteBuffer
+        /// The head's field count, to recognise the head these bytes stand for.
+        var fieldCount: Int
+    }
+
+    init(reason: ReasonCode, challenges: [String], closing: Bool, version: HTTPVersion, retryAfter: Int?, prebuilt: Bool = false) {
         let message = reason.message + "\n"
         var body = ByteBufferAllocator().buffer(capacity: message.utf8.count)
         body.writeString(message)
@@ -37,6 +47,30 @@ final class OwnResponse: Sendable {
         self.head = HTTPResponseHead(version: .http1_1, status: reason.status, headers: headers)
         self.body = body
         self.headSize = self.head.wireSize
+        if prebuilt {
+            let head = Self.encode(self.head)
+            var whole = head
+            whole.writeImmutableBuffer(body)
+            self.encoded = Encoded(bytes: whole, fieldCount: self.head.headers.count)
+            self.encodedHead = Encoded(bytes: head, fieldCount: self.head.headers.count)
+        } else {
+            self.encoded = nil
+            self.encodedHead = nil
+        }
+    }
+
+    /// The head as NIO's encoder writes it (`ResponseWireSizeTests` compares the two).
+    private static func encode(_ head: HTTPResponseHead) -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: 256)
+        buffer.writeString("HTTP/\(head.version.major).\(head.version.minor) \(head.status.code) \(head.status.reasonPhrase)\r\n")
+        for (name, value) in head.headers {
+            buffer.writeString(name)
+            buffer.writeString(": ")
+            buffer.writeString(value)
+            buffer.writeString("\r\n")
+        }
+        buffer.writeString("\r\n")
+        return buffer
     }
 
     /// The response for every reason as sent on a kept-alive HTTP/1.1 connection (the usual
@@ -47,7 +81,7 @@ final class OwnResponse: Sendable {
         for reason in ReasonCode.allCases {
             responses[reason] = OwnResponse(
                 reason: reason, challenges: challenges, closing: false, version: .http1_1,
-                retryAfter: reason.defaultRetryAfter)
+                retryAfter: reason.defaultRetryAfter, prebuilt: true)
         }
         return responses
     }
@@ -97,6 +131,9 @@ extension ProxyConnectionHandler {
         // re-entrantly, during the write below): swap only once it is through.
         let swapDecoderNow = action == .awaitNextRequest && exchange.isConnect
         if action == .none && exchange.isConnect { self.replaceDecoderOnRequestEnd = true }
+        if let encoded = exchange.isHead ? response.encodedHead : response.encoded {
+            self.encoder.offerEncoded(encoded)
+        }
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         if !exchange.isHead {
             context.write(self.wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)

@@ -39,6 +39,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var clientIP = "-"
     var context: ChannelHandlerContext?
     let observer: RequestStartObserver
+    /// Writes the client's responses; prebuilt answers go out already encoded.
+    let encoder: OwnResponseEncoder
     var timer: NIOScheduledCallback?
     /// When the scheduled callback fires (nil: none is scheduled).
     var timerFiresAt: NIODeadline?
@@ -64,12 +66,13 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     let settings: ProxyContext.Snapshot
     var configuration: ProxyConfiguration { self.settings.configuration }
 
-    init(shared: ProxyContext, observer: RequestStartObserver, eventLoop: EventLoop) {
+    init(shared: ProxyContext, observer: RequestStartObserver, encoder: OwnResponseEncoder, eventLoop: EventLoop) {
         self.shared = shared
         self.counts = shared.metrics.counts(for: eventLoop)
         self.pool = shared.pools.value(for: eventLoop)
         self.settings = shared.snapshot
         self.observer = observer
+        self.encoder = encoder
     }
 
     // MARK: Channel events

@@ -77,7 +77,7 @@ extension ProxyConnectionHandler {
             // The HTTP handlers go first, in an order that never lets raw bytes reach a handler
             // expecting HTTP parts; the decoder goes last and hands us the bytes it held.
             pipeline.removeHandler(context: try pipeline.context(handlerType: HTTPServerPipelineHandler.self), promise: nil)
-            pipeline.removeHandler(context: try pipeline.context(handlerType: HTTPResponseEncoder.self), promise: nil)
+            pipeline.removeHandler(context: try pipeline.context(handlerType: OwnResponseEncoder.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: RequestStartObserver.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self), promise: nil)
             try pipeline.addHandler(IdleStateHandler(allTimeout: self.configuration.tunnelIdleTimeout))
