@@ -13,7 +13,7 @@ extension ProxyConnectionHandler {
         // never contacted at all.
         context.eventLoop.assumeIsolated().execute {
             guard self.context != nil, case .connecting = self.machine.state else { return }
-            self.connectUpstream(head, to: uri, replayable: !framed, context: context)
+            self.connectUpstream(head, to: uri, replayable: !framed && head.method.isIdempotent, context: context)
         }
     }
 
@@ -23,8 +23,10 @@ extension ProxyConnectionHandler {
         let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.configuration.viaPseudonym)
         let key = UpstreamPool.Key(host: uri.authority.host.lowercased(), port: uri.port)
         let pool = self.pool
-        // A request without a body may go out on an idle pooled connection: should that turn
-        // out to be dead, it can be replayed on a fresh one. Uploads always get a fresh one.
+        // An idempotent request without a body may go out on an idle pooled connection: should
+        // that turn out to be dead, it can be replayed on a fresh one. Anything else (uploads,
+        // a POST even without a body) must never be sent twice (RFC 9112 §9.3.1: a proxy MUST
+        // NOT automatically retry non-idempotent requests), so it always gets a fresh one.
         if reuse, replayable, let pooled = pool.take(key), let channel = pooled.channel {
             pooled.attach(client: self, isHead: head.method == .HEAD)
             self.exchange?.replay = (head, uri)
@@ -289,10 +291,9 @@ extension ProxyConnectionHandler {
     func upstreamFailed(reason: ReasonCode) {
         guard let context = self.context else { return }
         self.upstream = nil
-        if let replay = self.exchange?.replay, reason == .upstreamClosed || reason == .upstreamBadResponse,
-            self.machine.retryingUpstream()
-        {
-            // The pooled connection was already dead (the origin closed it while idle).
+        if let replay = self.exchange?.replay, reason == .upstreamClosed, self.machine.retryingUpstream() {
+            // The pooled connection was already dead (the origin closed it while idle). Not
+            // after a bad response: the origin received the request and answered it.
             self.exchange?.replay = nil
             self.logger.debug("reused origin connection failed; retrying on a new one", metadata: ["reason": "\(reason.rawValue)"])
             return self.connectUpstream(replay.head, to: replay.uri, replayable: true, context: context, reuse: false)

@@ -76,4 +76,42 @@ struct UpstreamPoolTests {
             await client.close()
         }
     }
+
+    @Test("a request that is not idempotent is never sent twice (RFC 9112 §9.3.1)")
+    func noRetryOfNonIdempotent() async throws {
+        // The origin answers GETs on a kept-alive connection and closes on a POST without
+        // answering it. A POST without a body must not ride a pooled connection it cannot be
+        // replayed from, nor be sent again on a fresh one.
+        let origin = try await RawOrigin.start(.keepAliveClosingOn(method: "POST", answer: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            for (i, method) in ["GET", "POST"].enumerated() {
+                try await client.send("\(method) http://127.0.0.1:\(origin.port)/\(i) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+                _ = await client.waitFor { statusCodes(in: $0).count == i + 1 }
+            }
+            #expect(statusCodes(in: client.text) == [200, 502], "\(client.text)")
+            await client.close()
+            #expect(origin.received.filter { $0.hasPrefix("POST ") }.count == 1, "\(origin.received)")
+            #expect(proxy.records.map(\.reason) == [.forwarded, .upstreamClosed])
+        }
+    }
+
+    @Test("a reused connection that answers with garbage is not retried: the origin got the request")
+    func noRetryAfterBadResponse() async throws {
+        let origin = try await RawOrigin.start(
+            .keepAliveOnce("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", thenSend: "NOT HTTP AT ALL\r\n\r\n"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            for i in 0..<2 {
+                try await client.send("GET http://127.0.0.1:\(origin.port)/\(i) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+                _ = await client.waitFor { statusCodes(in: $0).count == i + 1 }
+            }
+            #expect(statusCodes(in: client.text) == [200, 502], "\(client.text)")
+            #expect(origin.received == ["GET /0 HTTP/1.1", "GET /1 HTTP/1.1"])
+            #expect(proxy.records.map(\.reason) == [.forwarded, .upstreamBadResponse])
+            await client.close()
+        }
+    }
 }

@@ -15,8 +15,12 @@ final class RawOrigin: Sendable {
         case respondOnEOF
         /// Answer the first request on each connection with these bytes and keep the
         /// connection open; close without answering any later request on it (a keep-alive
-        /// connection that went stale).
-        case keepAliveOnce(String)
+        /// connection that went stale), after sending `thenSend` (garbage, say) if not empty.
+        /// ``received`` has each request line.
+        case keepAliveOnce(String, thenSend: String = "")
+        /// Answer every request with these bytes and keep the connection open, except requests
+        /// with `method`: close without answering them. ``received`` has each request line.
+        case keepAliveClosingOn(method: String, answer: String)
         /// Read until the first string has arrived and a blank line after it (the last chunk
         /// of a chunked body and its trailers), then send the second and close.
         /// ``received`` has what arrived.
@@ -26,7 +30,8 @@ final class RawOrigin: Sendable {
     let channel: Channel
     private let captured: NIOLockedValueBox<[String]>
     var port: Int { self.channel.localAddress?.port ?? 0 }
-    /// What each `captureUntil` connection received, in order.
+    /// What each `captureUntil` connection received, or the request lines of the keep-alive
+    /// behaviours, in order.
     var received: [String] { self.captured.withLockedValue { $0 } }
 
     private init(channel: Channel, captured: NIOLockedValueBox<[String]>) {
@@ -81,13 +86,25 @@ final class RawOrigin: Sendable {
                 }
                 return
             }
-            if case .keepAliveOnce(let text) = self.behaviour {
+            if case .keepAliveOnce(let text, let thenSend) = self.behaviour {
                 guard self.received.contains("\r\n\r\n") else { return }
-                self.received = ""
+                self.recordRequestLine()
                 if self.answered {
-                    context.close(promise: nil)
+                    context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: thenSend))).assumeIsolated().whenComplete { _ in
+                        context.close(promise: nil)
+                    }
                 } else {
                     self.answered = true
+                    context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil)
+                }
+                return
+            }
+            if case .keepAliveClosingOn(let method, let text) = self.behaviour {
+                guard self.received.contains("\r\n\r\n") else { return }
+                let line = self.recordRequestLine()
+                if line.hasPrefix(method + " ") {
+                    context.close(promise: nil)
+                } else {
                     context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil)
                 }
                 return
@@ -101,9 +118,18 @@ final class RawOrigin: Sendable {
                 }
             case .respondAndHang(let text):
                 if !text.isEmpty { context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil) }
-            case .respondOnEOF, .keepAliveOnce, .captureUntil:
+            case .respondOnEOF, .keepAliveOnce, .keepAliveClosingOn, .captureUntil:
                 break
             }
+        }
+
+        /// Notes the request line of the (bodyless) request received and starts on the next.
+        @discardableResult
+        private func recordRequestLine() -> String {
+            let line = String(self.received[..<(self.received.range(of: "\r\n")?.lowerBound ?? self.received.endIndex)])
+            self.received = ""
+            self.captured.withLockedValue { $0.append(line) }
+            return line
         }
 
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
