@@ -182,9 +182,19 @@ extension ProxyConnectionHandler {
         } else if hasLength && !hasCoding {
             // Content-Length framing passes through unchanged.
         } else {
+            // A transfer coding besides chunked (gzip, say) is part of the body's meaning, and
+            // NIO's encoder can only chunk a body whose Transfer-Encoding is exactly `chunked`:
+            // such a response cannot be passed on intact, so it is refused, as Squid does.
+            if hasCoding && !Self.isChunkedOnly(head.headers) {
+                self.upstream?.close()
+                self.upstream = nil
+                self.upstreamFailed(reason: .upstreamBadResponse)
+                return
+            }
             if hasLength || hasCoding { fields.removeAll { Self.isFraming($0.0) } }
             if exchange.version == .http1_1 {
                 fields.append(("Transfer-Encoding", "chunked"))
+                exchange.chunkedResponse = true
             } else {
                 // An HTTP/1.0 client cannot read chunked: the body ends when we close.
                 closeAfter = true
@@ -207,6 +217,13 @@ extension ProxyConnectionHandler {
         self.clientFlushPending = true
     }
 
+    /// The response's Transfer-Encoding is `chunked` alone, the only transfer coding Gatehouse
+    /// passes on (NIO's decoder removes it; the body is chunked anew or sent close-delimited).
+    static func isChunkedOnly(_ headers: HTTPHeaders) -> Bool {
+        let codings = headers[canonicalForm: "transfer-encoding"]
+        return codings.count == 1 && codings[0].lowercased() == "chunked"
+    }
+
     private static func isFraming(_ name: String) -> Bool {
         let kind = FieldKind(name)
         return kind == .contentLength || kind == .transferEncoding
@@ -214,8 +231,9 @@ extension ProxyConnectionHandler {
 
     func upstreamResponseBody(_ buffer: ByteBuffer) {
         guard let context = self.context, self.machine.responseStarted else { return }
-        self.exchange?.bytesOut += buffer.readableBytes
-        if self.exchange?.isHead == true { return }
+        guard let exchange = self.exchange, !exchange.isHead else { return }
+        exchange.bytesOut += buffer.readableBytes
+        if exchange.chunkedResponse { exchange.bytesOut += ChunkFraming.overhead(ofPart: buffer.readableBytes) }
         context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         self.clientFlushPending = true
     }
@@ -235,6 +253,7 @@ extension ProxyConnectionHandler {
         guard let context = self.context, let exchange = self.exchange, self.machine.responseStarted else { return }
         self.upstream = nil
         self.exchange = nil
+        if exchange.chunkedResponse { exchange.bytesOut += ChunkFraming.endSize(trailers: trailers) }
         self.shared.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .forwarded), counts: self.counts)
         // Decide first: writing `.end` may deliver the next pipelined request re-entrantly.
         let action = self.machine.responseEnded(keepAlive: !self.closeAfterResponse)
@@ -276,6 +295,9 @@ extension ProxyConnectionHandler {
     }
 
     /// Logs the exchange in progress (with the status already sent) and closes the connection.
+    /// What was written is flushed first: responses are flushed once per origin read, so a
+    /// fault in the same read as the head (a bad chunk size) would otherwise leave the client
+    /// an empty reply instead of a response it can see was cut short.
     private func endExchangeAndClose(reason: ReasonCode, context: ChannelHandlerContext) {
         if let exchange = self.exchange {
             self.exchange = nil
@@ -283,6 +305,7 @@ extension ProxyConnectionHandler {
                 exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: reason), counts: self.counts)
         }
         self.machine.connectionClosed()
+        context.flush()
         context.close(promise: nil)
     }
 

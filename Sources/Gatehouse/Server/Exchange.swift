@@ -18,6 +18,9 @@ final class Exchange {
     var status: Int = 0
     var isHead: Bool
     var isConnect: Bool
+    /// The response to the client is chunked by the proxy (for the byte count: chunk framing
+    /// is part of what was sent).
+    var chunkedResponse = false
     /// The request went out on a pooled origin connection and can be replayed once on a fresh
     /// one if that connection turns out to be dead (kept here, not on the connection, so an
     /// idle connection holds none of it).
@@ -81,6 +84,23 @@ func wallClockSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1_000_000_000
+}
+
+/// Bytes NIO's encoder adds around a body when it chunks it (RFC 9112 §7.1), for the access
+/// log: each non-empty part gets its size in hex and two CRLFs; the end is `0` CRLF, the
+/// trailer fields, and CRLF.
+enum ChunkFraming {
+    static func overhead(ofPart bytes: Int) -> Int {
+        guard bytes > 0 else { return 0 }
+        let hexDigits = (Int.bitWidth - bytes.leadingZeroBitCount + 3) / 4
+        return hexDigits + 4
+    }
+
+    static func endSize(trailers: HTTPHeaders?) -> Int {
+        var size = 5
+        for (name, value) in trailers ?? [:] { size += name.utf8.count + value.utf8.count + 4 }
+        return size
+    }
 }
 
 extension HTTPResponseHead {

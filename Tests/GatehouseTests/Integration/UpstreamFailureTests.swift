@@ -190,6 +190,26 @@ struct UpstreamFailureTests {
         }
     }
 
+    @Test("a broken chunk in the same read as the origin's head still reaches the client as a truncated response")
+    func brokenChunkWithHead() async throws {
+        // Head, one good chunk and a bad chunk size arrive in one read (the origin keeps the
+        // connection open). The response has started, so the client must see it cut short,
+        // not an empty reply: what was written must be flushed before the close.
+        let origin = try await RawOrigin.start(.respondAndHang("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\n"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(client.text)")
+            #expect(client.text.hasSuffix("\r\n\r\n5\r\nhello\r\n"), "no last chunk: the client knows it is cut short")
+            #expect(proxy.records.map(\.reason) == [.upstreamTruncated])
+            #expect(proxy.records.first?.bytesOut == client.text.utf8.count)
+            let curl = try await Curl.run(["-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/"])
+            #expect(curl.exitCode == 18 || curl.exitCode == 56, "a truncated transfer, not an empty reply (52): \(curl.stderr)")
+        }
+    }
+
     @Test("a close-delimited origin body is re-framed as chunked for an HTTP/1.1 client")
     func closeDelimited() async throws {
         let origin = try await RawOrigin.start(.respondAndClose("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil-close"))
@@ -203,6 +223,26 @@ struct UpstreamFailureTests {
             #expect(text.hasSuffix("0\r\n\r\n"))
             #expect(!client.isClosed)
             #expect(proxy.records.first?.reason == .forwarded)
+            #expect(proxy.records.first?.bytesOut == text.utf8.count, "chunk framing counted")
+            await client.close()
+        }
+    }
+
+    @Test("a transfer coding besides chunked gets 502: the body could not be passed on with its meaning")
+    func transferCodings() async throws {
+        let body = "5\r\nGZDAT\r\n0\r\n\r\n"
+        let gzipChunked = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" + body))
+        let chunkedGzip = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" + body))
+        defer { Task { await gzipChunked.stop(); await chunkedGzip.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            for (i, origin) in [gzipChunked, chunkedGzip].enumerated() {
+                try await client.send("GET http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+                _ = await client.waitFor { statusCodes(in: $0).count == i + 1 }
+            }
+            #expect(statusCodes(in: client.text) == [502, 502], "\(client.text)")
+            #expect(!client.text.contains("GZDAT"))
+            #expect(proxy.records.map(\.reason) == [.upstreamBadResponse, .upstreamBadResponse])
             await client.close()
         }
     }
