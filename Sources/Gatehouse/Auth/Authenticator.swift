@@ -25,7 +25,8 @@ public final class Authenticator: Sendable {
         case pending(EventLoopFuture<Outcome>)
     }
 
-    private let store: NIOLockedValueBox<CredentialStore>
+    /// The user list, and how many times it has been replaced.
+    private let store: NIOLockedValueBox<(list: CredentialStore, generation: Int)>
     public let cache: CredentialCache
     public let throttle: AuthThrottle
     private let threadPool: NIOThreadPool
@@ -38,20 +39,31 @@ public final class Authenticator: Sendable {
         store: CredentialStore, cacheTTL: TimeAmount, threadPool: NIOThreadPool,
         throttle: AuthThrottle.Limits = AuthThrottle.Limits(), maxPendingVerifications: Int = 256
     ) {
-        self.store = NIOLockedValueBox(store)
+        self.store = NIOLockedValueBox((store, 0))
         self.cache = CredentialCache(ttl: cacheTTL)
         self.throttle = AuthThrottle(limits: throttle)
         self.threadPool = threadPool
         self.maxPending = maxPendingVerifications
     }
 
-    /// Replaces the user list and clears the cache, so removed users lose access at once.
+    /// Replaces the user list and clears the cache, so removed users and old passwords lose
+    /// access at once: also those whose verification was already running (it is redone against
+    /// the new list, and its result is not cached under the old one), and requests arriving
+    /// now do not wait for such a verification.
     public func replaceStore(_ store: CredentialStore) {
-        self.store.withLockedValue { $0 = store }
-        self.cache.removeAll()
+        let generation = self.store.withLockedValue { current -> Int in
+            current = (store, current.generation + 1)
+            return current.generation
+        }
+        self.inFlight.withLockedValue { $0.removeAll() }
+        self.cache.removeAll(generation: generation)
     }
 
-    public var credentialStore: CredentialStore { self.store.withLockedValue { $0 } }
+    public var credentialStore: CredentialStore { self.store.withLockedValue { $0.list } }
+
+    /// How many attempts a verification makes while the user list keeps being replaced under
+    /// it, before it gives up (refused, as a wrong password).
+    static let verificationAttempts = 3
 
     /// Verifications waiting for or running on the hashing pool.
     public var pendingVerifications: Int { self.pending.withLockedValue { $0 } }
@@ -78,18 +90,31 @@ public final class Authenticator: Sendable {
         if let wait = self.throttle.retryAfter(client: client, user: credentials.user) {
             return .immediate(.refused(.authThrottled, retryAfter: wait, user: credentials.user))
         }
-        let store = self.credentialStore
+        let current = self.store
+        let store = current.withLockedValue { $0 }
         let cache = self.cache
         let throttle = self.throttle
         let check: @Sendable () -> Outcome = {
-            if store.verify(user: credentials.user, password: credentials.password) {
-                cache.insert(headerValue: value, user: credentials.user)
-                return .authenticated(user: credentials.user)
+            var list = store
+            for _ in 0..<Self.verificationAttempts {
+                let verified = list.list.verify(user: credentials.user, password: credentials.password)
+                let now = current.withLockedValue { $0 }
+                guard now.generation == list.generation else {
+                    // The users were replaced while this ran: its answer is about a list that
+                    // no longer applies. Check again against the current one.
+                    list = now
+                    continue
+                }
+                if verified {
+                    cache.insert(headerValue: value, user: credentials.user, generation: list.generation)
+                    return .authenticated(user: credentials.user)
+                }
+                break
             }
             throttle.recordFailure(client: client, user: credentials.user)
             return .rejected(.authInvalid, user: credentials.user)
         }
-        if store.isCheap(user: credentials.user) {
+        if store.list.isCheap(user: credentials.user) {
             return .immediate(check())
         }
         // The same header value already being verified (a client opening many connections at
@@ -107,7 +132,11 @@ public final class Authenticator: Sendable {
             return .pending(existing.hop(to: eventLoop))
         }
         let inFlight = self.inFlight
-        promise.futureResult.whenComplete { _ in inFlight.withLockedValue { $0[key] = nil } }
+        let mine = promise.futureResult
+        promise.futureResult.whenComplete { _ in
+            // Only its own entry: after a reload the key may belong to a newer verification.
+            inFlight.withLockedValue { if $0[key] === mine { $0[key] = nil } }
+        }
         let admitted = self.pending.withLockedValue { pending -> Bool in
             guard pending < self.maxPending else { return false }
             pending += 1

@@ -25,7 +25,14 @@ public final class CredentialCache: Sendable {
     private let outerState: SHA256_CTX
     private let ttl: TimeAmount
     private let capacity: Int
-    private let entries = NIOLockedValueBox([Key: Entry]())
+    /// The entries, and the generation of the user list they were verified against: an
+    /// insert from a verification that began before the list was replaced is dropped.
+    private struct Contents {
+        var entries: [Key: Entry] = [:]
+        var generation = 0
+    }
+
+    private let contents = NIOLockedValueBox(Contents())
 
     public convenience init(ttl: TimeAmount, capacity: Int = 10_000) {
         var secret = [UInt8](repeating: 0, count: 32)
@@ -61,34 +68,41 @@ public final class CredentialCache: Sendable {
     }
 
     func user(forKey key: Key, now: NIODeadline = .now()) -> String? {
-        self.entries.withLockedValue { entries in
-            guard let entry = entries[key] else { return nil }
+        self.contents.withLockedValue { contents in
+            guard let entry = contents.entries[key] else { return nil }
             if entry.expires < now {
-                entries[key] = nil
+                contents.entries[key] = nil
                 return nil
             }
             return entry.user
         }
     }
 
-    public func insert(headerValue: String, user: String, now: NIODeadline = .now()) {
+    /// Remembers a verified header value; not if it was verified against a user list other
+    /// than the current one (`generation`, see ``removeAll(generation:)``).
+    public func insert(headerValue: String, user: String, now: NIODeadline = .now(), generation: Int? = nil) {
         let key = self.key(for: headerValue)
         let expires = now + self.ttl
-        self.entries.withLockedValue { entries in
-            if entries.count >= self.capacity {
-                entries = entries.filter { $0.value.expires >= now }
-                if entries.count >= self.capacity { entries.removeAll(keepingCapacity: true) }
+        self.contents.withLockedValue { contents in
+            if let generation, generation != contents.generation { return }
+            if contents.entries.count >= self.capacity {
+                contents.entries = contents.entries.filter { $0.value.expires >= now }
+                if contents.entries.count >= self.capacity { contents.entries.removeAll(keepingCapacity: true) }
             }
-            entries[key] = Entry(user: user, expires: expires)
+            contents.entries[key] = Entry(user: user, expires: expires)
         }
     }
 
-    /// Forgets everything, for example after the user list changed.
-    public func removeAll() {
-        self.entries.withLockedValue { $0.removeAll() }
+    /// Forgets everything, for example after the user list changed; from now on only inserts
+    /// for `generation` (when given) are kept.
+    public func removeAll(generation: Int? = nil) {
+        self.contents.withLockedValue { contents in
+            contents.entries.removeAll()
+            if let generation { contents.generation = generation }
+        }
     }
 
-    public var count: Int { self.entries.withLockedValue { $0.count } }
+    public var count: Int { self.contents.withLockedValue { $0.entries.count } }
 }
 
 // MARK: - HMAC-SHA-256 on OpenSSL's low-level SHA-256

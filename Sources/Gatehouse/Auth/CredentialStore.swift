@@ -56,13 +56,15 @@ public struct CredentialStore: Sendable {
 }
 
 /// Compares without an early exit, so the time taken does not tell how many bytes matched.
+/// Lengths that differ always count as a difference (a length folded into the byte
+/// accumulator would lose all but its low 8 bits: `secret` plus 256 NULs matched `secret`).
 func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
+    var difference: UInt8 = 0
     let count = max(a.count, b.count)
     for i in 0..<count {
         let x = i < a.count ? a[i] : 0
         let y = i < b.count ? b[i] : 0
         difference |= x ^ y
     }
-    return difference == 0
+    return difference == 0 && a.count == b.count
 }

@@ -34,6 +34,20 @@ struct AuthenticatorTests {
         #expect(!store.verify(user: "inline", password: long))
     }
 
+    @Test("inline passwords compare whole: trailing NULs (256 of them, say) are a different password")
+    func constantTimeCompare() {
+        let secret = Array("secret".utf8)
+        #expect(constantTimeEquals(secret, secret))
+        for padding in [1, 255, 256, 512] {
+            #expect(!constantTimeEquals(secret + [UInt8](repeating: 0, count: padding), secret), "\(padding)")
+            #expect(!constantTimeEquals(secret, secret + [UInt8](repeating: 0, count: padding)), "\(padding)")
+        }
+        #expect(!constantTimeEquals([], [0]))
+        let store = CredentialStore(htpasswd: HtpasswdFile(contents: "", path: "t"), inlineUsers: ["bob": "secret"])
+        #expect(store.verify(user: "bob", password: "secret"))
+        #expect(!store.verify(user: "bob", password: "secret" + String(repeating: "\0", count: 256)))
+    }
+
     @Test("outcomes for each kind of header")
     func outcomes() async throws {
         let file = HtpasswdFile(contents: "carol:{SHA}" + "W6ph5Mm5Pz8GgiULbPgzG37mj9g=" + "\n", path: "t")
@@ -71,6 +85,42 @@ struct AuthenticatorTests {
         authenticator.replaceStore(CredentialStore(inlineUsers: ["other": "x"]))
         #expect(authenticator.cache.count == 0)
         #expect(try await Self.outcome(authenticator, [good]) == .rejected(.authInvalid, user: "bcrypt-user"))
+    }
+
+    @Test("a reload during a running verification: a removed user or old password is refused, cached nowhere, joined by no one")
+    func reloadDuringVerification() async throws {
+        // bcrypt cost 13 takes several hundred ms: the reload lands while it runs.
+        let slow = try #require(PasswordHash.makeBcrypt(password: "oldpw", cost: 13))
+        let before = CredentialStore(htpasswd: HtpasswdFile(contents: "carol:\(slow.fieldValue)\n", path: "before"))
+        let fresh = try #require(PasswordHash.makeBcrypt(password: "newpw", cost: 4))
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let old = Self.header("carol:oldpw")
+        for after in [
+            "carol:\(fresh.fieldValue)\n",  // password changed
+            "dave:\(fresh.fieldValue)\n",  // carol removed
+        ] {
+            let authenticator = Authenticator(store: before, cacheTTL: .minutes(5), threadPool: .singleton)
+            guard case .pending(let running) = authenticator.authenticate([old], on: loop) else {
+                Issue.record("a bcrypt verification runs on the pool")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(50))
+            authenticator.replaceStore(CredentialStore(htpasswd: HtpasswdFile(contents: after, path: "after")))
+            // A request arriving now must not wait for the old verification's answer.
+            let joined = authenticator.authenticate([old], on: loop)
+            #expect(try await running.get() == .rejected(.authInvalid, user: "carol"), "\(after)")
+            switch joined {
+            case .pending(let future): #expect(try await future.get() == .rejected(.authInvalid, user: "carol"))
+            case .immediate(let outcome): #expect(outcome == .rejected(.authInvalid, user: "carol"))
+            case .cached: Issue.record("served from the cache after a reload")
+            }
+            #expect(authenticator.cache.count == 0)
+            #expect(try await Self.outcome(authenticator, [old]) == .rejected(.authInvalid, user: "carol"))
+        }
+        // Without a reload the same verification succeeds (the test can fail for the right reason).
+        let steady = Authenticator(store: before, cacheTTL: .minutes(5), threadPool: .singleton)
+        #expect(try await Self.outcome(steady, [old]) == .authenticated(user: "carol"))
+        #expect(steady.cache.count == 1)
     }
 
     @Test("requests with the same header arriving together share one verification")
