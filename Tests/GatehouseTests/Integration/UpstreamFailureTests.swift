@@ -8,10 +8,21 @@ import Testing
 struct UpstreamFailureTests {
     @Test("a refused connection gets 502 upstream_refused, and the client connection stays open")
     func refused() async throws {
-        // Bind and close a port so nothing listens on it.
-        let origin = try await RawOrigin.start(.respondAndClose(""))
-        let port = origin.port
-        await origin.stop()
+        // A port bound but not listening refuses connections, and stays ours for the test (a
+        // port closed again could be handed to the next listener, even the proxy's own).
+        let socketFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(socketFD) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(socketFD, $0, length) == 0 && getsockname(socketFD, $0, &length) == 0
+            }
+        }
+        #expect(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
         try await withProxyAndOrigin { proxy, _ in
             let client = try await RawClient.connect(port: proxy.port)
             try await client.send("GET http://127.0.0.1:\(port)/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")

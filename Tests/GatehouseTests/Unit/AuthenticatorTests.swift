@@ -1,6 +1,7 @@
 import CCrypt
 @testable import Gatehouse
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
@@ -89,9 +90,8 @@ struct AuthenticatorTests {
 
     @Test("a reload during a running verification: a removed user or old password is refused, cached nowhere, joined by no one")
     func reloadDuringVerification() async throws {
-        // bcrypt cost 13 takes several hundred ms: the reload lands while it runs.
-        let slow = try #require(PasswordHash.makeBcrypt(password: "oldpw", cost: 13))
-        let before = CredentialStore(htpasswd: HtpasswdFile(contents: "carol:\(slow.fieldValue)\n", path: "before"))
+        let hash = try #require(PasswordHash.makeBcrypt(password: "oldpw", cost: 4))
+        let before = CredentialStore(htpasswd: HtpasswdFile(contents: "carol:\(hash.fieldValue)\n", path: "before"))
         let fresh = try #require(PasswordHash.makeBcrypt(password: "newpw", cost: 4))
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let old = Self.header("carol:oldpw")
@@ -99,15 +99,25 @@ struct AuthenticatorTests {
             "carol:\(fresh.fieldValue)\n",  // password changed
             "dave:\(fresh.fieldValue)\n",  // carol removed
         ] {
-            let authenticator = Authenticator(store: before, cacheTTL: .minutes(5), threadPool: .singleton)
+            // A one-thread hashing pool held by a gate: the verification is taken on before the
+            // reload and runs after it, whatever the machine's load.
+            let pool = NIOThreadPool(numberOfThreads: 1)
+            pool.start()
+            let gate = ConditionLock(value: 0)
+            pool.submit { _ in
+                gate.lock(whenValue: 1)
+                gate.unlock()
+            }
+            let authenticator = Authenticator(store: before, cacheTTL: .minutes(5), threadPool: pool)
             guard case .pending(let running) = authenticator.authenticate([old], on: loop) else {
                 Issue.record("a bcrypt verification runs on the pool")
                 return
             }
-            try await Task.sleep(for: .milliseconds(50))
             authenticator.replaceStore(CredentialStore(htpasswd: HtpasswdFile(contents: after, path: "after")))
             // A request arriving now must not wait for the old verification's answer.
             let joined = authenticator.authenticate([old], on: loop)
+            gate.lock()
+            gate.unlock(withValue: 1)
             #expect(try await running.get() == .rejected(.authInvalid, user: "carol"), "\(after)")
             switch joined {
             case .pending(let future): #expect(try await future.get() == .rejected(.authInvalid, user: "carol"))
@@ -116,6 +126,7 @@ struct AuthenticatorTests {
             }
             #expect(authenticator.cache.count == 0)
             #expect(try await Self.outcome(authenticator, [old]) == .rejected(.authInvalid, user: "carol"))
+            try await pool.shutdownGracefully()
         }
         // Without a reload the same verification succeeds (the test can fail for the right reason).
         let steady = Authenticator(store: before, cacheTTL: .minutes(5), threadPool: .singleton)
