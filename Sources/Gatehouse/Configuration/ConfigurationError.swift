@@ -21,6 +21,9 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
         case .invalidDuration(let value):
             return "invalid duration \"\(value)\": expected a number followed by ms, s, m or h (for example 500ms, 10s, 2m)"
         case .invalidInlineUser(let value):
+            // Only the name is shown, never what may be a password (an entry without a colon
+            // may be nothing but one).
+            guard value.contains(":") else { return "invalid --user entry without \":\" (not shown): expected NAME:PASSWORD" }
             return "invalid --user \"\(value.prefix(while: { $0 != ":" })):…\": expected NAME:PASSWORD with a non-empty name"
         case .noCredentialSource:
             return "no credentials configured: give --htpasswd PATH or --user NAME:PASSWORD; Gatehouse never runs as an open proxy"

@@ -46,3 +46,21 @@ struct ConfigurationParsingTests {
         #expect(configuration.headerTimeout <= .seconds(30))
     }
 }
+
+@Suite("Configuration errors never show a password")
+struct SecretFreeErrorTests {
+    @Test("an inline user without a colon is not echoed; one with a colon shows only its name")
+    func inlineUser() {
+        #expect(!ConfigurationError.invalidInlineUser("hunter2secret").description.contains("hunter2"))
+        let named = ConfigurationError.invalidInlineUser(":secret").description
+        #expect(!named.contains("secret"))
+    }
+
+    @Test("probe's invalid --proxy message hides user:password")
+    func probeProxy() {
+        let message = ProxyProbe.UsageError.invalidProxy("http://alice:SECRET@127.0.0.1:99999").description
+        #expect(!message.contains("SECRET"))
+        #expect(message.contains("http://…@127.0.0.1:99999"))
+        #expect(!ProxyProbe.UsageError.invalidProxy("alice:SECRET@host").description.contains("SECRET"))
+    }
+}
