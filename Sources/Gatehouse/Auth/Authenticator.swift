@@ -109,9 +109,11 @@ public final class Authenticator: Sendable {
                     cache.insert(headerValue: value, user: credentials.user, generation: list.generation)
                     return .authenticated(user: credentials.user)
                 }
-                break
+                throttle.recordFailure(client: client, user: credentials.user)
+                return .rejected(.authInvalid, user: credentials.user)
             }
-            throttle.recordFailure(client: client, user: credentials.user)
+            // The list kept changing under every attempt: refused, but not counted as a
+            // failed login (the password may well be right).
             return .rejected(.authInvalid, user: credentials.user)
         }
         if store.list.isCheap(user: credentials.user) {

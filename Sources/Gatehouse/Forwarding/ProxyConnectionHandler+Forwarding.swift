@@ -145,12 +145,7 @@ extension ProxyConnectionHandler {
         if head.status.code / 100 == 1 {
             // 1xx: forward to HTTP/1.1 clients (RFC 9110 §15.2), e.g. 100 Continue for an
             // upload with `Expect: 100-continue`. 101 is impossible: Upgrade was stripped.
-            if head.status == .switchingProtocols {
-                self.upstream?.close()
-                self.upstream = nil
-                self.upstreamFailed(reason: .upstreamBadResponse)
-                return
-            }
+            if head.status == .switchingProtocols { return self.refuseOriginResponse() }
             if exchange.version == .http1_1 {
                 var informational = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
                 informational.headers.removeHopByHopFields()
@@ -185,12 +180,7 @@ extension ProxyConnectionHandler {
             // A transfer coding besides chunked (gzip, say) is part of the body's meaning, and
             // NIO's encoder can only chunk a body whose Transfer-Encoding is exactly `chunked`:
             // such a response cannot be passed on intact, so it is refused, as Squid does.
-            if hasCoding && !Self.isChunkedOnly(head.headers) {
-                self.upstream?.close()
-                self.upstream = nil
-                self.upstreamFailed(reason: .upstreamBadResponse)
-                return
-            }
+            if hasCoding && !Self.isChunkedOnly(head.headers) { return self.refuseOriginResponse() }
             if hasLength || hasCoding { fields.removeAll { Self.isFraming($0.0) } }
             if exchange.version == .http1_1 {
                 fields.append(("Transfer-Encoding", "chunked"))
@@ -215,6 +205,14 @@ extension ProxyConnectionHandler {
         self.machine.responseHeadForwarded()
         context.write(self.wrapOutboundOut(.head(response)), promise: nil)
         self.clientFlushPending = true
+    }
+
+    /// An origin response head Gatehouse cannot pass on: its connection is dropped and the
+    /// client gets 502 `upstream_bad_response` (nothing of the response was written yet).
+    private func refuseOriginResponse() {
+        self.upstream?.close()
+        self.upstream = nil
+        self.upstreamFailed(reason: .upstreamBadResponse)
     }
 
     /// The response's Transfer-Encoding is `chunked` alone, the only transfer coding Gatehouse

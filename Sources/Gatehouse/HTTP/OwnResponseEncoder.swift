@@ -18,8 +18,9 @@ final class OwnResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler 
     typealias OutboundOut = IOData
 
     private let encoder: HTTPResponseEncoder
-    /// Set by the connection just before it writes a prebuilt answer's head.
-    private var offered: OwnResponse.Encoded?
+    /// Set by the connection just before it writes a prebuilt answer's head: the bytes, and
+    /// the head's field count to recognise it by.
+    private var offered: (bytes: ByteBuffer, fieldCount: Int)?
     /// The encoded answer standing in for the response being written, from its head to its end.
     private var replacing: ByteBuffer?
 
@@ -27,10 +28,10 @@ final class OwnResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler 
         self.encoder = HTTPResponseEncoder(configuration: configuration)
     }
 
-    /// The next response head, if it arrives with `encoded.fieldCount` fields, and the body and
-    /// end after it are written as `encoded.bytes`.
-    func offerEncoded(_ encoded: OwnResponse.Encoded) {
-        self.offered = encoded
+    /// The next response head, if it arrives with `fieldCount` fields, and the body and end
+    /// after it are written as `bytes`.
+    func offerEncoded(_ bytes: ByteBuffer, fieldCount: Int) {
+        self.offered = (bytes, fieldCount)
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

@@ -18,6 +18,22 @@ public enum RequestTarget: Sendable, Equatable {
         case invalid
     }
 
+    /// `text` (a request target as received, or a proxy URL) without any userinfo, for logs and
+    /// messages: in a URL, whatever precedes an `@` in the authority; in authority form
+    /// (`CONNECT user:pass@host:port`, which is invalid), whatever precedes the last `@`.
+    public static func withoutUserinfo(_ text: String) -> String {
+        // Userinfo needs an "@"; nearly no request has one, so skip the string work.
+        guard text.utf8.contains(UInt8(ascii: "@")) else { return text }
+        guard let schemeEnd = text.firstRange(of: "://") else {
+            guard !text.hasPrefix("/"), let at = text.lastIndex(of: "@") else { return text }
+            return String(text[text.index(after: at)...])
+        }
+        let rest = text[schemeEnd.upperBound...]
+        let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
+        guard let at = rest[..<authorityEnd].lastIndex(of: "@") else { return text }
+        return String(text[..<schemeEnd.upperBound]) + String(rest[rest.index(after: at)...])
+    }
+
     /// Parses the target of a `CONNECT` request: exactly `host:port`, port required
     /// (RFC 9110 §9.3.6).
     public static func parseConnect(_ uri: String) -> Result<Authority, ParseError> {

@@ -24,17 +24,9 @@ public struct ProxyProbe: Sendable {
     public enum UsageError: Error, Sendable, CustomStringConvertible {
         case invalidProxy(String)
         case invalidURL(String)
-        /// `p` with any `user:password@` replaced by `…@`: the password must not reach a terminal log.
-        static func redacted(_ p: String) -> String {
-            guard let at = p.lastIndex(of: "@") else { return p }
-            let start = p.range(of: "://").map(\.upperBound) ?? p.startIndex
-            guard start <= at else { return p }
-            return String(p[..<start]) + "…" + String(p[at...])
-        }
-
         public var description: String {
             switch self {
-            case .invalidProxy(let p): return "invalid --proxy \"\(Self.redacted(p))\": expected http://[user:password@]host:port"
+            case .invalidProxy(let p): return "invalid --proxy \"\(RequestTarget.withoutUserinfo(p))\": expected http://[user:password@]host:port"
             case .invalidURL(let u): return "invalid URL \"\(u)\": expected http://host[:port]/path or https://host[:port]/"
             }
         }

@@ -20,7 +20,7 @@ extension ProxyConnectionHandler {
         // Targets are parsed before authentication, so that a browser pointed at the proxy
         // as if it were a web server learns what it is talking to.
         let fields = RequestFields(head.headers)
-        let exchange = Exchange(head: head, target: Self.logTarget(head.uri), fields: fields)
+        let exchange = Exchange(head: head, target: RequestTarget.withoutUserinfo(head.uri), fields: fields)
         if !fields.transferEncodings.isEmpty {
             // A chunked upload may end in trailers: the same Connection options apply to them.
             exchange.requestConnectionOptions = head.headers.connectionOptionNames()

@@ -12,16 +12,9 @@ final class OwnResponse: Sendable {
     let body: ByteBuffer
     /// Bytes the status line and fields take on the wire, for the access log.
     let headSize: Int
-    /// A prebuilt response as it goes on the wire (see `OwnResponseEncoder`): whole, and its
-    /// head alone for HEAD requests.
-    let encoded: Encoded?
-    let encodedHead: Encoded?
-
-    struct Encoded: Sendable {
-        var bytes: ByteBuffer
-        /// The head's field count, to recognise the head these bytes stand for.
-        var fieldCount: Int
-    }
+    /// A prebuilt response as it goes on the wire (see `OwnResponseEncoder`); its first
+    /// `headSize` bytes are the head alone, for HEAD requests.
+    let encoded: ByteBuffer?
 
     init(reason: ReasonCode, challenges: [String], closing: Bool, version: HTTPVersion, retryAfter: Int?, prebuilt: Bool = false) {
         let message = reason.message + "\n"
@@ -48,14 +41,11 @@ final class OwnResponse: Sendable {
         self.body = body
         self.headSize = self.head.wireSize
         if prebuilt {
-            let head = Self.encode(self.head)
-            var whole = head
+            var whole = Self.encode(self.head)
             whole.writeImmutableBuffer(body)
-            self.encoded = Encoded(bytes: whole, fieldCount: self.head.headers.count)
-            self.encodedHead = Encoded(bytes: head, fieldCount: self.head.headers.count)
+            self.encoded = whole
         } else {
             self.encoded = nil
-            self.encodedHead = nil
         }
     }
 
@@ -131,8 +121,9 @@ extension ProxyConnectionHandler {
         // re-entrantly, during the write below): swap only once it is through.
         let swapDecoderNow = action == .awaitNextRequest && exchange.isConnect
         if action == .none && exchange.isConnect { self.replaceDecoderOnRequestEnd = true }
-        if let encoded = exchange.isHead ? response.encodedHead : response.encoded {
-            self.encoder.offerEncoded(encoded)
+        if let encoded = response.encoded {
+            let bytes = exchange.isHead ? encoded.getSlice(at: encoded.readerIndex, length: response.headSize) : encoded
+            if let bytes { self.encoder.offerEncoded(bytes, fieldCount: head.headers.count) }
         }
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         if !exchange.isHead {

@@ -241,18 +241,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             return "\(error)"
         }
     }
-
-    // MARK: Helpers
-
-    /// The request target as logged before it is parsed: never with userinfo.
-    static func logTarget(_ uri: String) -> String {
-        // Userinfo needs an "@"; nearly no request has one, so skip the string work.
-        guard uri.utf8.contains(UInt8(ascii: "@")), let schemeEnd = uri.firstRange(of: "://") else { return uri }
-        let rest = uri[schemeEnd.upperBound...]
-        let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
-        guard let at = rest[..<authorityEnd].lastIndex(of: "@") else { return uri }
-        return String(uri[..<schemeEnd.upperBound]) + String(rest[rest.index(after: at)...])
-    }
 }
 
 extension SocketAddress {

@@ -47,7 +47,11 @@ struct RequestTargetTests {
         let uri = try RequestTarget.parseAbsolute("http://bob:hunter2@example.com/x").get()
         #expect(uri.hadUserinfo)
         #expect(uri.logDescription == "http://example.com/x")
-        #expect(!ProxyConnectionHandler.logTarget("http://bob:hunter2@example.com/x").contains("hunter2"))
+        #expect(RequestTarget.withoutUserinfo("http://bob:hunter2@example.com/x") == "http://example.com/x")
+        // Unparseable targets are logged too (400 bad_target): a CONNECT with userinfo.
+        #expect(RequestTarget.withoutUserinfo("u:hunter2@example.com:443") == "example.com:443")
+        #expect(RequestTarget.withoutUserinfo("http://example.com/a@b") == "http://example.com/a@b")
+        #expect(RequestTarget.withoutUserinfo("/path@x") == "/path@x")
     }
 
     @Test("IPv6 literals keep their brackets out of the host")
