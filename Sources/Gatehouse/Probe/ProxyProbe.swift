@@ -156,6 +156,17 @@ public struct ProxyProbe: Sendable {
                                      ]), failing: .credentials)
                     return report
                 }
+                if response.head.status == .tooManyRequests || response.head.status == .serviceUnavailable {
+                    // The proxy did not check them (throttled after failed logins, or busy):
+                    // nothing is known about the credentials, so this is no pass.
+                    let retry = response.head.headers.first(name: "Retry-After").map { " (Retry-After: \($0) s)" } ?? ""
+                    report.add(.init(name: "credentials", outcome: .failed,
+                                     summary: "the proxy did not check the credentials: \(response.head.status.code) \(response.head.status.reasonPhrase)\(retry)",
+                                     details: Self.bodyLines(response) + [
+                                        "429: too many failed logins from this address or for this user; wait and try again",
+                                     ]), failing: .credentials)
+                    return report
+                }
                 authenticated = response
                 report.add(.init(name: "credentials", outcome: .ok, summary: "accepted for user \"\(self.proxy.user ?? "")\"",
                                  milliseconds: authenticatedMs), failing: .credentials)

@@ -45,6 +45,18 @@ struct ProbeTests {
         }
     }
 
+    @Test("a throttled login (429) is a failure at credentials, not a pass")
+    func throttled() async throws {
+        try await withProxyAndOrigin(configure: { $0.authThrottle = .init(failuresPerClient: 30, failuresPerUser: 2) }) { proxy, origin in
+            let wrong = proxy.proxyURL(user: TestUser.name, password: "nope")
+            for _ in 0..<3 { _ = try Self.probe(["--proxy", wrong, "http://127.0.0.1:\(origin.port)/hello"]) }
+            let result = try Self.probe(["--proxy", wrong, "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(result.status == 4, "\(result.stdout)")
+            #expect(result.stdout.contains("the proxy did not check the credentials: 429"), "\(result.stdout)")
+            #expect(!result.stdout.contains("all steps passed"))
+        }
+    }
+
     @Test("no credentials given to a proxy that needs them: exit 4 with advice")
     func missingCredentials() async throws {
         try await withProxyAndOrigin { proxy, origin in
