@@ -165,6 +165,17 @@ extension ProxyConnectionHandler {
         default: reason = .badRequest
         }
         self.logger.debug("malformed request", metadata: ["error": "\(error)"])
+        if error == .invalidEOFState, let exchange = self.exchange, !exchange.isConnect {
+            // The client closed its side in the middle of its request body: not a malformed
+            // request but an abandoned one. Logged as the client closing, as when it goes
+            // away entirely; the origin, if any, gets a truncated request.
+            self.recordClientClosed()
+            self.machine.connectionClosed()
+            self.upstream?.close()
+            self.upstream = nil
+            context.close(promise: nil)
+            return
+        }
         if self.machine.responseStarted || self.exchange?.isConnect == true {
             context.close(promise: nil)
             return

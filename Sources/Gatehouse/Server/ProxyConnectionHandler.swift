@@ -119,18 +119,25 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let wasForwarding: Bool
         if case .forwarding = self.machine.state { wasForwarding = true } else { wasForwarding = false }
         self.machine.connectionClosed()
-        if wasForwarding, let exchange = self.exchange {
+        if wasForwarding {
             // The client went away mid-exchange: log what happened and drop the origin connection.
-            self.exchange = nil
-            self.shared.record(
-                exchange.logEntry(client: self.clientAddress, status: exchange.status == 0 ? 499 : exchange.status,
-                                  reason: .clientClosed), counts: self.counts)
+            self.recordClientClosed()
         }
         self.upstream?.close()
         self.upstream = nil
         self.tunnelUpstream?.close(promise: nil)
         self.tunnelUpstream = nil
         context.fireChannelInactive()
+    }
+
+    /// Logs the exchange in progress, if any, as ended by the client (`client_closed`; 499 if
+    /// no status was sent yet).
+    func recordClientClosed() {
+        guard let exchange = self.exchange else { return }
+        self.exchange = nil
+        self.shared.record(
+            exchange.logEntry(client: self.clientAddress, status: exchange.status == 0 ? 499 : exchange.status,
+                              reason: .clientClosed), counts: self.counts)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

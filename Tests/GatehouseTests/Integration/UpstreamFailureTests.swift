@@ -46,6 +46,29 @@ struct UpstreamFailureTests {
         }
     }
 
+    @Test("a client that closes in the middle of its upload is logged client_closed, not answered 400")
+    func abandonedUpload() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let head = "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\n"
+                + "Proxy-Authorization: \(TestUser.basic)\r\nContent-Length: 100\r\n\r\n0123456789"
+            // Half-closed: it could still read an answer, but its request can never be complete.
+            let halfClosed = try await RawClient.connect(port: proxy.port)
+            try await halfClosed.send(head)
+            try await Task.sleep(for: .milliseconds(100))
+            try await halfClosed.closeOutput()
+            #expect(await halfClosed.waitForClose())
+            #expect(halfClosed.text.isEmpty, "\(halfClosed.text)")
+            // Gone entirely.
+            let gone = try await RawClient.connect(port: proxy.port)
+            try await gone.send(head)
+            try await Task.sleep(for: .milliseconds(100))
+            await gone.close()
+            let records = await proxy.waitForRecords(count: 2)
+            #expect(records.map(\.reason) == [.clientClosed, .clientClosed])
+            #expect(records.map(\.status) == [499, 499])
+        }
+    }
+
     @Test("a client that stops sending its upload gets 408 body_timeout; a slow but steady one gets through")
     func stalledUpload() async throws {
         try await withProxyAndOrigin(configure: { $0.idleTimeout = .milliseconds(1_500) }) { proxy, origin in
