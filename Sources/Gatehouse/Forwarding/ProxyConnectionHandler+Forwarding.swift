@@ -279,9 +279,9 @@ extension ProxyConnectionHandler {
         }
     }
 
-    /// Bytes of its responses the client's TCP has acknowledged so far (see ``ClientProgress``).
+    /// Bytes of its responses the client's TCP has acknowledged so far (see ``PeerProgress``).
     func bytesAcknowledgedByClient() -> UInt64? {
-        self.context.flatMap { ClientProgress.bytesAcknowledged(by: $0.channel) }
+        self.context.flatMap { PeerProgress.bytesAcknowledged(by: $0.channel) }
     }
 
     /// The client took none of the response for its idle timeout (see UpstreamHandler): log

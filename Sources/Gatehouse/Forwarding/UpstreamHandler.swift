@@ -36,11 +36,13 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// How long a client may send nothing in the middle of its upload, or take nothing of its
     /// response (its idle timeout).
     private let clientTimeout: TimeAmount
-    /// When the last bytes of the client's upload went out to the origin.
+    /// When the upload last moved: bytes of it went out to the origin, or the origin's TCP
+    /// acknowledged more of it (`originAcked`, see ``PeerProgress``).
     private var uploadProgress = NIODeadline.now()
+    private var originAcked: UInt64?
     /// Since when the client has taken nothing while reads from the origin are paused on its
     /// account (its socket full), and how many bytes it had acknowledged then (see
-    /// ``ClientProgress``).
+    /// ``PeerProgress``).
     private var pausedSince = NIODeadline.now()
     private var clientAcked: UInt64?
     /// One scheduled callback per connection, re-armed lazily like the client's (see
@@ -109,6 +111,19 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.armTimer(at: counting ? min(due, now + self.checkInterval) : now + self.checkInterval, context: context)
             return
         }
+        if self.client != nil, let queue = PeerProgress.sendQueue(of: context.channel) {
+            // The request was written, but written is not received: an origin reading a large
+            // upload slowly is not silent while it takes more in, and its silence starts when
+            // it acknowledged the last byte, not when the proxy finished writing.
+            let since = queue.draining ? (self.originTookMore(queue) ? now : nil) : queue.lastAcknowledgement
+            if let since, since > self.quietSince {
+                self.quietSince = since
+                if now < since + self.upstreamTimeout {
+                    self.armTimer(at: since + self.upstreamTimeout, context: context)
+                    return
+                }
+            }
+        }
         if self.client == nil {
             // Idle in the pool for a whole upstream timeout: let it go.
             self.finished = true
@@ -122,10 +137,15 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// An upload in progress: the origin's silence does not count, but a stall does. Nothing
     /// moved for the idle timeout while the origin could take more: the client stopped
     /// sending (408 `body_timeout`). Nothing moved for the upstream timeout while the origin
-    /// took nothing: the origin stopped reading (504 `upstream_timeout`).
+    /// took nothing: the origin stopped reading (504 `upstream_timeout`). An origin that
+    /// reads slowly but steadily keeps its socket full (not writable) for as long as its
+    /// kernel buffers take to drain, which can be minutes: what it acknowledges is progress.
     private func checkUpload(context: ChannelHandlerContext) {
-        let since = max(self.quietSince, self.uploadProgress)
         let originReady = context.channel.isWritable
+        if !originReady, let queue = PeerProgress.sendQueue(of: context.channel), self.originTookMore(queue) {
+            self.uploadProgress = .now()
+        }
+        let since = max(self.quietSince, self.uploadProgress)
         let due = since + (originReady ? self.clientTimeout : self.upstreamTimeout)
         let now = NIODeadline.now()
         if now < due {
@@ -142,6 +162,13 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.fail(reason: .upstreamTimeout)
         }
         context.close(promise: nil)
+    }
+
+    /// Whether the origin acknowledged more of what was sent since the last look (the first
+    /// look counts); each look is the sample for the next.
+    private func originTookMore(_ queue: PeerProgress.SendQueue) -> Bool {
+        defer { self.originAcked = queue.acked }
+        return queue.acked != self.originAcked
     }
 
     /// Reads from the origin are paused because the client's socket is full, so the origin's
@@ -172,6 +199,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.quietSince = .now()
         self.requestIsHead = isHead
         self.requestSent = false
+        self.originAcked = nil
         self.finished = false
         self.responseKeepsAlive = false
         self.readsPaused = false

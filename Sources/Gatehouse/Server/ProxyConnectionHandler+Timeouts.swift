@@ -97,11 +97,11 @@ extension ProxyConnectionHandler {
     /// The idle timeout starts once a response is handed to the channel, but a slow reader may
     /// not have taken all of it yet: closing then would drop the bytes NIO still holds. So the
     /// connection stays while bytes are queued and the client acknowledged more since the last
-    /// look (``ClientProgress``); one that took nothing for a whole idle timeout is closed.
+    /// look (``PeerProgress``); one that took nothing for a whole idle timeout is closed.
     func clientStillReading(context: ChannelHandlerContext) -> Bool {
         let queued = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
-        let acked = queued > 0 ? ClientProgress.bytesAcknowledged(by: context.channel) : nil
-        let decision = ClientProgress.idleDecision(queued: queued, acked: acked, previous: self.idleAcked)
+        let acked = queued > 0 ? PeerProgress.bytesAcknowledged(by: context.channel) : nil
+        let decision = PeerProgress.idleDecision(queued: queued, acked: acked, previous: self.idleAcked)
         self.idleAcked = decision.sample
         return decision.keepOpen
     }

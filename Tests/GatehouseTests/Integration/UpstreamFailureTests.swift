@@ -96,6 +96,29 @@ struct UpstreamFailureTests {
         }
     }
 
+    @Test("an origin that reads an upload slowly but steadily is not timed out (upstream_timeout is for a stalled one)")
+    func slowOriginReader() async throws {
+        // 4 KiB every 20 ms (200 KB/s): a 1 MiB upload takes about 5 s, and the origin's
+        // socket stays full for far longer than the 1 s upstream timeout at a stretch. (The
+        // timeout counts once the origin's TCP has acknowledged everything; its receive buffer
+        // is kept small so that it has then read nearly all of it.)
+        let size = 1 << 20
+        let head = "POST http://127.0.0.1:{port}/upload HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\nContent-Length: \(size)\r\n\r\n"
+        let origin = try await RawOrigin.start(.slowReader(
+            chunk: 4_096, every: .milliseconds(20), bodyBytes: size,
+            reply: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin(configure: { $0.upstreamTimeout = .seconds(1) }) { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            let request = head.replacingOccurrences(of: "{port}", with: "\(origin.port)")
+            try await client.send(request + String(repeating: "u", count: size))
+            let text = await client.waitFor(timeout: .seconds(30)) { statusCodes(in: $0).count == 1 }
+            #expect(statusCodes(in: text) == [200], "\(text)")
+            #expect(proxy.records.map(\.reason) == [.forwarded])
+            await client.close()
+        }
+    }
+
     @Test("a client that reads slowly keeps its response; one that stops reading is cut off after --idle-timeout (client_stalled)")
     func stalledReader() async throws {
         // The upstream timeout is the longer one: before client_stalled existed, the paused
@@ -171,7 +194,7 @@ struct UpstreamFailureTests {
             // as idle while the channel still holds part of the body would drop those bytes
             // (the kernel takes more only once half its send buffer drained). How much the
             // channel still holds by then varies with the kernel's buffer sizes, so this catches
-            // that loss in some runs only; ``ClientProgressTests`` pin the rule itself.
+            // that loss in some runs only; ``PeerProgressTests`` pin the rule itself.
             try await read(every: .milliseconds(400), for: .seconds(3)) { true }
             try await read(every: .milliseconds(1), for: .seconds(20)) { (client.bodyByteCount ?? 0) < size }
             #expect(client.bodyByteCount == size)
@@ -190,6 +213,27 @@ struct UpstreamFailureTests {
             #expect(result.body == "504")
             #expect(proxy.records.first?.reason == .upstreamTimeout)
             #expect(proxy.records.first?.status == 504)
+            // Counted from when the origin had the request, not one check later.
+            #expect((proxy.records.first?.durationMilliseconds ?? 0) < 950, "\(proxy.records)")
+        }
+    }
+
+    @Test("an origin that stops reading an upload gets 504 upstream_timeout in the middle of it")
+    func originStopsReading() async throws {
+        // The origin reads nothing after the connection opens (its first read would be in an
+        // hour): the upload fills the buffers on the way and stops.
+        let size = 8 << 20
+        let origin = try await RawOrigin.start(.slowReader(chunk: 4_096, every: .hours(1), bodyBytes: size, reply: ""))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin(configure: { $0.upstreamTimeout = .seconds(1) }) { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            let head = "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\nContent-Length: \(size)\r\n\r\n"
+            let upload = Task { try? await client.send(head + String(repeating: "u", count: size)) }
+            let text = await client.waitFor(timeout: .seconds(20)) { statusCodes(in: $0).count == 1 }
+            #expect(statusCodes(in: text) == [504], "\(text.prefix(200))")
+            #expect(proxy.records.map(\.reason) == [.upstreamTimeout])
+            upload.cancel()
+            await client.close()
         }
     }
 

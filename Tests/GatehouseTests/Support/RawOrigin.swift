@@ -21,6 +21,9 @@ final class RawOrigin: Sendable {
         /// Answer every request with these bytes and keep the connection open, except requests
         /// with `method`: close without answering them. ``received`` has each request line.
         case keepAliveClosingOn(method: String, answer: String)
+        /// Read at most `chunk` bytes every `every` (a slow but steady reader of an upload);
+        /// once the head and `bodyBytes` after it have arrived, send `reply` and close.
+        case slowReader(chunk: Int, every: TimeAmount, bodyBytes: Int, reply: String)
         /// Read until the first string has arrived and a blank line after it (the last chunk
         /// of a chunked body and its trailers), then send the second and close.
         /// ``received`` has what arrived.
@@ -47,6 +50,14 @@ final class RawOrigin: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     onConnection?()
+                    if case .slowReader(let chunk, _, _, _) = behaviour, let options = channel.syncOptions {
+                        try options.setOption(.autoRead, value: false)
+                        try options.setOption(.maxMessagesPerRead, value: 1)
+                        try options.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: chunk))
+                        // A small receive buffer: what the origin's TCP acknowledges is then
+                        // close to what it has read.
+                        try options.setOption(.socketOption(.so_rcvbuf), value: 65_536)
+                    }
                     try channel.pipeline.syncOperations.addHandler(ScriptHandler(behaviour: behaviour, captured: captured))
                 }
             }
@@ -70,7 +81,41 @@ final class RawOrigin: Sendable {
             self.captured = captured
         }
 
+        var receivedBytes = 0
+        var headBytes: Int?
+        var reads: RepeatedTask?
+
+        func channelActive(context: ChannelHandlerContext) {
+            if case .slowReader(_, let every, _, _) = self.behaviour {
+                let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                self.reads = context.eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
+                    bound.value.read()
+                }
+            }
+            context.fireChannelActive()
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.reads?.cancel()
+            context.fireChannelInactive()
+        }
+
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if case .slowReader(_, _, let bodyBytes, let reply) = self.behaviour {
+                let buffer = self.unwrapInboundIn(data)
+                if self.headBytes == nil, let end = String(buffer: buffer).range(of: "\r\n\r\n") {
+                    self.headBytes = self.receivedBytes + String(buffer: buffer)[..<end.upperBound].utf8.count
+                }
+                self.receivedBytes += buffer.readableBytes
+                if let head = self.headBytes, self.receivedBytes >= head + bodyBytes, !self.answered {
+                    self.answered = true
+                    self.reads?.cancel()
+                    context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: reply))).assumeIsolated().whenComplete { _ in
+                        context.close(promise: nil)
+                    }
+                }
+                return
+            }
             var buffer = self.unwrapInboundIn(data)
             self.received += buffer.readString(length: buffer.readableBytes) ?? ""
             if case .respondOnEOF = self.behaviour { return }
@@ -118,7 +163,7 @@ final class RawOrigin: Sendable {
                 }
             case .respondAndHang(let text):
                 if !text.isEmpty { context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil) }
-            case .respondOnEOF, .keepAliveOnce, .keepAliveClosingOn, .captureUntil:
+            case .respondOnEOF, .keepAliveOnce, .keepAliveClosingOn, .captureUntil, .slowReader:
                 break
             }
         }

@@ -4,20 +4,20 @@ import NIOCore
 import NIOPosix
 import Testing
 
-@Suite("ClientProgress: telling a slow reader from a stalled one")
-struct ClientProgressTests {
+@Suite("PeerProgress: telling a slow reader from a stalled one")
+struct PeerProgressTests {
     @Test("the idle timer closes an idle connection, and keeps one whose client is still taking a queued response")
     func idleDecision() {
         // Nothing queued: idle, whatever the counts say.
-        #expect(ClientProgress.idleDecision(queued: 0, acked: 10, previous: 5) == (false, nil))
+        #expect(PeerProgress.idleDecision(queued: 0, acked: 10, previous: 5) == (false, nil))
         // Queued, first look: one more period, remembering where the client stood.
-        #expect(ClientProgress.idleDecision(queued: 100, acked: 10, previous: nil) == (true, 10))
+        #expect(PeerProgress.idleDecision(queued: 100, acked: 10, previous: nil) == (true, 10))
         // Queued, and the client took more since: one more period.
-        #expect(ClientProgress.idleDecision(queued: 100, acked: 20, previous: 10) == (true, 20))
+        #expect(PeerProgress.idleDecision(queued: 100, acked: 20, previous: 10) == (true, 20))
         // Queued, and the client took nothing for a whole period: close.
-        #expect(ClientProgress.idleDecision(queued: 100, acked: 20, previous: 20) == (false, 20))
+        #expect(PeerProgress.idleDecision(queued: 100, acked: 20, previous: 20) == (false, 20))
         // No TCP_INFO: no way to see progress, so idleness as before.
-        #expect(ClientProgress.idleDecision(queued: 100, acked: nil, previous: 20) == (false, nil))
+        #expect(PeerProgress.idleDecision(queued: 100, acked: nil, previous: 20) == (false, nil))
     }
 
     @Test("tcpi_bytes_acked is read at the right offset: it equals the bytes the peer took (plus the SYN)")
@@ -40,15 +40,22 @@ struct ClientProgressTests {
         let deadline = clock.now + .seconds(5)
         var acked: UInt64?
         while clock.now < deadline {
-            acked = try await client.eventLoop.submit { ClientProgress.bytesAcknowledged(by: client) }.get()
+            acked = try await client.eventLoop.submit { PeerProgress.bytesAcknowledged(by: client) }.get()
             // The kernel counts the SYN as one byte acknowledged.
             if received.withLockedValue({ $0 }) == sent && acked == UInt64(sent + 1) { break }
             try await Task.sleep(for: .milliseconds(10))
         }
         #expect(received.withLockedValue { $0 } == sent)
         #expect(acked == UInt64(sent + 1))
+        // Everything acknowledged: nothing draining, and the last acknowledgement is recent.
+        let queue = try await client.eventLoop.submit { PeerProgress.sendQueue(of: client) }.get()
+        #expect(queue?.acked == UInt64(sent + 1))
+        #expect(queue?.draining == false)
+        if let last = queue?.lastAcknowledgement {
+            #expect(NIODeadline.now() - last < .seconds(5))
+        }
         // Off the channel's event loop there is no synchronous answer.
-        #expect(ClientProgress.bytesAcknowledged(by: client) == nil)
+        #expect(PeerProgress.bytesAcknowledged(by: client) == nil)
         try await client.close()
         try await server.close()
     }
