@@ -35,20 +35,29 @@ public struct CredentialStore: Sendable {
     /// Checks a user name and password. May run bcrypt: call it off the event loop.
     public func verify(user: String, password: String) -> Bool {
         guard password.utf8.count <= Self.maximumPasswordBytes else { return false }
-        if let inline = self.inlinePasswords[user] {
+        if let inline = Self.exact(user, in: self.inlinePasswords) {
             return constantTimeEquals(Array(inline.utf8), Array(password.utf8))
         }
-        if let hash = self.hashes[user] {
+        if let hash = Self.exact(user, in: self.hashes) {
             return hash.verify(password)
         }
         _ = self.dummyHash.verify(password)
         return false
     }
 
+    /// The entry for `user` spelled with exactly the same bytes, as Apache compares names.
+    /// Swift's `String` equality (and so a dictionary lookup) treats canonically equivalent
+    /// spellings as equal: a decomposed `jose\u{301}` would find the user `josé`.
+    private static func exact<Value>(_ user: String, in entries: [String: Value]) -> Value? {
+        guard let index = entries.index(forKey: user) else { return nil }
+        let entry = entries[index]
+        return entry.key.utf8.elementsEqual(user.utf8) ? entry.value : nil
+    }
+
     /// Whether checking this user's password is cheap enough to do on an event loop.
     func isCheap(user: String) -> Bool {
-        if self.inlinePasswords[user] != nil { return true }
-        switch self.hashes[user] ?? self.dummyHash {
+        if Self.exact(user, in: self.inlinePasswords) != nil { return true }
+        switch Self.exact(user, in: self.hashes) ?? self.dummyHash {
         case .sha1: return true
         default: return false
         }

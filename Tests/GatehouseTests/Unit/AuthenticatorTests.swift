@@ -49,6 +49,20 @@ struct AuthenticatorTests {
         #expect(!store.verify(user: "bob", password: "secret" + String(repeating: "\0", count: 256)))
     }
 
+    @Test("user names compare byte for byte, as in Apache: a differently composed spelling is another user")
+    func userNameBytes() throws {
+        let composed = "jos\u{E9}"  // é as one code point
+        let decomposed = "jose\u{301}"  // e + combining acute
+        #expect(composed == decomposed, "Swift calls them equal, which is the trap")
+        let hash = try #require(PasswordHash.makeBcrypt(password: "pw", cost: 4))
+        let store = CredentialStore(
+            htpasswd: HtpasswdFile(contents: "\(composed):\(hash.fieldValue)\n", path: "t"), inlineUsers: [decomposed: "inline"])
+        #expect(store.verify(user: composed, password: "pw"))
+        #expect(!store.verify(user: decomposed, password: "pw"))
+        #expect(store.verify(user: decomposed, password: "inline"))
+        #expect(!store.verify(user: composed, password: "inline"))
+    }
+
     @Test("outcomes for each kind of header")
     func outcomes() async throws {
         let file = HtpasswdFile(contents: "carol:{SHA}" + "W6ph5Mm5Pz8GgiULbPgzG37mj9g=" + "\n", path: "t")
