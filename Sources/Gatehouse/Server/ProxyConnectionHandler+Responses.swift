@@ -161,7 +161,7 @@ extension ProxyConnectionHandler {
         let reason: ReasonCode
         switch error {
         case .headerOverflow: reason = .headerTooLarge
-        case .invalidVersion: reason = .versionNotSupported
+        case .invalidVersion: reason = self.observer.requestLineEndsInBareLF ? .badRequest : .versionNotSupported
         default: reason = .badRequest
         }
         self.logger.debug("malformed request", metadata: ["error": "\(error)"])

@@ -32,6 +32,18 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
         self.connection = nil
     }
 
+    /// The request line that started the current request ended in LF alone. llhttp reports
+    /// that as an invalid version, which is a malformed request (400), not an unsupported
+    /// version (505).
+    private(set) var requestLineEndsInBareLF = false
+
+    static func firstLineEndsInBareLF(_ buffer: ByteBuffer) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            guard let lf = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return false }
+            return lf == 0 || bytes[lf - 1] != UInt8(ascii: "\r")
+        }
+    }
+
     /// Set by the connection handler once the current request has fully arrived.
     var requestComplete = false
     /// Bytes arrived while a complete request awaited its response: the client pipelines.
@@ -40,6 +52,7 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if self.awaitingRequest {
             self.awaitingRequest = false
+            self.requestLineEndsInBareLF = Self.firstLineEndsInBareLF(self.unwrapInboundIn(data))
             self.connection?.requestBytesStarted()
         } else if self.requestComplete {
             self.sawPipelinedBytes = true

@@ -68,6 +68,15 @@ struct ErrorResponseTests {
         }
     }
 
+    @Test("a request line ending in a bare LF is malformed (400), not an unsupported version (505)")
+    func bareLF() async throws {
+        try await withProxyAndOrigin { proxy, _ in
+            let (text, _) = try await exchange(proxy, "GET http://127.0.0.1:1/ HTTP/1.1\nHost: x\n\n")
+            #expect(text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(text)")
+            #expect(proxy.records.map(\.reason) == [.badRequest])
+        }
+    }
+
     @Test("a client that trickles its header gets 408 and is closed; an idle one is closed quietly")
     func timeouts() async throws {
         try await withProxyAndOrigin(configure: {
