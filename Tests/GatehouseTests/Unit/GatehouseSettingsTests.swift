@@ -21,6 +21,15 @@ struct GatehouseSettingsTests {
         #expect(resolved.inlineUsers == ["a": "b"])
     }
 
+    @Test("a password with a comma fits in the YAML list form of users (the one-line form splits at commas)")
+    func commaInPassword() throws {
+        let list = GatehouseSettings.parse(yaml: "users:\n  - \"bob:pa,ss\"\n", path: "l.yaml")
+        #expect(list.problems.isEmpty)
+        #expect(try #require(list.settings.resolve().settings).inlineUsers == ["bob": "pa,ss"])
+        let line = GatehouseSettings.parse(yaml: "users: bob:pa,x:y\n", path: "s.yaml")
+        #expect(try #require(line.settings.resolve().settings).inlineUsers == ["bob": "pa", "x": "y"])
+    }
+
     @Test("problems name their source: file line, environment variable or flag")
     func origins() {
         let file = GatehouseSettings.parse(yaml: "users: [\"a:b\"]\n\nheader_timeout: soon\nlisten: 127.0.0.1:80\n", path: "g.yaml")
