@@ -79,12 +79,25 @@ extension ProxyConnectionHandler {
             return kind != .host
         }
         fields.append(("Via", Self.viaValue(head.version, pseudonym: via)))
+        if head.method == .TRACE || head.method == .OPTIONS {
+            Self.decrementMaxForwards(&fields)
+        }
         if !framed && Self.expectsBody(head.method) {
             // No framing means no body (RFC 9112 §6.3); say so, rather than let the encoder
             // pick chunked for an empty upload.
             fields.append(("Content-Length", "0"))
         }
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri.originForm, headers: HTTPHeaders(fields))
+    }
+
+    /// A `TRACE` or `OPTIONS` goes on with one hop fewer in `Max-Forwards` (RFC 9110 §7.6.2:
+    /// an intermediary MUST decrement it; at zero the proxy answers itself, see
+    /// `RequestFields.remainingForwards`). A value that is not a number is left as it is.
+    static func decrementMaxForwards(_ fields: inout [(String, String)]) {
+        guard let index = fields.firstIndex(where: { FieldKind($0.0) == .maxForwards }) else { return }
+        if let remaining = RequestFields.hops(in: fields[index].1), remaining > 0 {
+            fields[index].1 = String(remaining - 1)
+        }
     }
 
     /// This proxy's `Via` entry for a message received as `version` (RFC 9110 §7.6.3).
@@ -142,6 +155,13 @@ extension ProxyConnectionHandler {
 
     func upstreamResponseHead(_ head: HTTPResponseHead) {
         guard let context = self.context, let exchange = self.exchange else { return }
+        // A status code is three digits, 100–599 (RFC 9110 §15; 600–999 pass, as three digits):
+        // NIO's parser also accepts 000–099, which would go out as a malformed status line.
+        if head.status.code < 100 { return self.refuseOriginResponse() }
+        // A field with bytes that are not UTF-8 arrives altered (see ReasonCode.badFieldBytes).
+        for (_, value) in head.headers where value.containsReplacementCharacter {
+            return self.refuseOriginResponse()
+        }
         if head.status.code / 100 == 1 {
             // 1xx: forward to HTTP/1.1 clients (RFC 9110 §15.2), e.g. 100 Continue for an
             // upload with `Expect: 100-continue`. 101 is impossible: Upgrade was stripped.
@@ -149,6 +169,8 @@ extension ProxyConnectionHandler {
             if exchange.version == .http1_1 {
                 var informational = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
                 informational.headers.removeHopByHopFields()
+                // Every forwarded message carries Via (RFC 9110 §7.6.3), interim ones too.
+                informational.headers.add(name: "Via", value: Self.viaValue(head.version, pseudonym: self.configuration.viaPseudonym))
                 exchange.bytesOut += informational.wireSize
                 self.exchange = exchange
                 context.writeAndFlush(self.wrapOutboundOut(.head(informational)), promise: nil)

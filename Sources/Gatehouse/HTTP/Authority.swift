@@ -13,8 +13,9 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
         self.port = port
     }
 
-    /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`. Returns `nil` for anything else,
-    /// including empty hosts, ports outside 0–65535 and characters a host cannot contain.
+    /// Parses `host`, `host:port`, `[v6]` or `[v6]:port` (`host:` has no port). Returns `nil`
+    /// for anything else, including empty hosts, ports outside 0–65535 and characters a host
+    /// cannot contain.
     public init?(parsing text: Substring) {
         var text = text
         guard let authority = text.withUTF8({ Self.parse($0) }) else { return nil }
@@ -43,15 +44,17 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
         let host = String(decoding: UnsafeBufferPointer(rebasing: bytes[hostRange]), as: UTF8.self)
         if rest == count { return Authority(host: host, port: nil) }
         guard bytes[rest] == UInt8(ascii: ":") else { return nil }
+        // port = *DIGIT (RFC 3986 §3.2.3): empty means the scheme's default, and leading
+        // zeros are allowed (`:080` is 80).
         let digits = (rest + 1)..<count
-        guard !digits.isEmpty, digits.count <= 5 else { return nil }
+        if digits.isEmpty { return Authority(host: host, port: nil) }
         var port = 0
         for index in digits {
             let byte = bytes[index]
             guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
             port = port * 10 + Int(byte - UInt8(ascii: "0"))
+            guard port <= 65535 else { return nil }
         }
-        guard port <= 65535 else { return nil }
         return Authority(host: host, port: port)
     }
 

@@ -18,6 +18,8 @@ enum FieldKind: Equatable {
     case transferEncoding
     case via
     case expect
+    /// Counts down the hops a `TRACE` or `OPTIONS` may still take (RFC 9110 §7.6.2).
+    case maxForwards
     case other
 
     init(_ name: String) {
@@ -38,6 +40,7 @@ enum FieldKind: Equatable {
         case 10:
             if name.equalsLowercased("connection") { return .connection }
             return name.equalsLowercased("keep-alive") ? .hopByHop : .other
+        case 12: return name.equalsLowercased("max-forwards") ? .maxForwards : .other
         case 14: return name.equalsLowercased("content-length") ? .contentLength : .other
         case 16: return name.equalsLowercased("proxy-connection") ? .proxyConnection : .other
         case 17: return name.equalsLowercased("transfer-encoding") ? .transferEncoding : .other
@@ -128,12 +131,15 @@ extension HTTPHeaders {
     /// (the fixed list, and `connectionOptions`, the names the message's `Connection` field
     /// listed: §7.6.1 removes "header or trailer fields" of those names), and none of the
     /// framing, routing or proxy-credential fields that a trailer section may not carry
-    /// (§6.5.1), so a client cannot slip `Proxy-Authorization` to the origin in one. nil when
-    /// nothing is left.
+    /// (§6.5.1), so a client cannot slip `Proxy-Authorization` to the origin in one. A field
+    /// whose value held bytes that are not UTF-8 is dropped rather than passed on altered (see
+    /// `String.containsReplacementCharacter`; a recipient may discard trailer fields, §6.5).
+    /// nil when nothing is left.
     func forwardableTrailers(connectionOptions: [String]) -> HTTPHeaders? {
         var kept: [(String, String)] = []
         for (name, value) in self where FieldKind(name) == .other {
             if !connectionOptions.isEmpty && connectionOptions.contains(name.lowercased()) { continue }
+            if value.containsReplacementCharacter { continue }
             kept.append((name, value))
         }
         return kept.isEmpty ? nil : HTTPHeaders(kept)
@@ -165,9 +171,14 @@ struct RequestFields {
     var proxyAuthorization: [String] = []
     var proxyConnectionKeepAlive = false
     var expectsContinue = false
+    /// The first `Max-Forwards` value, if any.
+    var maxForwards: String?
+    /// A value held bytes that are not UTF-8 (see `String.containsReplacementCharacter`).
+    var hasReplacedBytes = false
 
     init(_ headers: HTTPHeaders) {
         for (name, value) in headers {
+            if value.containsReplacementCharacter { self.hasReplacedBytes = true }
             switch FieldKind(name) {
             case .host: self.hostCount += 1
             case .transferEncoding: self.transferEncodings.append(value)
@@ -178,6 +189,8 @@ struct RequestFields {
                 if value.lowercased() == "keep-alive" { self.proxyConnectionKeepAlive = true }
             case .expect:
                 if value.lowercased() == "100-continue" { self.expectsContinue = true }
+            case .maxForwards:
+                if self.maxForwards == nil { self.maxForwards = value }
             default: break
             }
         }
@@ -185,4 +198,20 @@ struct RequestFields {
 
     /// Whether the request says it has a body (RFC 9112 §6.3).
     var isFramed: Bool { !self.contentLengths.isEmpty || !self.transferEncodings.isEmpty }
+
+    /// The hops a `TRACE` or `OPTIONS` request may still take: `Max-Forwards` as a number
+    /// (RFC 9110 §7.6.2, `1*DIGIT`), nil for any other method, or when the field is absent or
+    /// not a number (then the request is forwarded as it is).
+    func remainingForwards(for method: HTTPMethod) -> Int? {
+        guard method == .TRACE || method == .OPTIONS, let value = self.maxForwards else { return nil }
+        return Self.hops(in: value)
+    }
+
+    /// A `Max-Forwards` value as a number; nil if it is not one (a value too large for `Int`
+    /// counts as `Int.max`).
+    static func hops(in value: String) -> Int? {
+        let digits = Substring(value).trimmingSpaces()
+        guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        return Int(digits) ?? Int.max
+    }
 }

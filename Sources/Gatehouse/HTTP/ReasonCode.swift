@@ -39,6 +39,16 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     case authBusy = "auth_busy"
     case destinationDenied = "destination_denied"
     case loopDetected = "loop_detected"
+    /// A request method NIO's parser (llhttp) does not know: it cannot be parsed, so it cannot
+    /// be forwarded (RFC 9110 §9.1: 501 for an unrecognised method).
+    case unknownMethod = "unknown_method"
+    /// A field value held bytes that are not UTF-8 (obs-text, RFC 9110 §5.5). NIO's parser
+    /// hands fields over as Swift strings, which replace such bytes with U+FFFD; rather than
+    /// pass altered bytes on, the request is refused (a response gets `upstream_bad_response`).
+    case badFieldBytes = "bad_field_bytes"
+    /// `TRACE` or `OPTIONS` with `Max-Forwards: 0`: answered by the proxy itself, as RFC 9110
+    /// §7.6.2 requires of the recipient that would otherwise forward it.
+    case maxForwards = "max_forwards"
     /// Log-only: the origin cut its body short; the client connection was closed.
     case upstreamTruncated = "upstream_truncated"
     /// Log-only: the client went away before the response was complete.
@@ -59,14 +69,14 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     /// The status Gatehouse itself answers with for this reason.
     public var status: HTTPResponseStatus {
         switch self {
-        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled: return .ok
-        case .badRequest, .originForm, .badTarget: return .badRequest
+        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled, .maxForwards: return .ok
+        case .badRequest, .originForm, .badTarget, .badFieldBytes: return .badRequest
         case .connectPortDenied: return .forbidden
         case .authMissing, .authScheme, .authMalformed, .authInvalid: return .proxyAuthenticationRequired
         case .headerTimeout, .bodyTimeout: return .requestTimeout
         case .uriTooLong: return .uriTooLong
         case .headerTooLarge: return .requestHeaderFieldsTooLarge
-        case .httpsAbsoluteForm: return .notImplemented
+        case .httpsAbsoluteForm, .unknownMethod: return .notImplemented
         case .upstreamDNS, .upstreamRefused, .upstreamUnreachable, .upstreamBadResponse, .upstreamClosed:
             return .badGateway
         case .upstreamConnectTimeout, .upstreamTimeout: return .gatewayTimeout
@@ -125,6 +135,10 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .authBusy: return "The proxy is busy checking credentials; retry shortly."
         case .destinationDenied: return "This destination is not allowed by the proxy's policy."
         case .loopDetected: return "The request would loop back through this proxy."
+        case .unknownMethod: return "This proxy does not know the request method."
+        case .badFieldBytes:
+            return "A header field holds bytes that are not UTF-8, which this proxy cannot pass on unaltered."
+        case .maxForwards: return "Max-Forwards reached zero: answered by the proxy."
         case .upstreamTruncated: return "The destination cut its response short."
         case .clientClosed: return "The client closed the connection."
         case .clientStalled: return "The client stopped reading the response."

@@ -94,7 +94,7 @@ public enum RequestTarget: Sendable, Equatable {
         let portColon = authorityBytes.last == UInt8(ascii: "]") ? nil : authorityBytes.lastIndex(of: UInt8(ascii: ":"))
         if scheme.elementsEqual("http".utf8), !hadUserinfo, pathEnd == count,
             !path.isEmpty, path[0] == UInt8(ascii: "/"), authority.port != 80,
-            portColon.map({ authorityBytes[$0 + 1] != UInt8(ascii: "0") }) ?? true
+            portColon.map({ $0 + 1 < authorityBytes.count && authorityBytes[$0 + 1] != UInt8(ascii: "0") }) ?? true
         {
             result.canonicalText = uri
         }

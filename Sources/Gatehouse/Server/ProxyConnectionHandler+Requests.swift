@@ -9,6 +9,7 @@ extension ProxyConnectionHandler {
     func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         self.clearTimer()
         self.observer.awaitingRequest = false
+        self.observer.forgetFirstLine()
         guard self.machine.requestHeadReceived() else {
             context.close(promise: nil)
             return
@@ -38,6 +39,11 @@ extension ProxyConnectionHandler {
         if fields.hostCount > 1 {
             self.exchange = exchange
             return self.answer(.badRequest, context: context, close: true)
+        }
+        if fields.hasReplacedBytes || head.uri.containsReplacementCharacter {
+            // Bytes that are not UTF-8 reached us already replaced (see ReasonCode.badFieldBytes).
+            self.exchange = exchange
+            return self.answer(.badFieldBytes, context: context, close: true)
         }
         let codings = fields.transferEncodings
         if !codings.isEmpty && (codings.count != 1 || codings[0].lowercased() != "chunked" || head.version == .http1_0) {
@@ -72,7 +78,11 @@ extension ProxyConnectionHandler {
             switch RequestTarget.parseAbsolute(head.uri) {
             case .success(let uri):
                 exchange.target = uri.logDescription
-                destination = .forward(uri, head, framed: fields.isFramed)
+                if fields.remainingForwards(for: head.method) == 0 {
+                    destination = .answerHere(head)
+                } else {
+                    destination = .forward(uri, head, framed: fields.isFramed)
+                }
             case .failure(.originForm):
                 self.exchange = exchange
                 return self.answer(.originForm, context: context)
@@ -113,6 +123,8 @@ extension ProxyConnectionHandler {
         case forward(AbsoluteURI, HTTPRequestHead, framed: Bool)
         case tunnel(Authority)
         case refuse(ReasonCode)
+        /// `TRACE` or `OPTIONS` with `Max-Forwards: 0`: this proxy is its final recipient.
+        case answerHere(HTTPRequestHead)
     }
 
     func authenticationFinished(_ outcome: Authenticator.Outcome, destination: Destination, context: ChannelHandlerContext) {
@@ -151,6 +163,8 @@ extension ProxyConnectionHandler {
             self.openTunnel(to: authority, context: context)
         case .forward(let uri, let head, let framed):
             self.forward(head, to: uri, framed: framed, context: context)
+        case .answerHere(let head):
+            self.answer(.maxForwards, context: context, content: Self.maxForwardsContent(for: head))
         }
         self.resumeReadingIfPossible()
     }

@@ -16,8 +16,17 @@ final class OwnResponse: Sendable {
     /// `headSize` bytes are the head alone, for HEAD requests.
     let encoded: ByteBuffer?
 
-    init(reason: ReasonCode, challenges: [String], closing: Bool, version: HTTPVersion, retryAfter: Int?, prebuilt: Bool = false) {
-        let message = reason.message + "\n"
+    /// A body other than the reason's plain-text message (a `TRACE` echo).
+    struct Content {
+        var type: String
+        var text: String
+    }
+
+    init(
+        reason: ReasonCode, challenges: [String], closing: Bool, version: HTTPVersion, retryAfter: Int?,
+        prebuilt: Bool = false, content: Content? = nil
+    ) {
+        let message = content?.text ?? reason.message + "\n"
         var body = ByteBufferAllocator().buffer(capacity: message.utf8.count)
         body.writeString(message)
         var headers = HTTPHeaders()
@@ -27,7 +36,7 @@ final class OwnResponse: Sendable {
                 headers.add(name: "Proxy-Authenticate", value: challenge)
             }
         }
-        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Type", value: content?.type ?? "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: String(body.readableBytes))
         if let seconds = retryAfter {
             headers.add(name: "Retry-After", value: String(seconds))
@@ -81,7 +90,10 @@ extension ProxyConnectionHandler {
     // MARK: Gatehouse's own responses
 
     /// Sends Gatehouse's own response for `reason`, logs it, and moves the connection on.
-    func answer(_ reason: ReasonCode, context: ChannelHandlerContext, close: Bool = false, retryAfter: Int? = nil) {
+    func answer(
+        _ reason: ReasonCode, context: ChannelHandlerContext, close: Bool = false, retryAfter: Int? = nil,
+        content: OwnResponse.Content? = nil
+    ) {
         // Once the connection is closing, nothing more is said (a parse error at EOF after a
         // 408 or 505 must not produce a second response or log line).
         guard self.machine.state != .closed, context.channel.isActive else { return }
@@ -93,14 +105,14 @@ extension ProxyConnectionHandler {
             || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)
         let status = reason.status
         let response: OwnResponse
-        if !closing && exchange.version == .http1_1 && retryAfter == nil,
+        if !closing && exchange.version == .http1_1 && retryAfter == nil && content == nil,
             let prebuilt = self.settings.keepAliveResponses[reason]
         {
             response = prebuilt
         } else {
             response = OwnResponse(
                 reason: reason, challenges: self.settings.challenges, closing: closing, version: exchange.version,
-                retryAfter: retryAfter ?? reason.defaultRetryAfter)
+                retryAfter: retryAfter ?? reason.defaultRetryAfter, content: content)
         }
         let head = response.head
         exchange.status = Int(status.code)
@@ -157,11 +169,29 @@ extension ProxyConnectionHandler {
         }
     }
 
+    /// The answer to a `TRACE` or `OPTIONS` whose `Max-Forwards` reached zero (RFC 9110
+    /// §7.6.2). `TRACE` gets the request back as `message/http` (§9.3.8), without the fields
+    /// that carry credentials (the final recipient "SHOULD exclude" them); `OPTIONS` gets the
+    /// plain-text reason.
+    static func maxForwardsContent(for head: HTTPRequestHead) -> OwnResponse.Content? {
+        guard head.method == .TRACE else { return nil }
+        var text = "TRACE \(RequestTarget.withoutUserinfo(head.uri)) HTTP/\(head.version.major).\(head.version.minor)\r\n"
+        for (name, value) in head.headers {
+            switch name.lowercased() {
+            case "proxy-authorization", "authorization", "cookie": continue
+            default: text += "\(name): \(value)\r\n"
+            }
+        }
+        text += "\r\n"
+        return OwnResponse.Content(type: "message/http", text: text)
+    }
+
     func parserError(_ error: HTTPParserError, context: ChannelHandlerContext) {
         let reason: ReasonCode
         switch error {
         case .headerOverflow: reason = .headerTooLarge
-        case .invalidVersion: reason = self.observer.requestLineEndsInBareLF ? .badRequest : .versionNotSupported
+        case .invalidMethod: reason = self.observer.firstLine.isRequestLine ? .unknownMethod : .badRequest
+        case .invalidVersion: reason = self.observer.firstLine.endsInBareLF ? .badRequest : .versionNotSupported
         default: reason = .badRequest
         }
         self.logger.debug("malformed request", metadata: ["error": "\(error)"])

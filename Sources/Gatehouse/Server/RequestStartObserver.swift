@@ -32,16 +32,54 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
         self.connection = nil
     }
 
-    /// The request line that started the current request ended in LF alone. llhttp reports
-    /// that as an invalid version, which is a malformed request (400), not an unsupported
-    /// version (505).
-    private(set) var requestLineEndsInBareLF = false
+    /// What the first line of the current request looked like, for telling apart the parse
+    /// errors llhttp reports alike (see ``FirstLine``). Noted from the first read of each
+    /// request, and forgotten once a head parses, so a later request that was pipelined into
+    /// the same read is judged by the defaults (400).
+    private(set) var firstLine = FirstLine()
 
-    static func firstLineEndsInBareLF(_ buffer: ByteBuffer) -> Bool {
+    struct FirstLine: Equatable {
+        /// The line ended in LF alone. llhttp reports that as an invalid version, which is a
+        /// malformed request (400), not an unsupported version (505).
+        var endsInBareLF = false
+        /// The line has a request line's shape, `token SP target SP HTTP/x.y`. llhttp knows a
+        /// fixed list of methods and reports any other as an invalid method: with this shape
+        /// that is an unknown method (501), otherwise garbage (400).
+        var isRequestLine = false
+    }
+
+    static func firstLine(of buffer: ByteBuffer) -> FirstLine {
         buffer.withUnsafeReadableBytes { bytes in
-            guard let lf = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return false }
-            return lf == 0 || bytes[lf - 1] != UInt8(ascii: "\r")
+            guard let lf = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return FirstLine() }
+            var line = FirstLine()
+            line.endsInBareLF = lf == 0 || bytes[lf - 1] != UInt8(ascii: "\r")
+            let end = line.endsInBareLF ? lf : lf - 1
+            var index = 0
+            while index < end && Self.isTokenByte(bytes[index]) { index += 1 }
+            guard index > 0, index < end, bytes[index] == UInt8(ascii: " ") else { return line }
+            index += 1
+            let targetStart = index
+            while index < end && bytes[index] > 0x20 && bytes[index] < 0x7F { index += 1 }
+            guard index > targetStart, index < end, bytes[index] == UInt8(ascii: " ") else { return line }
+            index += 1
+            line.isRequestLine = end - index == 8 && bytes[index..<index + 5].elementsEqual("HTTP/".utf8)
+            return line
         }
+    }
+
+    /// tchar (RFC 9110 §5.6.2), the characters of a method name.
+    static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        default:
+            return "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
+    }
+
+    /// A head parsed: what the first line looked like no longer matters.
+    func forgetFirstLine() {
+        self.firstLine = FirstLine()
     }
 
     /// Set by the connection handler once the current request has fully arrived.
@@ -52,7 +90,7 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if self.awaitingRequest {
             self.awaitingRequest = false
-            self.requestLineEndsInBareLF = Self.firstLineEndsInBareLF(self.unwrapInboundIn(data))
+            self.firstLine = Self.firstLine(of: self.unwrapInboundIn(data))
             self.connection?.requestBytesStarted()
         } else if self.requestComplete {
             self.sawPipelinedBytes = true

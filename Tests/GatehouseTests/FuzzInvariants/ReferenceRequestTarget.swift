@@ -34,12 +34,10 @@ enum ReferenceRequestTarget {
         if rest.isEmpty { return (String(host), nil) }
         guard rest.first == UInt8(ascii: ":") else { return nil }
         rest = rest.dropFirst()
-        guard !rest.isEmpty, rest.count <= 5 else { return nil }
-        var port = 0
-        for byte in rest {
-            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-            port = port * 10 + Int(byte - UInt8(ascii: "0"))
-        }
+        if rest.isEmpty { return (String(host), nil) }
+        let digits = rest.drop(while: { $0 == UInt8(ascii: "0") })
+        guard rest.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }), digits.count <= 5 else { return nil }
+        let port = digits.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
         guard port <= 65535 else { return nil }
         return (String(host), port)
     }

@@ -9,6 +9,8 @@ final class RawOrigin: Sendable {
     enum Behaviour: Sendable {
         /// Send these bytes, then close the connection.
         case respondAndClose(String)
+        /// The same with raw bytes (ones that are not UTF-8, say).
+        case respondBytesAndClose([UInt8])
         /// Send these bytes, then keep the connection open and say nothing more.
         case respondAndHang(String)
         /// Read until EOF (the peer's half-close), then send `received N` and close.
@@ -159,6 +161,10 @@ final class RawOrigin: Sendable {
             switch self.behaviour {
             case .respondAndClose(let text):
                 context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text))).assumeIsolated().whenComplete { _ in
+                    context.close(promise: nil)
+                }
+            case .respondBytesAndClose(let bytes):
+                context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(bytes: bytes))).assumeIsolated().whenComplete { _ in
                     context.close(promise: nil)
                 }
             case .respondAndHang(let text):

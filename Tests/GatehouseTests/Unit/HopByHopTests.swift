@@ -98,4 +98,36 @@ struct HopByHopTests {
         #expect(forwarded.headers["x-opt"].isEmpty)
         #expect(forwarded.headers["via"] == ["1.0 gatehouse"])
     }
+    @Test("Max-Forwards counts down on TRACE and OPTIONS only; junk is left alone")
+    func maxForwards() {
+        func fields(_ value: String) -> RequestFields { RequestFields(HTTPHeaders([("Max-Forwards", value)])) }
+        #expect(fields("0").remainingForwards(for: .TRACE) == 0)
+        #expect(fields(" 7 ").remainingForwards(for: .OPTIONS) == 7)
+        #expect(fields("0").remainingForwards(for: .GET) == nil)
+        #expect(fields("-1").remainingForwards(for: .TRACE) == nil)
+        #expect(fields("1e3").remainingForwards(for: .TRACE) == nil)
+        #expect(fields("99999999999999999999999").remainingForwards(for: .TRACE) == Int.max)
+        #expect(RequestFields(HTTPHeaders()).remainingForwards(for: .TRACE) == nil)
+        for (method, value, sent) in [(HTTPMethod.OPTIONS, "5", "4"), (.TRACE, "1", "0"), (.GET, "5", "5"), (.TRACE, "x", "x")] {
+            let head = HTTPRequestHead(version: .http1_1, method: method, uri: "http://o/", headers: HTTPHeaders([("Max-Forwards", value)]))
+            let uri = try? RequestTarget.parseAbsolute("http://o/").get()
+            let forwarded = uri.map { ProxyConnectionHandler.upstreamRequestHead(head, uri: $0, via: "gatehouse") }
+            #expect(forwarded?.headers["max-forwards"] == [sent], "\(method) \(value)")
+        }
+    }
+
+    @Test("U+FFFD, what NIO's parser leaves of bytes that are not UTF-8, is found wherever it is")
+    func replacementCharacter() {
+        #expect(!"".containsReplacementCharacter)
+        #expect(!"plain ascii value".containsReplacementCharacter)
+        #expect(!"caf\u{E9} \u{EF}\u{BF}".containsReplacementCharacter, "valid UTF-8 with bytes EF and BF elsewhere")
+        #expect("\u{FFFD}".containsReplacementCharacter)
+        #expect("caf\u{FFFD}".containsReplacementCharacter)
+        #expect("\u{FFFD}tail".containsReplacementCharacter)
+        #expect(String(decoding: Array("v=".utf8) + [0x80, 0xFF], as: UTF8.self).containsReplacementCharacter)
+        var fields = RequestFields(HTTPHeaders([("X-Name", String(decoding: [0x63, 0xE9], as: UTF8.self))]))
+        #expect(fields.hasReplacedBytes)
+        fields = RequestFields(HTTPHeaders([("X-Name", "caf\u{E9}")]))
+        #expect(!fields.hasReplacedBytes)
+    }
 }

@@ -88,4 +88,18 @@ struct RequestStartObserverTests {
         #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "tail of a response"))
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
+    @Test("the first line's shape tells an unknown method (501) from garbage (400), and a bare LF (400) from a bad version (505)")
+    func firstLineShapes() {
+        func shape(_ text: String) -> RequestStartObserver.FirstLine {
+            RequestStartObserver.firstLine(of: ByteBuffer(string: text))
+        }
+        #expect(shape("BREW http://o/ HTTP/1.1\r\nHost: o\r\n") == .init(endsInBareLF: false, isRequestLine: true))
+        #expect(shape("M-SEARCH* http://o/ HTTP/1.1\r\n").isRequestLine)
+        #expect(shape("GET http://o/ HTTP/1.1\n") == .init(endsInBareLF: true, isRequestLine: true))
+        for garbage in ["GARBAGE\r\n", "GET\r\n", "GET  http://o/ HTTP/1.1\r\n", "G(T http://o/ HTTP/1.1\r\n",
+                        "GET http://o/ FTP/1.1\r\n", "GET http://o/ HTTP/1.1 x\r\n", "GET http://o/\r\n", "\r\n"] {
+            #expect(!shape(garbage).isRequestLine, "\(garbage)")
+        }
+        #expect(shape("GET http://o/ HTTP/1.1") == .init(), "no line end in the first read: nothing known")
+    }
 }

@@ -33,6 +33,10 @@ struct RequestTargetTests {
             ("http://example.com", "http://example.com/"),
             ("http://example.com?q", "http://example.com/?q"),
             ("http://u:p@example.com/x", "http://example.com/x"),
+            // port = *DIGIT (RFC 3986 §3.2.3): empty is the default, leading zeros are allowed.
+            ("http://example.com:/x", "http://example.com/x"),
+            ("http://example.com:000000081/x", "http://example.com:81/x"),
+            ("http://[::1]:/x", "http://[::1]/x"),
         ]
         for (target, logged) in cases {
             #expect(try RequestTarget.parseAbsolute(target).get().logDescription == logged, "\(target)")
@@ -40,6 +44,14 @@ struct RequestTargetTests {
         var edited = try RequestTarget.parseAbsolute("http://example.com/x").get()
         edited.originForm = "/y"
         #expect(edited.logDescription == "http://example.com/y", "an edited URI is rebuilt")
+    }
+
+    @Test("an empty port is the default one, with no colon in Host")
+    func emptyPort() throws {
+        let uri = try RequestTarget.parseAbsolute("http://example.com:/x").get()
+        #expect(uri.port == 80)
+        #expect(uri.hostHeader == "example.com")
+        #expect(try RequestTarget.parseAbsolute("http://example.com:0080/").get().hostHeader == "example.com")
     }
 
     @Test("userinfo is dropped and never logged")
@@ -72,6 +84,8 @@ struct RequestTargetTests {
         ("http://", .invalid),
         ("http://exa mple.com/", .invalid),
         ("http://example.com:99999/", .invalid),
+        ("http://example.com:0065536/", .invalid),
+        ("http://example.com:99999999999999999999999/", .invalid),
         ("http://example.com:0/", .invalid),
         ("http://[::1/", .invalid),
         ("http://example.com/\u{7F}", .invalid),

@@ -1,0 +1,131 @@
+import Foundation
+import Gatehouse
+import GatehouseTesting
+import NIOCore
+import Testing
+
+/// RFC 9110 rules for what a proxy does with methods, `Max-Forwards`, field bytes and status
+/// codes it cannot pass on as they are.
+@Suite("Message rules: methods, Max-Forwards, field bytes, status codes")
+struct MessageRuleTests {
+    let auth = "Proxy-Authorization: \(TestUser.basic)\r\n"
+
+    @Test("a method the parser does not know gets 501 unknown_method; a line that is not a request line still gets 400")
+    func unknownMethod() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("BREW http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\n\(auth)\r\n")
+            let text = await client.waitFor { $0.hasSuffix("method.\n") }
+            #expect(text.hasPrefix("HTTP/1.1 501 Not Implemented\r\n"), "\(text)")
+            #expect(text.hasSuffix("\r\n\r\nThis proxy does not know the request method.\n"))
+            #expect(await client.waitForClose(timeout: .seconds(2)))
+            await client.close()
+            #expect(proxy.records.map(\.status) == [501])
+            #expect(proxy.records.map(\.reason) == [.unknownMethod])
+            #expect(origin.connections == 0)
+        }
+    }
+
+    @Test("TRACE with Max-Forwards: 0 is answered by the proxy with the request echoed, minus credentials; the origin sees nothing")
+    func traceAtZero() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "TRACE http://127.0.0.1:\(origin.port)/headers HTTP/1.1\r\nHost: x\r\n\(auth)Max-Forwards: 0\r\nX-Probe: 1\r\nCookie: secret=1\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("\r\n\r\n") && $0.contains("X-Probe") }
+            #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(text)")
+            #expect(text.contains("Content-Type: message/http\r\n"))
+            let body = text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+            #expect(body == "TRACE http://127.0.0.1:\(origin.port)/headers HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nX-Probe: 1\r\n\r\n", "\(body)")
+            #expect(!text.contains("Basic "))
+            #expect(proxy.records.map(\.status) == [200])
+            #expect(proxy.records.map(\.reason) == [.maxForwards])
+            #expect(origin.connections == 0)
+            await client.close()
+        }
+    }
+
+    @Test("OPTIONS at Max-Forwards: 0 is answered here; above zero it is forwarded one lower; other methods pass it unchanged; no credentials, no answer")
+    func maxForwards() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            let target = "http://127.0.0.1:\(origin.port)/headers"
+            try await client.send("OPTIONS \(target) HTTP/1.1\r\nHost: x\r\n\(auth)Max-Forwards: 0\r\n\r\n")
+            var text = await client.waitFor { $0.hasSuffix("answered by the proxy.\n") }
+            #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(text)")
+            try await client.send("OPTIONS \(target) HTTP/1.1\r\nHost: x\r\n\(auth)Max-Forwards: 3\r\n\r\n")
+            text = await client.waitFor { $0.contains("max-forwards: ") }
+            #expect(text.contains("max-forwards: 2\n"), "\(text)")
+            try await client.send("GET \(target) HTTP/1.1\r\nHost: x\r\n\(auth)Max-Forwards: 0\r\n\r\n")
+            text = await client.waitFor { $0.components(separatedBy: "max-forwards: ").count == 3 }
+            #expect(text.contains("max-forwards: 0\n"), "\(text)")
+            try await client.send("TRACE \(target) HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n")
+            text = await client.waitFor { $0.contains("407 Proxy") }
+            #expect(statusCodes(in: text) == [200, 200, 200, 407])
+            #expect(proxy.records.map(\.reason) == [.maxForwards, .forwarded, .forwarded, .authMissing])
+            await client.close()
+        }
+    }
+
+    @Test("a request field with bytes that are not UTF-8 gets 400 bad_field_bytes rather than reaching the origin altered")
+    func requestFieldBytes() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            let head = Array("GET http://127.0.0.1:\(origin.port)/headers HTTP/1.1\r\nHost: x\r\n\(auth)X-Name: caf".utf8)
+                + [0xE9] + Array("\r\n\r\n".utf8)
+            try await client.send(bytes: head)
+            let text = await client.waitFor { $0.hasSuffix("unaltered.\n") }
+            #expect(text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(text)")
+            #expect(text.contains("Connection: close\r\n"))
+            #expect(await client.waitForClose(timeout: .seconds(2)))
+            await client.close()
+            #expect(proxy.records.map(\.reason) == [.badFieldBytes])
+            #expect(origin.connections == 0)
+        }
+    }
+
+    @Test("an origin response with a field that is not UTF-8, or a status below 100, gets 502; a 1xx carries Via")
+    func originResponses() async throws {
+        let latin1 = try await RawOrigin.start(.respondBytesAndClose(
+            Array("HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename=\"r".utf8) + [0xE9]
+                + Array("sum.pdf\"\r\nContent-Length: 2\r\n\r\nok".utf8)))
+        let lowStatus = try await RawOrigin.start(.respondAndClose("HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok"))
+        let interim = try await RawOrigin.start(.respondAndClose(
+            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        defer { Task { await latin1.stop(); await lowStatus.stop(); await interim.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            for origin in [latin1, lowStatus] {
+                let client = try await RawClient.connect(port: proxy.port)
+                try await client.send("GET http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\n\(auth)\r\n")
+                let text = await client.waitFor { $0.hasSuffix("invalid HTTP response.\n") }
+                #expect(text.hasPrefix("HTTP/1.1 502 Bad Gateway\r\n"), "\(text)")
+                await client.close()
+            }
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:\(interim.port)/ HTTP/1.1\r\nHost: x\r\n\(auth)\r\n")
+            let text = await client.waitFor { $0.hasSuffix("\r\n\r\nok") }
+            // NIO keeps no reason phrase for 103 (an empty one is valid, RFC 9112 §4).
+            #expect(text.hasPrefix("HTTP/1.1 103 \r\nLink: </s.css>; rel=preload\r\nVia: 1.1 gatehouse\r\n\r\nHTTP/1.1 200 OK\r\n"), "\(text)")
+            await client.close()
+            #expect(proxy.records.map(\.reason) == [.upstreamBadResponse, .upstreamBadResponse, .forwarded])
+        }
+    }
+
+    @Test("a request trailer field with bytes that are not UTF-8 is dropped; the others pass")
+    func trailerFieldBytes() async throws {
+        let origin = try await RawOrigin.start(.captureUntil("\r\n0\r\n", then: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            let request = Array(("POST http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\n\(auth)"
+                + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Good: 1\r\nX-Bad: caf").utf8) + [0xE9] + Array("\r\n\r\n".utf8)
+            try await client.send(bytes: request)
+            let text = await client.waitFor { $0.contains("\r\n\r\n") }
+            #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(text)")
+            let received = origin.received.first ?? ""
+            #expect(received.hasSuffix("3\r\nabc\r\n0\r\nX-Good: 1\r\n\r\n"), "\(received)")
+            await client.close()
+            #expect(proxy.records.map(\.reason) == [.forwarded])
+        }
+    }
+}
