@@ -210,6 +210,7 @@ extension ProxyConnectionHandler {
             } else {
                 // An HTTP/1.0 client cannot read chunked: the body ends when we close.
                 closeAfter = true
+                exchange.closeDelimitedResponse = true
             }
         }
         fields.append(("Via", Self.viaValue(head.version, pseudonym: self.configuration.viaPseudonym)))
@@ -318,7 +319,13 @@ extension ProxyConnectionHandler {
     /// What was written is flushed first: responses are flushed once per origin read, so a
     /// fault in the same read as the head (a bad chunk size) would otherwise leave the client
     /// an empty reply instead of a response it can see was cut short.
-    private func endExchangeAndClose(reason: ReasonCode, context: ChannelHandlerContext) {
+    ///
+    /// With `reset`, the connection ends in a TCP reset (`SO_LINGER` 0) instead: a response
+    /// whose end is the close itself would otherwise look complete to the client (RFC 9112
+    /// §8: an incomplete close-delimited message can only be told by how the connection
+    /// ends). The reset may discard the tail still queued for the client; the body was cut
+    /// short anyway.
+    private func endExchangeAndClose(reason: ReasonCode, context: ChannelHandlerContext, reset: Bool = false) {
         if let exchange = self.exchange {
             self.exchange = nil
             self.shared.record(
@@ -326,6 +333,9 @@ extension ProxyConnectionHandler {
         }
         self.machine.connectionClosed()
         context.flush()
+        if reset, let provider = context.channel as? SocketOptionProvider {
+            _ = provider.setSoLinger(linger(l_onoff: 1, l_linger: 0))
+        }
         context.close(promise: nil)
     }
 
@@ -345,7 +355,8 @@ extension ProxyConnectionHandler {
         case .sendError:
             self.answer(reason, context: context)
         case .close:
-            self.endExchangeAndClose(reason: .upstreamTruncated, context: context)
+            self.endExchangeAndClose(
+                reason: .upstreamTruncated, context: context, reset: self.exchange?.closeDelimitedResponse ?? false)
         case .ignore:
             break
         }

@@ -21,6 +21,9 @@ final class Exchange {
     /// The response to the client is chunked by the proxy (for the byte count: chunk framing
     /// is part of what was sent).
     var chunkedResponse = false
+    /// The client's response ends when the connection closes (an HTTP/1.0 client of a
+    /// response the origin chunked): a cut-short body must end in a reset, not a close.
+    var closeDelimitedResponse = false
     /// The request went out on a pooled origin connection and can be replayed once on a fresh
     /// one if that connection turns out to be dead (kept here, not on the connection, so an
     /// idle connection holds none of it).

@@ -268,6 +268,18 @@ struct UpstreamFailureTests {
         }
     }
 
+    @Test("an HTTP/1.0 client, whose response ends with the connection, sees a cut-short body as a reset, not a clean end")
+    func truncatedCloseDelimited() async throws {
+        let origin = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nhellowor"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let curl = try await Curl.run(["--http1.0", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/"])
+            // curl: (56) Recv failure: Connection reset by peer. A plain close gave exit 0.
+            #expect(curl.exitCode == 56, "\(curl.exitCode) \(curl.stderr)")
+            #expect(proxy.records.map(\.reason) == [.upstreamTruncated])
+        }
+    }
+
     @Test("a broken chunk in the same read as the origin's head still reaches the client as a truncated response")
     func brokenChunkWithHead() async throws {
         // Head, one good chunk and a bad chunk size arrive in one read (the origin keeps the
