@@ -187,11 +187,14 @@ extension ProxyConnectionHandler {
         fields.reserveCapacity(head.headers.count + 3)
         var hasLength = false
         var hasCoding = false
+        var hasType = false
         head.headers.appendEndToEndFields(to: &fields) { kind in
             if kind == .contentLength { hasLength = true }
             if kind == .transferEncoding { hasCoding = true }
+            if kind == .contentType { hasType = true }
             return true
         }
+        if hasType { exchange.contentType = fields.first { FieldKind($0.0) == .contentType }?.1 }
         if code == 204 {
             if hasLength || hasCoding { fields.removeAll { Self.isFraming($0.0) } }
         } else if bodyless {

@@ -20,6 +20,8 @@ enum FieldKind: Equatable {
     case expect
     /// Counts down the hops a `TRACE` or `OPTIONS` may still take (RFC 9110 §7.6.2).
     case maxForwards
+    /// Noted for the access log.
+    case contentType
     case other
 
     init(_ name: String) {
@@ -40,7 +42,9 @@ enum FieldKind: Equatable {
         case 10:
             if name.equalsLowercased("connection") { return .connection }
             return name.equalsLowercased("keep-alive") ? .hopByHop : .other
-        case 12: return name.equalsLowercased("max-forwards") ? .maxForwards : .other
+        case 12:
+            if name.equalsLowercased("max-forwards") { return .maxForwards }
+            return name.equalsLowercased("content-type") ? .contentType : .other
         case 14: return name.equalsLowercased("content-length") ? .contentLength : .other
         case 16: return name.equalsLowercased("proxy-connection") ? .proxyConnection : .other
         case 17: return name.equalsLowercased("transfer-encoding") ? .transferEncoding : .other
@@ -56,6 +60,12 @@ enum FieldKind: Equatable {
         case .hopByHop, .connection, .proxyConnection, .proxyAuthorization: return true
         default: return false
         }
+    }
+
+    /// May pass on in a trailer section: not hop-by-hop, framing, routing or credentials
+    /// (RFC 9110 §6.5.1), nor `Max-Forwards` or `Expect`, which only mean something in a head.
+    var isAllowedInTrailer: Bool {
+        self == .other || self == .contentType
     }
 
     /// Message framing and routing: a `Connection` option naming one of these is ignored
@@ -137,7 +147,7 @@ extension HTTPHeaders {
     /// nil when nothing is left.
     func forwardableTrailers(connectionOptions: [String]) -> HTTPHeaders? {
         var kept: [(String, String)] = []
-        for (name, value) in self where FieldKind(name) == .other {
+        for (name, value) in self where FieldKind(name).isAllowedInTrailer {
             if !connectionOptions.isEmpty && connectionOptions.contains(name.lowercased()) { continue }
             if value.containsReplacementCharacter { continue }
             kept.append((name, value))

@@ -19,10 +19,14 @@ public struct AccessLogEntry: Sendable, Equatable {
     public var bytesIn: Int
     public var upstream: String?
     public var durationMilliseconds: Int
+    /// The response's `Content-Type` (the origin's, or `text/plain` for Gatehouse's own), as
+    /// Squid's format logs it.
+    public var contentType: String?
 
     public init(
         timestamp: Double, client: String, user: String?, method: String, target: String, version: String,
-        status: Int, reason: ReasonCode, bytesOut: Int, bytesIn: Int, upstream: String?, durationMilliseconds: Int
+        status: Int, reason: ReasonCode, bytesOut: Int, bytesIn: Int, upstream: String?, durationMilliseconds: Int,
+        contentType: String? = nil
     ) {
         self.timestamp = timestamp
         self.client = client
@@ -36,5 +40,6 @@ public struct AccessLogEntry: Sendable, Equatable {
         self.bytesIn = bytesIn
         self.upstream = upstream
         self.durationMilliseconds = durationMilliseconds
+        self.contentType = contentType
     }
 }

@@ -65,7 +65,14 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
         } else {
             appendStatic(" HIER_NONE/-", to: &bytes)
         }
-        appendStatic(" - reason=", to: &bytes)
+        bytes.append(UInt8(ascii: " "))
+        if let type = e.contentType, !type.isEmpty {
+            // The origin's text: escaped like the other fields, so it cannot break the line.
+            appendEscaped(type, keepingPercent: true, to: &bytes)
+        } else {
+            bytes.append(UInt8(ascii: "-"))
+        }
+        appendStatic(" reason=", to: &bytes)
         bytes.append(contentsOf: e.reason.rawValue.utf8)
     }
 

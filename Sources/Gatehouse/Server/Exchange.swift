@@ -16,6 +16,8 @@ final class Exchange {
     var bytesOut = 0
     var upstream: String?
     var status: Int = 0
+    /// The `Content-Type` of the response sent, for the log.
+    var contentType: String?
     var isHead: Bool
     var isConnect: Bool
     /// The response to the client is chunked by the proxy (for the byte count: chunk framing
@@ -65,7 +67,7 @@ final class Exchange {
             timestamp: self.timestamp, client: client, user: self.user, method: self.method, target: self.target,
             version: Self.versionText(self.version), status: status, reason: reason,
             bytesOut: self.bytesOut, bytesIn: self.bytesIn, upstream: self.upstream,
-            durationMilliseconds: Int(max(0, elapsed)))
+            durationMilliseconds: Int(max(0, elapsed)), contentType: self.contentType)
     }
 
     private static func versionText(_ version: HTTPVersion) -> String {

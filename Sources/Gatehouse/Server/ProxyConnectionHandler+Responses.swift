@@ -12,6 +12,8 @@ final class OwnResponse: Sendable {
     let body: ByteBuffer
     /// Bytes the status line and fields take on the wire, for the access log.
     let headSize: Int
+    /// Its `Content-Type`, for the access log.
+    let contentType: String
     /// A prebuilt response as it goes on the wire (see `OwnResponseEncoder`); its first
     /// `headSize` bytes are the head alone, for HEAD requests.
     let encoded: ByteBuffer?
@@ -36,7 +38,8 @@ final class OwnResponse: Sendable {
                 headers.add(name: "Proxy-Authenticate", value: challenge)
             }
         }
-        headers.add(name: "Content-Type", value: content?.type ?? "text/plain; charset=utf-8")
+        self.contentType = content?.type ?? "text/plain; charset=utf-8"
+        headers.add(name: "Content-Type", value: self.contentType)
         headers.add(name: "Content-Length", value: String(body.readableBytes))
         if let seconds = retryAfter {
             headers.add(name: "Retry-After", value: String(seconds))
@@ -116,6 +119,7 @@ extension ProxyConnectionHandler {
         }
         let head = response.head
         exchange.status = Int(status.code)
+        exchange.contentType = response.contentType
         exchange.bytesOut += response.headSize + (exchange.isHead ? 0 : response.body.readableBytes)
         self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(status.code), reason: reason), counts: self.counts)
         self.exchange = nil

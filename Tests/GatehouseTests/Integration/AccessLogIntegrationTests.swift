@@ -59,6 +59,12 @@ struct AccessLogIntegrationTests {
         if format != .json { #expect(lines[1].contains(" \(TestUser.name)%0A1764477600.000%20"), "\(lines[1])") }
         #expect(lines[2].contains("http://127.0.0.1:\(origin.port)/hello"))
         #expect(lines[6].contains("CONNECT"))
+        if format == .squid {
+            // Squid's content-type column: Gatehouse's own answers, and the origin's type.
+            #expect(lines[0].hasSuffix(" HIER_NONE/- text/plain;%20charset=utf-8 reason=auth_missing"), "\(lines[0])")
+            #expect(lines[2].hasSuffix(" text/plain reason=forwarded"), "\(lines[2])")
+            #expect(lines[6].hasSuffix(" - reason=tunnel"), "\(lines[6])")
+        }
         if format == .json {
             for line in lines {
                 let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]

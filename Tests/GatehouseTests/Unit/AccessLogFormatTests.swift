@@ -22,6 +22,17 @@ struct AccessLogFormatTests {
         #expect(AccessLogFormat.squid.format(denied).contains(" - HIER_NONE/- - reason=auth_missing"))
     }
 
+    @Test("squid: the response's content type in Squid's column, escaped like the other fields")
+    func squidContentType() {
+        var entry = Self.entry
+        entry.contentType = "text/html; charset=utf-8"
+        #expect(AccessLogFormat.squid.format(entry).hasSuffix(" HIER_DIRECT/93.184.216.34:80 text/html;%20charset=utf-8 reason=forwarded"))
+        entry.contentType = "x\n1764477600.000 forged"
+        #expect(AccessLogFormat.squid.format(entry).hasSuffix(" x%0A1764477600.000%20forged reason=forwarded"))
+        entry.contentType = ""
+        #expect(AccessLogFormat.squid.format(entry).hasSuffix(" - reason=forwarded"))
+    }
+
     @Test("squid: numbers padded and overflowing as Squid's printf does; IPv6 and odd clients")
     func squidNumbers() {
         var entry = Self.entry
