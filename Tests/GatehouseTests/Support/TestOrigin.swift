@@ -1,3 +1,4 @@
+import Foundation
 import CCrypt
 import NIOCore
 import NIOHTTP1
@@ -13,6 +14,7 @@ import NIOSSL
 /// - `GET /headers` → the request head as text: `METHOD URI` then `name: value` lines
 /// - `POST|PUT /upload` → the sha256 and length of the request body, as `hex length`
 /// - `GET /status/N` → an empty response with status N (204, 304, …)
+/// - `GET|HEAD` a path in `files` (given to ``start(tls:files:)``; `/./` counts as `/`) → that file
 /// - anything else → 404
 final class TestOrigin: Sendable {
     let channel: Channel
@@ -26,7 +28,7 @@ final class TestOrigin: Sendable {
         self.accepted = accepted
     }
 
-    static func start(tls: NIOSSLContext? = nil) async throws -> TestOrigin {
+    static func start(tls: NIOSSLContext? = nil, files: [String: [UInt8]] = [:]) async throws -> TestOrigin {
         let accepted = ManagedAtomicCounter()
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -37,7 +39,7 @@ final class TestOrigin: Sendable {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                     }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(OriginHandler())
+                    try channel.pipeline.syncOperations.addHandler(OriginHandler(files: files))
                 }
             }
             .bind(host: "127.0.0.1", port: 0)
@@ -124,6 +126,11 @@ private final class OriginHandler: ChannelInboundHandler {
     private var hasher: SHA256Hasher?
     private var uploaded = 0
     private var pendingStream: (remaining: Int, offset: Int)?
+    private let files: [String: [UInt8]]
+
+    init(files: [String: [UInt8]]) {
+        self.files = files
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch self.unwrapInboundIn(data) {
@@ -147,7 +154,16 @@ private final class OriginHandler: ChannelInboundHandler {
 
     private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
         let path = String(head.uri.prefix(while: { $0 != "?" }))
-        if path == "/hello" {
+        if let file = self.files[path.replacingOccurrences(of: "/./", with: "/")] {
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Length", value: String(file.count))
+            headers.add(name: "Content-Type", value: "application/octet-stream")
+            context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            if head.method != .HEAD {
+                context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: file)))), promise: nil)
+            }
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        } else if path == "/hello" {
             self.send(context, status: .ok, body: "hello\n")
         } else if path == "/slow" {
             // Answers after 300 ms (or `?ms=N`), echoing the request line: keeps a response
