@@ -26,6 +26,10 @@ public final class AuthThrottle: Sendable {
     private struct State {
         var byClient: [String: [NIODeadline]] = [:]
         var byUser: [String: [(time: NIODeadline, client: String)]] = [:]
+        /// Verifications admitted and not yet finished, by client address.
+        var runningByClient: [String: Int] = [:]
+        /// The same by user name, with the address of each.
+        var runningByUser: [String: [String]] = [:]
         var operations = 0
     }
 
@@ -40,39 +44,77 @@ public final class AuthThrottle: Sendable {
 
     /// Seconds until another attempt is allowed, or nil if it is allowed now.
     public func retryAfter(client: String, user: String?, now: NIODeadline = .now()) -> Int? {
-        let cutoff = now - self.limits.window
-        return self.state.withLockedValue { state -> Int? in
-            var waits: [NIODeadline] = []
-            if var times = state.byClient[client] {
-                times.removeAll { $0 < cutoff }
-                state.byClient[client] = times.isEmpty ? nil : times
-                if times.count >= self.limits.failuresPerClient, let oldest = times.first {
-                    waits.append(oldest + self.limits.window)
-                }
-            }
-            if let user, var entries = state.byUser[user] {
-                entries.removeAll { $0.time < cutoff }
-                state.byUser[user] = entries.isEmpty ? nil : entries
-                if entries.count >= self.limits.failuresPerUser, entries.contains(where: { $0.client == client }),
-                    let oldest = entries.first
-                {
-                    waits.append(oldest.time + self.limits.window)
-                }
-            }
-            guard let until = waits.max() else { return nil }
-            return max(1, Int((until - now).nanoseconds / 1_000_000_000) + 1)
+        self.state.withLockedValue { self.retryAfter(&$0, client: client, user: user, now: now) }
+    }
+
+    /// Admits one password verification for `user` from `client`, or says how long to wait.
+    ///
+    /// An admitted verification counts against the limits as a failure until ``finish`` says
+    /// how it ended. Counting only finished failures let a client that sends many guesses at
+    /// once (on many connections) have them all checked before the first failure was
+    /// counted: hundreds of guesses against a limit of ten.
+    public func admit(client: String, user: String?, now: NIODeadline = .now()) -> Int? {
+        self.state.withLockedValue { state -> Int? in
+            if let wait = self.retryAfter(&state, client: client, user: user, now: now) { return wait }
+            state.runningByClient[client, default: 0] += 1
+            if let user { state.runningByUser[user, default: []].append(client) }
+            return nil
         }
     }
 
-    public func recordFailure(client: String, user: String?, now: NIODeadline = .now()) {
+    /// Ends a verification ``admit`` let through; a failed one is counted in the window.
+    public func finish(client: String, user: String?, failed: Bool, now: NIODeadline = .now()) {
         self.state.withLockedValue { state in
-            state.operations += 1
-            if state.operations % 1024 == 0 || state.byClient.count > self.maximumKeys || state.byUser.count > self.maximumKeys {
-                self.prune(&state, now: now)
+            if let running = state.runningByClient[client] {
+                state.runningByClient[client] = running > 1 ? running - 1 : nil
             }
-            state.byClient[client, default: []].append(now)
-            if let user { state.byUser[user, default: []].append((now, client)) }
+            if let user, var clients = state.runningByUser[user], let index = clients.firstIndex(of: client) {
+                clients.remove(at: index)
+                state.runningByUser[user] = clients.isEmpty ? nil : clients
+            }
+            if failed { self.recordFailure(&state, client: client, user: user, now: now) }
         }
+    }
+
+    /// Counts a failure that was not admitted through ``admit`` (tests).
+    public func recordFailure(client: String, user: String?, now: NIODeadline = .now()) {
+        self.state.withLockedValue { self.recordFailure(&$0, client: client, user: user, now: now) }
+    }
+
+    private func recordFailure(_ state: inout State, client: String, user: String?, now: NIODeadline) {
+        state.operations += 1
+        if state.operations % 1024 == 0 || state.byClient.count > self.maximumKeys || state.byUser.count > self.maximumKeys {
+            self.prune(&state, now: now)
+        }
+        state.byClient[client, default: []].append(now)
+        if let user { state.byUser[user, default: []].append((now, client)) }
+    }
+
+    private func retryAfter(_ state: inout State, client: String, user: String?, now: NIODeadline) -> Int? {
+        let cutoff = now - self.limits.window
+        // Until a running verification ends, a limit it fills is retried after a second.
+        var waits: [NIODeadline] = []
+        var times = state.byClient[client] ?? []
+        times.removeAll { $0 < cutoff }
+        state.byClient[client] = times.isEmpty ? nil : times
+        let runningHere = state.runningByClient[client] ?? 0
+        if times.count + runningHere >= self.limits.failuresPerClient {
+            waits.append(times.count >= self.limits.failuresPerClient ? times[0] + self.limits.window : now + .seconds(1))
+        }
+        if let user {
+            var entries = state.byUser[user] ?? []
+            entries.removeAll { $0.time < cutoff }
+            state.byUser[user] = entries.isEmpty ? nil : entries
+            let running = state.runningByUser[user] ?? []
+            // Only for addresses that have failed, or are guessing, for this user themselves.
+            if entries.count + running.count >= self.limits.failuresPerUser,
+                entries.contains(where: { $0.client == client }) || running.contains(client)
+            {
+                waits.append(entries.count >= self.limits.failuresPerUser ? entries[0].time + self.limits.window : now + .seconds(1))
+            }
+        }
+        guard let until = waits.max() else { return nil }
+        return max(1, Int((until - now).nanoseconds / 1_000_000_000) + 1)
     }
 
     private func prune(_ state: inout State, now: NIODeadline) {

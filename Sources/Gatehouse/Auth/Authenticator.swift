@@ -94,10 +94,12 @@ public final class Authenticator: Sendable {
         let store = current.withLockedValue { $0 }
         let cache = self.cache
         let throttle = self.throttle
+        let user = credentials.user
+        // One verification; it ends the throttle's admission (see `AuthThrottle.admit`).
         let check: @Sendable () -> Outcome = {
             var list = store
             for _ in 0..<Self.verificationAttempts {
-                let verified = list.list.verify(user: credentials.user, password: credentials.password)
+                let verified = list.list.verify(user: user, password: credentials.password)
                 let now = current.withLockedValue { $0 }
                 guard now.generation == list.generation else {
                     // The users were replaced while this ran: its answer is about a list that
@@ -105,24 +107,36 @@ public final class Authenticator: Sendable {
                     list = now
                     continue
                 }
+                throttle.finish(client: client, user: user, failed: !verified)
                 if verified {
-                    cache.insert(headerValue: value, user: credentials.user, generation: list.generation)
-                    return .authenticated(user: credentials.user)
+                    cache.insert(headerValue: value, user: user, generation: list.generation)
+                    return .authenticated(user: user)
                 }
-                throttle.recordFailure(client: client, user: credentials.user)
-                return .rejected(.authInvalid, user: credentials.user)
+                return .rejected(.authInvalid, user: user)
             }
             // The list kept changing under every attempt: refused, but not counted as a
             // failed login (the password may well be right).
-            return .rejected(.authInvalid, user: credentials.user)
+            throttle.finish(client: client, user: user, failed: false)
+            return .rejected(.authInvalid, user: user)
         }
-        if store.list.isCheap(user: credentials.user) {
+        if store.list.isCheap(user: user) {
+            if let wait = throttle.admit(client: client, user: user) {
+                return .immediate(.refused(.authThrottled, retryAfter: wait, user: user))
+            }
             return .immediate(check())
         }
         // The same header value already being verified (a client opening many connections at
         // once, each sending the same credentials first): wait for that answer instead of
         // hashing again. With a bcrypt user, 50 connections starting together would otherwise
         // cost 50 verifications before the cache could help.
+        if let existing = self.inFlight.withLockedValue({ $0[key] }) {
+            return .pending(existing.hop(to: eventLoop))
+        }
+        // Admitted before it is queued: guesses sent all at once count against the limits
+        // while they wait and run, not only once they have failed.
+        if let wait = throttle.admit(client: client, user: user) {
+            return .immediate(.refused(.authThrottled, retryAfter: wait, user: user))
+        }
         let promise = eventLoop.makePromise(of: Outcome.self)
         let existing = self.inFlight.withLockedValue { inFlight -> EventLoopFuture<Outcome>? in
             if let existing = inFlight[key] { return existing }
@@ -130,6 +144,8 @@ public final class Authenticator: Sendable {
             return nil
         }
         if let existing {
+            // Another request started the same verification meanwhile: join it.
+            throttle.finish(client: client, user: user, failed: false)
             promise.fail(CancellationError())  // never handed out
             return .pending(existing.hop(to: eventLoop))
         }
@@ -145,15 +161,20 @@ public final class Authenticator: Sendable {
             return true
         }
         guard admitted else {
-            promise.succeed(.refused(.authBusy, retryAfter: 1, user: credentials.user))
-            return .immediate(.refused(.authBusy, retryAfter: 1, user: credentials.user))
+            throttle.finish(client: client, user: user, failed: false)
+            promise.succeed(.refused(.authBusy, retryAfter: 1, user: user))
+            return .immediate(.refused(.authBusy, retryAfter: 1, user: user))
         }
         let counter = self.pending
         let future = self.threadPool.runIfActive(eventLoop: eventLoop) { () -> Outcome in
             defer { counter.withLockedValue { $0 -= 1 } }
             return check()
         }
-        future.whenFailure { _ in counter.withLockedValue { $0 = max(0, $0 - 1) } }
+        future.whenFailure { _ in
+            // The pool is shutting down: the check never ran.
+            counter.withLockedValue { $0 = max(0, $0 - 1) }
+            throttle.finish(client: client, user: user, failed: false)
+        }
         future.cascade(to: promise)
         return .pending(promise.futureResult)
     }

@@ -180,6 +180,51 @@ struct AuthenticatorTests {
         #expect(authenticator.throttle.retryAfter(client: "-", user: "bcrypt-user") == nil)
     }
 
+    @Test("guesses sent all at once count against the throttle while they run: the right password among them is refused too")
+    func parallelGuesses() async throws {
+        let hash = try #require(PasswordHash.makeBcrypt(password: "right", cost: 6))
+        let file = HtpasswdFile(contents: "victim:\(hash.fieldValue)\nother:\(hash.fieldValue)\n", path: "t")
+        let authenticator = Authenticator(store: CredentialStore(htpasswd: file), cacheTTL: .minutes(5), threadPool: .singleton)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        var pending: [EventLoopFuture<Authenticator.Outcome>] = []
+        var throttled = 0
+        // 40 different passwords for one user from one address, all before any has finished;
+        // the right one is the 25th. Before, all 40 were hashed and the 25th got in.
+        for guess in 0..<40 {
+            let password = guess == 24 ? "right" : "guess-\(guess)"
+            switch authenticator.authenticate([Self.header("victim:\(password)")], client: "10.0.0.1", on: loop) {
+            case .pending(let future): pending.append(future)
+            case .immediate(.refused(.authThrottled, _, _)): throttled += 1
+            default: Issue.record("unexpected decision for guess \(guess)")
+            }
+        }
+        #expect(pending.count == 10, "the per-user limit, counting running verifications")
+        #expect(throttled == 30)
+        for future in pending {
+            #expect(try await future.get() == .rejected(.authInvalid, user: "victim"))
+        }
+        // Now ten failures are on record: still refused, with the window's Retry-After.
+        guard case .immediate(.refused(.authThrottled, let wait, _)) =
+            authenticator.authenticate([Self.header("victim:right")], client: "10.0.0.1", on: loop)
+        else {
+            Issue.record("the guessing address must stay throttled")
+            return
+        }
+        #expect(wait > 1)
+        let elsewhere = try await Self.outcome(authenticator, [Self.header("victim:right")])
+        #expect(elsewhere == .authenticated(user: "victim"), "another address is not locked out")
+        // Spraying: one guess each for many users from one address stops at the per-address limit.
+        let sprayer = Authenticator(
+            store: CredentialStore(htpasswd: file), cacheTTL: .minutes(5), threadPool: .singleton,
+            throttle: .init(failuresPerClient: 5, failuresPerUser: 10))
+        var admitted = 0
+        for guess in 0..<12 {
+            let user = guess % 2 == 0 ? "victim" : "other"
+            if case .pending = sprayer.authenticate([Self.header("\(user):g\(guess)")], client: "10.0.0.2", on: loop) { admitted += 1 }
+        }
+        #expect(admitted == 5)
+    }
+
     @Test("the cache key is a keyed hash: different per process, never the header itself")
     func cacheKey() {
         let a = CredentialCache(ttl: .seconds(1))
