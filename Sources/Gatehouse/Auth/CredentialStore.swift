@@ -7,20 +7,36 @@ public struct CredentialStore: Sendable {
     public private(set) var inlinePasswords: [String: String]
     /// Problems that did not stop loading (unknown hash formats), for start-up warnings.
     public private(set) var warnings: [String]
-    /// Verified for unknown users, so an unknown user costs as much time as a wrong password.
-    let dummyHash: PasswordHash
+    /// What an unknown user's password is checked against, so that the time an answer takes
+    /// does not tell which names exist: the hashes of the users themselves (nil stands for an
+    /// inline user's plain comparison). Each unknown name is checked against one of them,
+    /// picked by a keyed hash of the name, so unknown names take times drawn from the same
+    /// mix as real ones, and the same name always the same. (One dummy cost for every unknown
+    /// name told them apart from every user of another format: 64 ms against an apr1
+    /// user's 1 ms.)
+    private let decoys: [PasswordHash?]
+    /// The key of that pick, new in every process (as `Hasher`'s own seed is, unless
+    /// `SWIFT_DETERMINISTIC_HASHING` is set).
+    private static let decoySeed = Int.random(in: .min ... .max)
 
     public init(htpasswd: HtpasswdFile? = nil, inlineUsers: [String: String] = [:]) {
         self.hashes = htpasswd?.users ?? [:]
         self.inlinePasswords = inlineUsers
         self.warnings = htpasswd?.problems.filter { !$0.isFatal }.map(\.description) ?? []
-        // Match the cost of the formats actually in use: a bcrypt dummy next to apr1 users would
-        // make unknown users *slower* than wrong passwords, which leaks just the same.
-        if self.hashes.values.contains(where: { if case .bcrypt = $0 { return true } else { return false } }) {
-            self.dummyHash = .dummy
-        } else {
-            self.dummyHash = self.hashes.values.first ?? .dummy
-        }
+        // In name order, so that a reload of the same file keeps each unknown name's pick.
+        var decoys: [PasswordHash?] = self.hashes.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }.map(\.value)
+        decoys += Array(repeating: nil, count: inlineUsers.count)
+        self.decoys = decoys.isEmpty ? [.dummy] : decoys
+    }
+
+    /// The check that stands in for `user`'s when no such user exists (see ``decoys``).
+    func decoy(for user: String) -> PasswordHash? {
+        var hasher = Hasher()
+        hasher.combine(Self.decoySeed)
+        hasher.combine(user.utf8.count)
+        for byte in user.utf8 { hasher.combine(byte) }
+        let index = Int(UInt(bitPattern: hasher.finalize()) % UInt(self.decoys.count))
+        return self.decoys[index]
     }
 
     public var isEmpty: Bool { self.hashes.isEmpty && self.inlinePasswords.isEmpty }
@@ -41,7 +57,11 @@ public struct CredentialStore: Sendable {
         if let hash = Self.exact(user, in: self.hashes) {
             return hash.verify(password)
         }
-        _ = self.dummyHash.verify(password)
+        if let decoy = self.decoy(for: user) {
+            _ = decoy.verify(password)
+        } else {
+            _ = constantTimeEquals(Array("gatehouse-decoy".utf8), Array(password.utf8))
+        }
         return false
     }
 
@@ -57,8 +77,14 @@ public struct CredentialStore: Sendable {
     /// Whether checking this user's password is cheap enough to do on an event loop.
     func isCheap(user: String) -> Bool {
         if Self.exact(user, in: self.inlinePasswords) != nil { return true }
-        switch Self.exact(user, in: self.hashes) ?? self.dummyHash {
-        case .sha1: return true
+        let hash: PasswordHash?
+        if let known = Self.exact(user, in: self.hashes) {
+            hash = known
+        } else {
+            hash = self.decoy(for: user)
+        }
+        switch hash {
+        case .none, .sha1: return true
         default: return false
         }
     }

@@ -225,6 +225,28 @@ struct AuthenticatorTests {
         #expect(admitted == 5)
     }
 
+    @Test("an unknown name is checked against a user's own hash, picked per name: unknown names take the times real users take")
+    func unknownUserDecoys() throws {
+        let bcrypt = try #require(PasswordHash.makeBcrypt(password: "pw", cost: 4))
+        let sha = "{SHA}" + Data(Array(repeating: UInt8(1), count: 20)).base64EncodedString()
+        let mixed = CredentialStore(htpasswd: HtpasswdFile(contents: "b:\(bcrypt.fieldValue)\ns:\(sha)\n", path: "t"))
+        let names = (0..<200).map { "nobody-\($0)" }
+        let cheap = names.filter { mixed.isCheap(user: $0) }.count
+        // About half of the unknown names cost what the {SHA} user costs, the rest a bcrypt check.
+        #expect(cheap > 50 && cheap < 150, "\(cheap) of 200")
+        #expect(names.allSatisfy { mixed.isCheap(user: $0) == mixed.isCheap(user: $0) }, "the same name, the same pick")
+        #expect(!mixed.verify(user: "nobody-1", password: "pw"), "a decoy never lets anyone in, even with its password")
+        // A file of {SHA} users only: unknown names are as cheap as they are (before: a bcrypt
+        // dummy, 60 times slower than any real user, told every unknown name apart).
+        let shaOnly = CredentialStore(htpasswd: HtpasswdFile(contents: "s:\(sha)\n", path: "t"))
+        #expect(names.allSatisfy { shaOnly.isCheap(user: $0) })
+        let inlineOnly = CredentialStore(inlineUsers: ["bob": "pw"])
+        #expect(names.allSatisfy { inlineOnly.isCheap(user: $0) })
+        #expect(!inlineOnly.verify(user: "nobody", password: "gatehouse-decoy"))
+        let bcryptOnly = CredentialStore(htpasswd: HtpasswdFile(contents: "b:\(bcrypt.fieldValue)\n", path: "t"))
+        #expect(!names.contains { bcryptOnly.isCheap(user: $0) })
+    }
+
     @Test("the cache key is a keyed hash: different per process, never the header itself")
     func cacheKey() {
         let a = CredentialCache(ttl: .seconds(1))
