@@ -65,16 +65,25 @@ public struct HtpasswdFile: Sendable {
     /// * Other lines are split at the *first* `:`; everything after it is the hash. (Hashes
     ///   never contain `:`, so a second colon makes the hash unrecognisable rather than being
     ///   silently ignored.)
-    /// * Fatal: no colon, empty user name, a user name containing whitespace or control
-    ///   characters, a user defined twice (which entry wins would be a guess).
-    /// * Non-fatal: an unrecognised or malformed hash; that user is left out.
+    /// * Fatal: no colon, empty user name, a user defined twice (which entry wins would be a
+    ///   guess).
+    /// * Non-fatal, that user is left out: an unrecognised or malformed hash, a user name with
+    ///   control characters (RFC 7617 §2 allows none in a user-id) or not valid UTF-8 (no
+    ///   client could send it: credentials are decoded as UTF-8). Apache's `htpasswd` writes
+    ///   such names, so they must not make the whole file unusable. Spaces are allowed, as in
+    ///   Apache.
     public init(contents: String, path: String) {
+        self.init(bytes: Array(contents.utf8), path: path)
+    }
+
+    /// Parses htpasswd bytes, which need not all be UTF-8 (see ``init(contents:path:)``).
+    public init(bytes: [UInt8], path: String) {
         self.path = path
         self.users = [:]
         self.problems = []
 
         // A UTF-8 byte order mark (some Windows editors add one) is not part of the first user name.
-        var body = contents.utf8[...]
+        var body = bytes[...]
         if body.starts(with: [0xEF, 0xBB, 0xBF]) { body = body.dropFirst(3) }
 
         var firstDefinition: [String: Int] = [:]
@@ -105,9 +114,12 @@ public struct HtpasswdFile: Sendable {
                 report("empty user name", fatal: true)
                 continue
             }
-            let user = String(decoding: userBytes, as: UTF8.self)
+            guard let user = String(validating: userBytes, as: UTF8.self) else {
+                report("user name is not valid UTF-8; this user cannot log in", fatal: false)
+                continue
+            }
             guard !user.unicodeScalars.contains(where: Self.isForbiddenInUserName) else {
-                report("user name contains whitespace or control characters", fatal: true)
+                report("user name contains control characters; this user cannot log in", fatal: false)
                 continue
             }
             if let first = firstDefinition[user] {
@@ -131,18 +143,19 @@ public struct HtpasswdFile: Sendable {
 
     /// Reads and parses the htpasswd file at `path`.
     ///
-    /// - Throws: ``HtpasswdError/unreadable(path:reason:)`` if the file cannot be read or is not
-    ///   UTF-8, ``HtpasswdError/malformed(_:)`` with the first fatal problem otherwise. Non-fatal
+    /// - Throws: ``HtpasswdError/unreadable(path:reason:)`` if the file cannot be read,
+    ///   ``HtpasswdError/malformed(_:)`` with the first fatal problem otherwise. Non-fatal
     ///   problems are returned in ``problems`` for the caller to log.
     public static func load(path: String) throws(HtpasswdError) -> HtpasswdFile {
-        let bytes = try readAll(path: path)
-        let contents = String(decoding: bytes, as: UTF8.self)
-        guard contents.utf8.elementsEqual(bytes) else {
-            throw .unreadable(path: path, reason: "file is not valid UTF-8")
-        }
-        let file = HtpasswdFile(contents: contents, path: path)
+        let file = try Self.loadAll(path: path)
         if let fatal = file.firstFatalProblem { throw .malformed(fatal) }
         return file
+    }
+
+    /// Reads and parses the htpasswd file at `path`, with every problem, fatal or not, in
+    /// ``problems``. - Throws: ``HtpasswdError/unreadable(path:reason:)``.
+    public static func loadAll(path: String) throws(HtpasswdError) -> HtpasswdFile {
+        HtpasswdFile(bytes: try readAll(path: path), path: path)
     }
 
     /// The hash for `user`, or `nil` if the user is unknown or unusable. Callers should then
@@ -153,11 +166,10 @@ public struct HtpasswdFile: Sendable {
 
     // MARK: - Helpers
 
-    /// Whitespace or control characters would make the name impossible to type in a
-    /// `Proxy-Authorization` header reliably (RFC 7617 §2 forbids control characters in the
-    /// user-id) and usually indicate a broken file.
+    /// RFC 7617 §2 forbids control characters in the user-id (a tab among them); a client
+    /// cannot send such a name.
     private static func isForbiddenInUserName(_ scalar: Unicode.Scalar) -> Bool {
-        scalar.properties.isWhitespace || scalar.properties.generalCategory == .control
+        scalar.properties.generalCategory == .control
     }
 
     /// `"name"` with `"` and `\` escaped, for unambiguous messages.
@@ -199,7 +211,7 @@ public struct HtpasswdFile: Sendable {
 
 /// Why an htpasswd file could not be loaded.
 public enum HtpasswdError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// The file could not be opened or read, or is not UTF-8.
+    /// The file could not be opened or read.
     case unreadable(path: String, reason: String)
     /// The file contains at least one fatal problem; this is the first one.
     case malformed(HtpasswdFile.Problem)

@@ -62,28 +62,27 @@ public final class GatehouseReloader: Sendable {
         if let path = settings.htpasswdPath {
             // Identity first: a file replaced between the two calls is then seen as changed again.
             identity = FileIdentity(path: path)
+            let parsed: HtpasswdFile
             do {
-                file = try HtpasswdFile.load(path: path)
+                parsed = try HtpasswdFile.loadAll(path: path)
             } catch {
-                switch error {
-                case .unreadable:
-                    return .failure(CredentialProblems(problems: [SettingsProblem(origin: path, message: error.description)]))
-                case .malformed(let first):
-                    let all = HtpasswdFile(contents: (try? String(contentsOfFileAtPath: path)) ?? "", path: path)
-                    let fatal = all.problems.filter(\.isFatal)
-                    let list = fatal.isEmpty ? [first] : fatal
-                    return .failure(CredentialProblems(problems: list.map {
-                        SettingsProblem(origin: "\($0.path):\($0.line)", message: $0.message)
-                    }))
-                }
+                return .failure(CredentialProblems(problems: [SettingsProblem(origin: path, message: error.description)]))
             }
-            warnings = file?.problems.filter { !$0.isFatal }.map {
+            let fatal = parsed.problems.filter(\.isFatal)
+            if !fatal.isEmpty {
+                return .failure(CredentialProblems(problems: fatal.map {
+                    SettingsProblem(origin: "\($0.path):\($0.line)", message: $0.message)
+                }))
+            }
+            file = parsed
+            warnings = parsed.problems.map {
                 SettingsProblem(origin: "\($0.path):\($0.line)", message: $0.message, isWarning: true)
-            } ?? []
+            }
         }
         let store = CredentialStore(htpasswd: file, inlineUsers: settings.inlineUsers)
         if store.isEmpty {
-            return .failure(CredentialProblems(problems: [SettingsProblem(
+            // Every line's own problem first: they are why no user is left.
+            return .failure(CredentialProblems(problems: warnings + [SettingsProblem(
                 origin: settings.htpasswdPath ?? "settings", message: "no usable users: Gatehouse never runs as an open proxy")]))
         }
         return .success((store, identity, warnings))

@@ -19,7 +19,8 @@ private let hashReasons = [
 private let messageTemplates: Set<String> = Set([
     "expected \"user:hash\" but the line has no ':' separator",
     "empty user name",
-    "user name contains whitespace or control characters",
+    "user name contains control characters; this user cannot log in",
+    "user name is not valid UTF-8; this user cannot log in",
     "user ", " is defined again ", "",
 ] + hashReasons + hashReasons.map { ": \($0); this user cannot log in" })
 
@@ -63,9 +64,7 @@ private func modelLines(_ contents: String) -> [ModelLine] {
 }
 
 private func validUserName(_ user: String) -> Bool {
-    !user.isEmpty && !user.unicodeScalars.contains {
-        $0.properties.isWhitespace || $0.properties.generalCategory == .control
-    }
+    !user.isEmpty && !user.unicodeScalars.contains { $0.properties.generalCategory == .control }
 }
 
 /// Whether `message` contains `secret` anywhere except in the parts it may legitimately repeat

@@ -314,6 +314,25 @@ struct OperationsTests {
         let badUsers = try CommandLineTests.run(["check", "--htpasswd", brokenUsers])
         #expect(badUsers.status == 1)
         #expect(badUsers.stdout.contains("\(brokenUsers):2: "))
+        // No usable user left: each line's own problem is printed, then why that is fatal.
+        let unusable = Self.temporaryPath("unusable")
+        defer { try? FileManager.default.removeItem(atPath: unusable) }
+        try Data(Array("bad:$2y$10$short\nsha:{SHA}notbase64!!\nb".utf8) + [0xFF] + Array("d:{SHA}x\n".utf8))
+            .write(to: URL(fileURLWithPath: unusable))
+        let none = try CommandLineTests.run(["check", "--htpasswd", unusable])
+        #expect(none.status == 1)
+        for line in 1...3 { #expect(none.stdout.contains("\(unusable):\(line): "), "\(none.stdout)") }
+        #expect(none.stdout.contains("no usable users"))
+        // A name with a space (Apache's htpasswd writes one) and one with a control character:
+        // the first is a user, the second a warning; the file stays usable.
+        let spaced = Self.temporaryPath("spaced")
+        defer { try? FileManager.default.removeItem(atPath: spaced) }
+        try String(contentsOfFile: htpasswd, encoding: .utf8).replacingOccurrences(of: "u:", with: "sp ace:")
+            .appending("t\u{1}b:{SHA}F/WZ9PxtuIpP2yyadrWdU4eK0og=\n").write(toFile: spaced, atomically: true, encoding: .utf8)
+        let usable = try CommandLineTests.run(["check", "--htpasswd", spaced])
+        #expect(usable.status == 0, "\(usable.stdout)")
+        #expect(usable.stdout.contains("\(spaced):2: warning: user name contains control characters; this user cannot log in"), "\(usable.stdout)")
+        #expect(usable.stdout.contains("ok: 1 user"))
     }
 
     @Test("gatehouse passwd: add, update, verify, delete; Apache's htpasswd reads the result")
