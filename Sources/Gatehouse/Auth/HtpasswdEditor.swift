@@ -10,7 +10,8 @@ import Glibc
 ///
 /// Every write is atomic: a temporary file in the same directory, `fsync`, then `rename(2)`
 /// over the original, keeping its mode. A running Gatehouse that polls the file therefore sees
-/// either the old or the new version, never half of one.
+/// either the old or the new version, never half of one. A symbolic link is written through,
+/// as Apache's `htpasswd` does: the file it points to is replaced, and the link stays.
 public enum HtpasswdEditor {
     public enum EditError: Error, Sendable, Equatable, CustomStringConvertible {
         case invalidUser(String)
@@ -20,7 +21,7 @@ public enum HtpasswdEditor {
 
         public var description: String {
             switch self {
-            case .invalidUser(let user): return "invalid user name \"\(user)\": it must be non-empty, without \":\", spaces or control characters"
+            case .invalidUser(let user): return "invalid user name \"\(user)\": it must be non-empty, without \":\" or control characters"
             case .unreadable(let path, let reason): return "cannot read \(path): \(reason)"
             case .unwritable(let path, let reason): return "cannot write \(path): \(reason)"
             case .noSuchUser(let user): return "user \"\(user)\" not found"
@@ -30,7 +31,9 @@ public enum HtpasswdEditor {
 
     public enum Change: Sendable, Equatable { case added, updated, deleted }
 
-    /// Adds the user or replaces their hash. Creates the file (mode 0640) if it is missing.
+    /// Adds the user or replaces their hash. Creates the file if it is missing, with mode 0666
+    /// less the umask, as Apache's `htpasswd` does (0644 usually: a service under systemd's
+    /// `DynamicUser` must be able to read it).
     @discardableResult
     public static func setUser(_ user: String, hash: PasswordHash, path: String) throws(EditError) -> Change {
         try Self.validate(user)
@@ -57,8 +60,9 @@ public enum HtpasswdEditor {
     }
 
     static func validate(_ user: String) throws(EditError) {
+        // As HtpasswdFile reads names: spaces are allowed (as in Apache), control characters not.
         guard !user.isEmpty, !user.contains(":"),
-            !user.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7F })
+            !user.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
         else { throw .invalidUser(user) }
     }
 
@@ -84,9 +88,17 @@ public enum HtpasswdEditor {
         return lines
     }
 
-    static func write(_ lines: [String], path: String) throws(EditError) {
+    static func write(_ lines: [String], path given: String) throws(EditError) {
+        let path = Self.resolvingLinks(given)
         var info = stat()
-        let mode: mode_t = stat(path, &info) == 0 ? info.st_mode & 0o7777 : 0o640
+        let mode: mode_t
+        if stat(path, &info) == 0 {
+            mode = info.st_mode & 0o7777
+        } else {
+            let mask = umask(0)
+            umask(mask)
+            mode = 0o666 & ~mask
+        }
         let directory = (path as NSString).deletingLastPathComponent
         var template = Array(((directory.isEmpty ? "." : directory) + "/.htpasswd.XXXXXX").utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
@@ -119,5 +131,14 @@ public enum HtpasswdEditor {
             fsync(dir)
             close(dir)
         }
+    }
+
+    /// The file a symbolic link at `path` points to (through any chain of links), or `path`
+    /// itself when it is no link or its target cannot be resolved.
+    static func resolvingLinks(_ path: String) -> String {
+        var info = stat()
+        guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFLNK, let resolved = realpath(path, nil) else { return path }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 }

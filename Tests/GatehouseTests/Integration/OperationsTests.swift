@@ -368,6 +368,33 @@ struct OperationsTests {
         #expect(try String(contentsOfFile: path, encoding: .utf8).isEmpty)
     }
 
+    @Test("gatehouse passwd writes through a symbolic link, creates files as Apache does (0666 less the umask), takes names with spaces")
+    func passwdLinksAndModes() throws {
+        let target = Self.temporaryPath("target")
+        let link = Self.temporaryPath("link")
+        let fresh = Self.temporaryPath("fresh")
+        defer { for path in [target, link, fresh] { try? FileManager.default.removeItem(atPath: path) } }
+        try "bob:{SHA}F/WZ9PxtuIpP2yyadrWdU4eK0og=\n".write(toFile: target, atomically: true, encoding: .utf8)
+        chmod(target, 0o640)
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
+        let added = try CommandLineTests.run(["passwd", "--stdin", "--cost", "4", link, "sp ace"], input: "pw\n")
+        #expect(added.status == 0, "\(added.stdout)")
+        // The link is still a link, and the file it points to has both users, with its mode.
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == target)
+        let text = try String(contentsOfFile: target, encoding: .utf8)
+        #expect(text.hasPrefix("bob:{SHA}") && text.contains("\nsp ace:$2y$04$"), "\(text)")
+        var info = stat()
+        stat(target, &info)
+        #expect(info.st_mode & 0o777 == 0o640)
+        // A new file: the test process's umask (set by the harness; 022 on most machines).
+        let mask = umask(0)
+        umask(mask)
+        #expect(try CommandLineTests.run(["passwd", "--stdin", "--cost", "4", fresh, "alice"], input: "pw\n").status == 0)
+        stat(fresh, &info)
+        #expect(info.st_mode & 0o777 == 0o666 & ~mask)
+        #expect(try CommandLineTests.run(["passwd", "--stdin", fresh, "bad\u{1}name"], input: "pw\n").status != 0)
+    }
+
     @Test("install.sh into a DESTDIR lays out the binary, units, config and htpasswd")
     func install() throws {
         let destination = Self.temporaryPath("root")

@@ -122,7 +122,7 @@ struct HtpasswdFileTests {
             lines.append("user\(index):\(hash)")   // unknown formats (and later duplicates)
             lines.append("user\(index):\(hash)")   // duplicate
             lines.append(hash)                      // no colon for the ones without ':'
-            lines.append(" x\(index):\(hash)")     // invalid user name
+            lines.append("x\u{1}\(index):\(hash)")  // invalid user name (a control character)
         }
         let file = HtpasswdFile(contents: lines.joined(separator: "\n"), path: "p")
         #expect(!file.problems.isEmpty)
