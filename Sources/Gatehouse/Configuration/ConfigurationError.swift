@@ -7,6 +7,9 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
     case invalidPortList(String)
     case invalidDuration(String)
     case invalidInlineUser(String)
+    /// The same name twice among the inline users: which password applies would be a guess
+    /// (a user defined twice in an htpasswd file is refused too).
+    case duplicateInlineUser(String)
     case noCredentialSource
     case htpasswd(String)
     case invalidCIDR(String)
@@ -25,6 +28,8 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
             // may be nothing but one).
             guard value.contains(":") else { return "invalid --user entry without \":\" (not shown): expected NAME:PASSWORD" }
             return "invalid --user \"\(value.prefix(while: { $0 != ":" })):…\": expected NAME:PASSWORD with a non-empty name"
+        case .duplicateInlineUser(let name):
+            return "--user \"\(name)\" is given more than once: give each user one password"
         case .noCredentialSource:
             return "no credentials configured: give --htpasswd PATH or --user NAME:PASSWORD; Gatehouse never runs as an open proxy"
         case .htpasswd(let message):

@@ -130,7 +130,12 @@ extension GatehouseSettings {
                     problems.append(SettingsProblem(origin: users.origin, message: ConfigurationError.invalidInlineUser(entry).description))
                     continue
                 }
-                inline[String(entry[..<colon])] = String(entry[entry.index(after: colon)...])
+                let name = String(entry[..<colon])
+                guard inline[name] == nil else {
+                    problems.append(SettingsProblem(origin: users.origin, message: ConfigurationError.duplicateInlineUser(name).description))
+                    continue
+                }
+                inline[name] = String(entry[entry.index(after: colon)...])
             }
         }
         if self.htpasswd == nil && self.users == nil {

@@ -30,6 +30,14 @@ struct GatehouseSettingsTests {
         #expect(try #require(line.settings.resolve().settings).inlineUsers == ["bob": "pa", "x": "y"])
     }
 
+    @Test("the same inline user twice is an error, as in an htpasswd file, and shows no password")
+    func duplicateInlineUser() {
+        let parsed = GatehouseSettings.parse(yaml: "users:\n  - \"x:pw1\"\n  - \"x:pw2\"\n", path: "d.yaml")
+        let problems = parsed.settings.resolve().problems.map(\.description)
+        #expect(problems.contains { $0.contains("--user \"x\" is given more than once") }, "\(problems)")
+        #expect(!problems.contains { $0.contains("pw1") || $0.contains("pw2") })
+    }
+
     @Test("problems name their source: file line, environment variable or flag")
     func origins() {
         let file = GatehouseSettings.parse(yaml: "users: [\"a:b\"]\n\nheader_timeout: soon\nlisten: 127.0.0.1:80\n", path: "g.yaml")
