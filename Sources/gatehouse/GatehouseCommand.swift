@@ -224,7 +224,11 @@ struct ServeCommand: AsyncParsableCommand {
         }
         signals.onSecondTermination {
             // The operator insists: stop now, without waiting for the drain.
-            logger.warning("second termination signal: exiting without waiting for the drain")
+            logger.warning("second termination signal: closing every connection and exiting without waiting for the drain")
+            // Closed rather than abandoned, so open tunnels and exchanges get their log lines.
+            if !server.closeAllConnections(timeout: .seconds(1)) {
+                logger.warning("some connections did not close within a second; their log lines may be missing")
+            }
             accessLog.flush()
             Foundation.exit(1)
         }

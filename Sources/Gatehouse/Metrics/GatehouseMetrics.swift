@@ -178,6 +178,11 @@ public final class GatehouseMetrics: Sendable {
     func tunnelOpened() { self.adjust(tunnels: 1) }
     func tunnelClosed() { self.adjust(tunnels: -1) }
 
+    /// Client connections and tunnels open now.
+    var open: (connections: Int, tunnels: Int) {
+        self.counts.withLockedValue { ($0.connections, $0.tunnels) }
+    }
+
     private func adjust(connections: Int = 0, tunnels: Int = 0) {
         let now = self.counts.withLockedValue { counts -> (Int, Int) in
             counts.connections += connections

@@ -82,6 +82,23 @@ public final class GatehouseServer: Service, Sendable {
 
     public var configuration: ProxyConfiguration { self.context.configuration }
 
+    /// Closes every client connection (and with it its tunnel or origin connection) now, and
+    /// waits up to `timeout` for them to be gone, so that each one's access-log line is
+    /// recorded: for an operator's second SIGTERM, which does not wait for the drain. Returns
+    /// whether everything closed in time. Blocks: not for an event loop.
+    public func closeAllConnections(timeout: Duration) -> Bool {
+        let shared = self.context
+        shared.connections.closeAll()
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            let open = shared.metrics.open
+            if open.connections == 0 && open.tunnels == 0 { return true }
+            usleep(5_000)
+        }
+        return false
+    }
+
     /// Several sockets may listen on one port and share its connections (Linux's
     /// `SO_REUSEPORT`; elsewhere it does not balance, so one listener is used). Only sockets
     /// of the same user can join: the systemd unit runs under its own `DynamicUser`.

@@ -186,12 +186,14 @@ struct OperationsTests {
         #expect(await proxy.waitForExit() == 0)
     }
 
-    @Test("a second SIGTERM exits at once, without waiting for an open tunnel")
+    @Test("a second SIGTERM exits at once, without waiting for an open tunnel, and logs the tunnel")
     func secondTerm() async throws {
         let origin = try await TestOrigin.start()
         defer { Task { await origin.stop() } }
+        let log = Self.temporaryPath("second-term.log")
+        defer { try? FileManager.default.removeItem(atPath: log) }
         let proxy = try GatehouseProcess([
-            "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "\(origin.port)", "--drain-timeout", "60s",
+            "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", log, "--connect-ports", "\(origin.port)", "--drain-timeout", "60s",
         ])
         defer { Task { await proxy.stop() } }
         let tunnel = try await RawClient.connect(port: proxy.port)
@@ -203,6 +205,9 @@ struct OperationsTests {
         proxy.signal(SIGTERM)
         #expect(await proxy.waitForExit(timeout: .seconds(3)) != nil)
         await tunnel.close()
+        // Every status sent gets its line, the tunnel's too (it was lost before).
+        let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
+        #expect(lines.count == 1 && lines.first?.contains(" TCP_TUNNEL/200 ") == true, "\(lines)")
     }
 
     @Test("sd_notify: READY=1 after binding, RELOADING=1 and READY=1 around a reload, STOPPING=1, watchdog pings")
