@@ -83,14 +83,24 @@ struct AptTests {
         return (process.terminationStatus, String(decoding: output, as: UTF8.self))
     }
 
-    @Test("apt-get update and a pipelined download of 20 packages: every file byte-exact, one log line per request, no password")
-    func updateAndDownload() async throws {
-        let (files, packages) = Self.repository(count: 20)
+    /// A repository of `count` packages on a local origin, a proxy with the test user, and a
+    /// private directory for apt; all gone afterwards.
+    static func withRepository(
+        count: Int, _ body: @Sendable (GatehouseFixture, TestOrigin, URL, [String: [UInt8]]) async throws -> Void
+    ) async throws {
+        let (files, packages) = Self.repository(count: count)
         let origin = try await TestOrigin.start(files: files)
         defer { Task { await origin.stop() } }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gatehouse-apt-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: directory) }
         try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password]) { proxy in
+            try await body(proxy, origin, directory, packages)
+        }
+    }
+
+    @Test("apt-get update and a pipelined download of 20 packages: every file byte-exact, one log line per request, no password")
+    func updateAndDownload() async throws {
+        try await Self.withRepository(count: 20) { proxy, origin, directory, packages in
             let update = try Self.aptGet(["update"], in: directory, origin: origin.port, proxy: proxy.authenticatedURL + "/")
             #expect(update.status == 0, "\(update.output)")
             let names = packages.keys.sorted().map { String($0.prefix { $0 != "_" }) }
@@ -114,12 +124,7 @@ struct AptTests {
 
     @Test("a wrong password: apt-get update fails and says 407 Proxy Authentication Required")
     func wrongPassword() async throws {
-        let (files, _) = Self.repository(count: 1)
-        let origin = try await TestOrigin.start(files: files)
-        defer { Task { await origin.stop() } }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gatehouse-apt-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: directory) }
-        try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password]) { proxy in
+        try await Self.withRepository(count: 1) { proxy, origin, directory, _ in
             let url = proxy.proxyURL(user: TestUser.name, password: "wrong") + "/"
             let update = try Self.aptGet(["update"], in: directory, origin: origin.port, proxy: url)
             #expect(update.status != 0)
