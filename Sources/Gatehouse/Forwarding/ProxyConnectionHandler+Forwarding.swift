@@ -74,7 +74,7 @@ extension ProxyConnectionHandler {
         fields.reserveCapacity(head.headers.count + 3)
         fields.append(("Host", uri.hostHeader))
         var framed = false
-        head.headers.appendEndToEndFields(to: &fields) { kind in
+        head.headers.appendEndToEndFields(to: &fields) { kind, _ in
             if kind == .contentLength || kind == .transferEncoding { framed = true }
             return kind != .host
         }
@@ -158,14 +158,11 @@ extension ProxyConnectionHandler {
         // A status code is three digits, 100–599 (RFC 9110 §15; 600–999 pass, as three digits):
         // NIO's parser also accepts 000–099, which would go out as a malformed status line.
         if head.status.code < 100 { return self.refuseOriginResponse() }
-        // A field with bytes that are not UTF-8 arrives altered (see ReasonCode.badFieldBytes).
-        for (_, value) in head.headers where value.containsReplacementCharacter {
-            return self.refuseOriginResponse()
-        }
         if head.status.code / 100 == 1 {
             // 1xx: forward to HTTP/1.1 clients (RFC 9110 §15.2), e.g. 100 Continue for an
             // upload with `Expect: 100-continue`. 101 is impossible: Upgrade was stripped.
             if head.status == .switchingProtocols { return self.refuseOriginResponse() }
+            if head.headers.contains(where: { $0.value.containsReplacementCharacter }) { return self.refuseOriginResponse() }
             if exchange.version == .http1_1 {
                 var informational = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
                 informational.headers.removeHopByHopFields()
@@ -187,14 +184,21 @@ extension ProxyConnectionHandler {
         fields.reserveCapacity(head.headers.count + 3)
         var hasLength = false
         var hasCoding = false
-        var hasType = false
-        head.headers.appendEndToEndFields(to: &fields) { kind in
-            if kind == .contentLength { hasLength = true }
-            if kind == .transferEncoding { hasCoding = true }
-            if kind == .contentType { hasType = true }
+        var contentType: String?
+        var replacedBytes = false
+        head.headers.appendEndToEndFields(to: &fields) { kind, value in
+            switch kind {
+            case .contentLength: hasLength = true
+            case .transferEncoding: hasCoding = true
+            case .contentType: if contentType == nil { contentType = value }
+            default: break
+            }
+            // A value with bytes that are not UTF-8 arrived altered (see ReasonCode.badFieldBytes).
+            if value.containsReplacementCharacter { replacedBytes = true }
             return true
         }
-        if hasType { exchange.contentType = fields.first { FieldKind($0.0) == .contentType }?.1 }
+        if replacedBytes { return self.refuseOriginResponse() }
+        exchange.contentType = contentType
         if code == 204 {
             if hasLength || hasCoding { fields.removeAll { Self.isFraming($0.0) } }
         } else if bodyless {

@@ -110,9 +110,9 @@ extension HTTPHeaders {
 
     /// Appends the fields an intermediary passes on to `fields`: every hop-by-hop field
     /// removed, both the fixed list and every field named as a connection option (but never
-    /// framing, see ``FieldKind/isFraming``). `keep` may drop more, by kind; it sees each
-    /// remaining field once.
-    func appendEndToEndFields(to fields: inout [(String, String)], keep: (FieldKind) -> Bool = { _ in true }) {
+    /// framing, see ``FieldKind/isFraming``). `keep` may drop more, by kind and value; it sees
+    /// each remaining field once (so a caller needs no second pass over the fields).
+    func appendEndToEndFields(to fields: inout [(String, String)], keep: (FieldKind, String) -> Bool = { _, _ in true }) {
         var hasOptions = false
         for (name, value) in self {
             let kind = FieldKind(name)
@@ -126,7 +126,7 @@ extension HTTPHeaders {
             let kind = FieldKind(name)
             if kind.isHopByHop { continue }
             if !named.isEmpty && !kind.isFraming && named.contains(name.lowercased()) { continue }
-            if keep(kind) { fields.append((name, value)) }
+            if keep(kind, value) { fields.append((name, value)) }
         }
     }
 

@@ -84,19 +84,22 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
     /// so the name can be recovered exactly (`j%C3%BCrgen` is `jürgen`); a URL keeps its
     /// own `%XX` escapes as they are.
     static func appendEscaped(_ text: String, keepingPercent: Bool, to bytes: inout [UInt8]) {
-        let utf8 = text.utf8
-        if !utf8.contains(where: { needsEscape($0, keepingPercent: keepingPercent) }) {
-            bytes.append(contentsOf: utf8)
-            return
-        }
-        let hex: StaticString = "0123456789ABCDEF"
-        for byte in utf8 {
-            if needsEscape(byte, keepingPercent: keepingPercent) {
-                bytes.append(UInt8(ascii: "%"))
-                bytes.append(hex.utf8Start[Int(byte >> 4)])
-                bytes.append(hex.utf8Start[Int(byte & 0x0F)])
-            } else {
-                bytes.append(byte)
+        var text = text
+        text.withUTF8 { utf8 in
+            // Over the contiguous bytes: the generic UTF8View walk cost twice as much.
+            if !utf8.contains(where: { needsEscape($0, keepingPercent: keepingPercent) }) {
+                bytes.append(contentsOf: utf8)
+                return
+            }
+            let hex: StaticString = "0123456789ABCDEF"
+            for byte in utf8 {
+                if needsEscape(byte, keepingPercent: keepingPercent) {
+                    bytes.append(UInt8(ascii: "%"))
+                    bytes.append(hex.utf8Start[Int(byte >> 4)])
+                    bytes.append(hex.utf8Start[Int(byte & 0x0F)])
+                } else {
+                    bytes.append(byte)
+                }
             }
         }
     }
