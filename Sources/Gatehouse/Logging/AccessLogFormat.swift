@@ -67,8 +67,13 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
         }
         bytes.append(UInt8(ascii: " "))
         if let type = e.contentType, !type.isEmpty {
-            // The origin's text: escaped like the other fields, so it cannot break the line.
-            appendEscaped(type, keepingPercent: true, to: &bytes)
+            if type == OwnResponse.plainText {
+                // Gatehouse's own answers (every 407): escaped once, not per line.
+                appendStatic("text/plain;%20charset=utf-8", to: &bytes)
+            } else {
+                // The origin's text: escaped like the other fields, so it cannot break the line.
+                appendEscaped(type, keepingPercent: true, to: &bytes)
+            }
         } else {
             bytes.append(UInt8(ascii: "-"))
         }

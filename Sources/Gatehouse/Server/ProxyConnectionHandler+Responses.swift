@@ -18,6 +18,9 @@ final class OwnResponse: Sendable {
     /// `headSize` bytes are the head alone, for HEAD requests.
     let encoded: ByteBuffer?
 
+    /// The `Content-Type` of the reason's plain-text message.
+    static let plainText = "text/plain; charset=utf-8"
+
     /// A body other than the reason's plain-text message (a `TRACE` echo).
     struct Content {
         var type: String
@@ -38,7 +41,7 @@ final class OwnResponse: Sendable {
                 headers.add(name: "Proxy-Authenticate", value: challenge)
             }
         }
-        self.contentType = content?.type ?? "text/plain; charset=utf-8"
+        self.contentType = content?.type ?? Self.plainText
         headers.add(name: "Content-Type", value: self.contentType)
         headers.add(name: "Content-Length", value: String(body.readableBytes))
         if let seconds = retryAfter {
