@@ -163,7 +163,10 @@ struct ServeCommand: AsyncParsableCommand {
         let sources = self.options.sources(environment: environment)
         let (loaded, problems) = GatehouseReloader.load(sources)
         guard let loaded else {
-            // One line per problem; the first one is what the user sees first.
+            // Warnings first (a skipped user may be why none is left), then one line per error.
+            for warning in problems where warning.isWarning {
+                FileHandle.standardError.write(Data("gatehouse: \(warning.description)\n".utf8))
+            }
             throw CommandError(problems.filter { !$0.isWarning }.map(\.description).joined(separator: "\ngatehouse: error: "))
         }
         let settings = loaded.settings

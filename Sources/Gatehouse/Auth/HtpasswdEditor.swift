@@ -21,7 +21,10 @@ public enum HtpasswdEditor {
 
         public var description: String {
             switch self {
-            case .invalidUser(let user): return "invalid user name \"\(user)\": it must be non-empty, without \":\" or control characters"
+            case .invalidUser(let user):
+                // Control characters are shown escaped, never sent to the terminal as they are.
+                let shown = user.unicodeScalars.map { $0.properties.generalCategory == .control ? $0.escaped(asASCII: true) : String($0) }.joined()
+                return "invalid user name \"\(shown)\": it must be non-empty UTF-8, without \":\" or control characters"
             case .unreadable(let path, let reason): return "cannot read \(path): \(reason)"
             case .unwritable(let path, let reason): return "cannot write \(path): \(reason)"
             case .noSuchUser(let user): return "user \"\(user)\" not found"
@@ -61,7 +64,8 @@ public enum HtpasswdEditor {
 
     static func validate(_ user: String) throws(EditError) {
         // As HtpasswdFile reads names: spaces are allowed (as in Apache), control characters not.
-        guard !user.isEmpty, !user.contains(":"),
+        // U+FFFD is what arguments that are not UTF-8 turn into: the name typed cannot be stored.
+        guard !user.isEmpty, !user.contains(":"), !user.containsReplacementCharacter,
             !user.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
         else { throw .invalidUser(user) }
     }
@@ -133,12 +137,25 @@ public enum HtpasswdEditor {
         }
     }
 
-    /// The file a symbolic link at `path` points to (through any chain of links), or `path`
-    /// itself when it is no link or its target cannot be resolved.
+    /// The file a symbolic link at `path` points to, through any chain of links, whether or
+    /// not that file exists yet (a dangling link gets its target created, as with Apache's
+    /// `htpasswd -c`); `path` itself when it is no link.
     static func resolvingLinks(_ path: String) -> String {
-        var info = stat()
-        guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFLNK, let resolved = realpath(path, nil) else { return path }
-        defer { free(resolved) }
-        return String(cString: resolved)
+        var current = path
+        for _ in 0..<40 {  // the kernel's own limit on a chain of links
+            var info = stat()
+            guard lstat(current, &info) == 0, info.st_mode & S_IFMT == S_IFLNK else { return current }
+            var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let length = readlink(current, &buffer, buffer.count - 1)
+            guard length > 0 else { return current }
+            let target = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if target.hasPrefix("/") {
+                current = target
+            } else {
+                let directory = (current as NSString).deletingLastPathComponent
+                current = directory.isEmpty ? target : directory + "/" + target
+            }
+        }
+        return current
     }
 }

@@ -68,15 +68,19 @@ public final class GatehouseReloader: Sendable {
             } catch {
                 return .failure(CredentialProblems(problems: [SettingsProblem(origin: path, message: error.description)]))
             }
-            let fatal = parsed.problems.filter(\.isFatal)
-            if !fatal.isEmpty {
-                return .failure(CredentialProblems(problems: fatal.map {
-                    SettingsProblem(origin: "\($0.path):\($0.line)", message: $0.message)
-                }))
+            // Every problem, in line order: a fatal one does not hide the others.
+            let all = parsed.problems.map {
+                SettingsProblem(origin: "\($0.path):\($0.line)", message: $0.message, isWarning: !$0.isFatal)
             }
+            if parsed.firstFatalProblem != nil { return .failure(CredentialProblems(problems: all)) }
             file = parsed
-            warnings = parsed.problems.map {
-                SettingsProblem(origin: "\($0.path):\($0.line)", message: $0.message, isWarning: true)
+            warnings = all
+            // A name in both places would log in with the inline password only, silently.
+            let both = settings.inlineUsers.keys.filter { parsed.users[$0] != nil }.sorted()
+            if !both.isEmpty {
+                return .failure(CredentialProblems(problems: warnings + both.map {
+                    SettingsProblem(origin: path, message: "user \"\($0)\" is both in this file and given with --user: give each user one password")
+                }))
             }
         }
         let store = CredentialStore(htpasswd: file, inlineUsers: settings.inlineUsers)

@@ -338,6 +338,16 @@ struct OperationsTests {
         #expect(usable.status == 0, "\(usable.stdout)")
         #expect(usable.stdout.contains("\(spaced):2: warning: user name contains control characters; this user cannot log in"), "\(usable.stdout)")
         #expect(usable.stdout.contains("ok: 1 user"))
+        // A fatal line does not hide the others' warnings.
+        try String(contentsOfFile: spaced, encoding: .utf8).appending("nocolon\n").write(toFile: spaced, atomically: true, encoding: .utf8)
+        let mixed = try CommandLineTests.run(["check", "--htpasswd", spaced])
+        #expect(mixed.status == 1)
+        #expect(mixed.stdout.contains("\(spaced):2: warning: ") && mixed.stdout.contains("\(spaced):3: "), "\(mixed.stdout)")
+        // A user both in the file and inline would silently log in with the inline password only.
+        let both = try CommandLineTests.run(["check", "--htpasswd", htpasswd, "--user", "u:other"])
+        #expect(both.status == 1)
+        #expect(both.stdout.contains("user \"u\" is both in this file and given with --user"), "\(both.stdout)")
+        #expect(!both.stdout.contains("other"))
     }
 
     @Test("gatehouse passwd: add, update, verify, delete; Apache's htpasswd reads the result")
@@ -397,7 +407,18 @@ struct OperationsTests {
         #expect(try CommandLineTests.run(["passwd", "--stdin", "--cost", "4", fresh, "alice"], input: "pw\n").status == 0)
         stat(fresh, &info)
         #expect(info.st_mode & 0o777 == 0o666 & ~mask)
-        #expect(try CommandLineTests.run(["passwd", "--stdin", fresh, "bad\u{1}name"], input: "pw\n").status != 0)
+        let refused = try CommandLineTests.run(["passwd", "--stdin", fresh, "bad\u{1B}name"], input: "pw\n")
+        #expect(refused.status != 0)
+        #expect(!(refused.stdout + refused.stderr).contains("\u{1B}"), "a control character is shown escaped")
+        #expect(try CommandLineTests.run(["passwd", "--stdin", fresh, "bad\u{FFFD}name"], input: "pw\n").status != 0)
+        // A dangling link: its target is created, and the link stays.
+        let dangling = Self.temporaryPath("dangling")
+        let missing = Self.temporaryPath("missing")
+        defer { for path in [dangling, missing] { try? FileManager.default.removeItem(atPath: path) } }
+        try FileManager.default.createSymbolicLink(atPath: dangling, withDestinationPath: (missing as NSString).lastPathComponent)
+        #expect(try CommandLineTests.run(["passwd", "--stdin", "--cost", "4", dangling, "carol"], input: "pw\n").status == 0)
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: dangling)) == (missing as NSString).lastPathComponent)
+        #expect((try? String(contentsOfFile: missing, encoding: .utf8))?.hasPrefix("carol:$2y$04$") == true)
     }
 
     @Test("install.sh into a DESTDIR lays out the binary, units, config and htpasswd")
