@@ -56,12 +56,15 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     /// Log-only: the client took none of the response for the idle timeout (its socket stayed
     /// full); both connections were closed.
     case clientStalled = "client_stalled"
+    /// Log-only: Gatehouse closed the connection itself, at the end of a drain that timed out
+    /// or on a second SIGTERM; status 0 if none was sent.
+    case shutdown
 
     /// Whether every response with this reason has ``status`` (false where the origin's
     /// status is logged: forwards, tunnels, and their failures after the response began).
     var hasFixedStatus: Bool {
         switch self {
-        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled: return false
+        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled, .shutdown: return false
         default: return true
         }
     }
@@ -69,7 +72,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     /// The status Gatehouse itself answers with for this reason.
     public var status: HTTPResponseStatus {
         switch self {
-        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled, .maxForwards: return .ok
+        case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled, .shutdown, .maxForwards: return .ok
         case .badRequest, .originForm, .badTarget, .badFieldBytes: return .badRequest
         case .connectPortDenied: return .forbidden
         case .authMissing, .authScheme, .authMalformed, .authInvalid: return .proxyAuthenticationRequired
@@ -142,6 +145,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .upstreamTruncated: return "The destination cut its response short."
         case .clientClosed: return "The client closed the connection."
         case .clientStalled: return "The client stopped reading the response."
+        case .shutdown: return "The proxy closed the connection while shutting down."
         }
     }
 }

@@ -32,6 +32,9 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
         }
     }
 
+    /// The longest origin `Content-Type` logged whole (real ones are a few dozen bytes).
+    static let maximumContentTypeBytes = 256
+
     private static func appendSquidLine(_ e: AccessLogEntry, to bytes: inout [UInt8]) {
         let totalMillis = Int((e.timestamp * 1000).rounded())
         appendDecimal(totalMillis / 1000, to: &bytes)
@@ -70,9 +73,14 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
             if type == OwnResponse.plainText {
                 // Gatehouse's own answers (every 407): escaped once, not per line.
                 appendStatic("text/plain;%20charset=utf-8", to: &bytes)
+            } else if type.utf8.count <= Self.maximumContentTypeBytes {
+                // The origin's text: escaped like a user name (its `%` too, so that no tool
+                // decoding the log turns an origin's `%0A` into a line break).
+                appendEscaped(type, keepingPercent: false, to: &bytes)
             } else {
-                // The origin's text: escaped like the other fields, so it cannot break the line.
-                appendEscaped(type, keepingPercent: true, to: &bytes)
+                // An origin's value of any length would make a line of that length: cut.
+                appendEscaped(String(decoding: type.utf8.prefix(Self.maximumContentTypeBytes), as: UTF8.self), keepingPercent: false, to: &bytes)
+                appendStatic("...", to: &bytes)
             }
         } else {
             bytes.append(UInt8(ascii: "-"))

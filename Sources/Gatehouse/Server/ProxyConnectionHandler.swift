@@ -132,9 +132,16 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// Logs the exchange in progress, if any, as ended by the client (`client_closed`; 499 if
     /// no status was sent yet).
+    ///
+    /// When the proxy itself closed it (a drain that timed out, a second SIGTERM), the reason is
+    /// `shutdown`, with the status sent or 0.
     func recordClientClosed() {
         guard let exchange = self.exchange else { return }
         self.exchange = nil
+        if self.shared.connections.isClosingAll {
+            self.shared.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .shutdown), counts: self.counts)
+            return
+        }
         self.shared.record(
             exchange.logEntry(client: self.clientAddress, status: exchange.status == 0 ? 499 : exchange.status,
                               reason: .clientClosed), counts: self.counts)

@@ -86,6 +86,7 @@ final class ConnectionRegistry: Sendable {
     private struct State {
         var channels: [ObjectIdentifier: Channel] = [:]
         var perClient: [String: Int] = [:]
+        var closingAll = false
     }
 
     private let state = NIOLockedValueBox(State())
@@ -118,8 +119,14 @@ final class ConnectionRegistry: Sendable {
 
     var count: Int { self.state.withLockedValue { $0.channels.count } }
 
+    /// Whether ``closeAll()`` has begun: connections closing now were closed by the proxy.
+    var isClosingAll: Bool { self.state.withLockedValue { $0.closingAll } }
+
     func closeAll() {
-        let all = self.state.withLockedValue { Array($0.channels.values) }
+        let all = self.state.withLockedValue { state -> [Channel] in
+            state.closingAll = true
+            return Array(state.channels.values)
+        }
         for channel in all { channel.close(promise: nil) }
     }
 }

@@ -199,15 +199,23 @@ struct OperationsTests {
         let tunnel = try await RawClient.connect(port: proxy.port)
         try await tunnel.send("CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(Self.basic("u", "p"))\r\n\r\n")
         _ = await tunnel.waitFor { $0.hasSuffix("\r\n\r\n") }
+        // A request whose origin answers only after 10 s.
+        let waiting = try await RawClient.connect(port: proxy.port)
+        try await waiting.send("GET http://127.0.0.1:\(origin.port)/slow?ms=10000 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(Self.basic("u", "p"))\r\n\r\n")
+        try await Task.sleep(for: .milliseconds(200))
         proxy.signal(SIGTERM)
         #expect(await proxy.waitForLog("shutting down"))
         #expect(await proxy.waitForExit(timeout: .milliseconds(700)) == nil, "the first SIGTERM waits for the tunnel")
         proxy.signal(SIGTERM)
         #expect(await proxy.waitForExit(timeout: .seconds(3)) != nil)
         await tunnel.close()
-        // Every status sent gets its line, the tunnel's too (it was lost before).
-        let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
-        #expect(lines.count == 1 && lines.first?.contains(" TCP_TUNNEL/200 ") == true, "\(lines)")
+        await waiting.close()
+        // Every exchange gets its line, the tunnel's too (it was lost before); the request the
+        // proxy cut off says so (it was logged as the client closing).
+        let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").sorted()
+        #expect(lines.count == 2, "\(lines)")
+        #expect(lines.contains { $0.contains(" TCP_TUNNEL/200 ") }, "\(lines)")
+        #expect(lines.contains { $0.contains(" TCP_MISS/0 ") && $0.hasSuffix("reason=shutdown") }, "\(lines)")
     }
 
     @Test("sd_notify: READY=1 after binding, RELOADING=1 and READY=1 around a reload, STOPPING=1, watchdog pings")

@@ -29,6 +29,10 @@ struct AccessLogFormatTests {
         #expect(AccessLogFormat.squid.format(entry).hasSuffix(" HIER_DIRECT/93.184.216.34:80 text/html;%20charset=utf-8 reason=forwarded"))
         entry.contentType = "x\n1764477600.000 forged"
         #expect(AccessLogFormat.squid.format(entry).hasSuffix(" x%0A1764477600.000%20forged reason=forwarded"))
+        entry.contentType = "%41%0A 100%"
+        #expect(AccessLogFormat.squid.format(entry).hasSuffix(" %2541%250A%20100%25 reason=forwarded"), "an origin's % is escaped too")
+        entry.contentType = String(repeating: "a", count: 100_000)
+        #expect(AccessLogFormat.squid.format(entry).hasSuffix(" " + String(repeating: "a", count: 256) + "... reason=forwarded"))
         entry.contentType = ""
         #expect(AccessLogFormat.squid.format(entry).hasSuffix(" - reason=forwarded"))
     }
