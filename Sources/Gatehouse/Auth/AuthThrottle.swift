@@ -42,9 +42,11 @@ public final class AuthThrottle: Sendable {
         self.limits = limits
     }
 
-    /// Seconds until another attempt is allowed, or nil if it is allowed now.
-    public func retryAfter(client: String, user: String?, now: NIODeadline = .now()) -> Int? {
-        self.state.withLockedValue { self.retryAfter(&$0, client: client, user: user, now: now) }
+    /// Seconds until another attempt is allowed, or nil if it is allowed now. Without
+    /// `countingRunning`, only failures on record count: for a request that would join a
+    /// verification already running, which costs no guess.
+    public func retryAfter(client: String, user: String?, countingRunning: Bool = true, now: NIODeadline = .now()) -> Int? {
+        self.state.withLockedValue { self.retryAfter(&$0, client: client, user: user, countingRunning: countingRunning, now: now) }
     }
 
     /// Admits one password verification for `user` from `client`, or says how long to wait.
@@ -55,7 +57,7 @@ public final class AuthThrottle: Sendable {
     /// counted: hundreds of guesses against a limit of ten.
     public func admit(client: String, user: String?, now: NIODeadline = .now()) -> Int? {
         self.state.withLockedValue { state -> Int? in
-            if let wait = self.retryAfter(&state, client: client, user: user, now: now) { return wait }
+            if let wait = self.retryAfter(&state, client: client, user: user, countingRunning: true, now: now) { return wait }
             state.runningByClient[client, default: 0] += 1
             if let user { state.runningByUser[user, default: []].append(client) }
             return nil
@@ -90,14 +92,14 @@ public final class AuthThrottle: Sendable {
         if let user { state.byUser[user, default: []].append((now, client)) }
     }
 
-    private func retryAfter(_ state: inout State, client: String, user: String?, now: NIODeadline) -> Int? {
+    private func retryAfter(_ state: inout State, client: String, user: String?, countingRunning: Bool, now: NIODeadline) -> Int? {
         let cutoff = now - self.limits.window
         // Until a running verification ends, a limit it fills is retried after a second.
         var waits: [NIODeadline] = []
         var times = state.byClient[client] ?? []
         times.removeAll { $0 < cutoff }
         state.byClient[client] = times.isEmpty ? nil : times
-        let runningHere = state.runningByClient[client] ?? 0
+        let runningHere = countingRunning ? state.runningByClient[client] ?? 0 : 0
         if times.count + runningHere >= self.limits.failuresPerClient {
             waits.append(times.count >= self.limits.failuresPerClient ? times[0] + self.limits.window : now + .seconds(1))
         }
@@ -105,7 +107,7 @@ public final class AuthThrottle: Sendable {
             var entries = state.byUser[user] ?? []
             entries.removeAll { $0.time < cutoff }
             state.byUser[user] = entries.isEmpty ? nil : entries
-            let running = state.runningByUser[user] ?? []
+            let running = countingRunning ? state.runningByUser[user] ?? [] : []
             // Only for addresses that have failed, or are guessing, for this user themselves.
             if entries.count + running.count >= self.limits.failuresPerUser,
                 entries.contains(where: { $0.client == client }) || running.contains(client)

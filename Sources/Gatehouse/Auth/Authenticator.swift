@@ -87,7 +87,9 @@ public final class Authenticator: Sendable {
             case .malformedBase64, .missingColon, .invalidUTF8: return .immediate(.rejected(.authMalformed, user: nil))
             }
         }
-        if let wait = self.throttle.retryAfter(client: client, user: credentials.user) {
+        // Failures on record only: a request joining a running verification is no new guess
+        // (running ones count when a new verification is admitted, below).
+        if let wait = self.throttle.retryAfter(client: client, user: credentials.user, countingRunning: false) {
             return .immediate(.refused(.authThrottled, retryAfter: wait, user: credentials.user))
         }
         let current = self.store

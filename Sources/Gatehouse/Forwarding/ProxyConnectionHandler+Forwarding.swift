@@ -94,9 +94,10 @@ extension ProxyConnectionHandler {
     /// an intermediary MUST decrement it; at zero the proxy answers itself, see
     /// `RequestFields.remainingForwards`). A value that is not a number is left as it is.
     static func decrementMaxForwards(_ fields: inout [(String, String)]) {
-        guard let index = fields.firstIndex(where: { FieldKind($0.0) == .maxForwards }) else { return }
-        if let remaining = RequestFields.hops(in: fields[index].1), remaining > 0 {
-            fields[index].1 = String(remaining - 1)
+        for index in fields.indices where FieldKind(fields[index].0) == .maxForwards {
+            if let remaining = RequestFields.hops(in: fields[index].1), remaining > 0 {
+                fields[index].1 = String(remaining - 1)
+            }
         }
     }
 
@@ -155,9 +156,9 @@ extension ProxyConnectionHandler {
 
     func upstreamResponseHead(_ head: HTTPResponseHead) {
         guard let context = self.context, let exchange = self.exchange else { return }
-        // A status code is three digits, 100–599 (RFC 9110 §15; 600–999 pass, as three digits):
-        // NIO's parser also accepts 000–099, which would go out as a malformed status line.
-        if head.status.code < 100 { return self.refuseOriginResponse() }
+        // A status code is 100–599 (RFC 9110 §15: other values are invalid). NIO's parser also
+        // accepts 000–099, which would go out as a malformed status line, and 600–999.
+        if head.status.code < 100 || head.status.code > 599 { return self.refuseOriginResponse() }
         if head.status.code / 100 == 1 {
             // 1xx: forward to HTTP/1.1 clients (RFC 9110 §15.2), e.g. 100 Continue for an
             // upload with `Expect: 100-continue`. 101 is impossible: Upgrade was stripped.

@@ -181,8 +181,8 @@ struct RequestFields {
     var proxyAuthorization: [String] = []
     var proxyConnectionKeepAlive = false
     var expectsContinue = false
-    /// The first `Max-Forwards` value, if any.
-    var maxForwards: String?
+    /// The `Max-Forwards` values, if any.
+    var maxForwards: [String] = []
     /// A value held bytes that are not UTF-8 (see `String.containsReplacementCharacter`).
     var hasReplacedBytes = false
 
@@ -200,7 +200,7 @@ struct RequestFields {
             case .expect:
                 if value.lowercased() == "100-continue" { self.expectsContinue = true }
             case .maxForwards:
-                if self.maxForwards == nil { self.maxForwards = value }
+                self.maxForwards.append(value)
             default: break
             }
         }
@@ -213,8 +213,9 @@ struct RequestFields {
     /// (RFC 9110 §7.6.2, `1*DIGIT`), nil for any other method, or when the field is absent or
     /// not a number (then the request is forwarded as it is).
     func remainingForwards(for method: HTTPMethod) -> Int? {
-        guard method == .TRACE || method == .OPTIONS, let value = self.maxForwards else { return nil }
-        return Self.hops(in: value)
+        // Two fields (which should not happen) count as the fewer hops.
+        guard method == .TRACE || method == .OPTIONS else { return nil }
+        return self.maxForwards.compactMap(Self.hops(in:)).min()
     }
 
     /// A `Max-Forwards` value as a number; nil if it is not one (a value too large for `Int`

@@ -56,12 +56,13 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
             let end = line.endsInBareLF ? lf : lf - 1
             var index = 0
             while index < end && Self.isTokenByte(bytes[index]) { index += 1 }
+            // One space or more, as llhttp takes them.
             guard index > 0, index < end, bytes[index] == UInt8(ascii: " ") else { return line }
-            index += 1
+            while index < end && bytes[index] == UInt8(ascii: " ") { index += 1 }
             let targetStart = index
             while index < end && bytes[index] > 0x20 && bytes[index] < 0x7F { index += 1 }
             guard index > targetStart, index < end, bytes[index] == UInt8(ascii: " ") else { return line }
-            index += 1
+            while index < end && bytes[index] == UInt8(ascii: " ") { index += 1 }
             line.isRequestLine = end - index == 8 && bytes[index..<index + 5].elementsEqual("HTTP/".utf8)
             return line
         }

@@ -200,6 +200,12 @@ struct AuthenticatorTests {
         }
         #expect(pending.count == 10, "the per-user limit, counting running verifications")
         #expect(throttled == 30)
+        // The same header as one already running joins it: no new guess, so not refused.
+        guard case .pending(let joined) = authenticator.authenticate([Self.header("victim:guess-0")], client: "10.0.0.1", on: loop) else {
+            Issue.record("a request joining a running verification must not be throttled")
+            return
+        }
+        pending.append(joined)
         for future in pending {
             #expect(try await future.get() == .rejected(.authInvalid, user: "victim"))
         }

@@ -108,6 +108,11 @@ struct HopByHopTests {
         #expect(fields("1e3").remainingForwards(for: .TRACE) == nil)
         #expect(fields("99999999999999999999999").remainingForwards(for: .TRACE) == Int.max)
         #expect(RequestFields(HTTPHeaders()).remainingForwards(for: .TRACE) == nil)
+        let two = RequestFields(HTTPHeaders([("Max-Forwards", "3"), ("Max-Forwards", "0")]))
+        #expect(two.remainingForwards(for: .TRACE) == 0, "two fields: the fewer hops")
+        var both: [(String, String)] = [("Max-Forwards", "3"), ("Max-Forwards", "2")]
+        ProxyConnectionHandler.decrementMaxForwards(&both)
+        #expect(both.map(\.1) == ["2", "1"])
         for (method, value, sent) in [(HTTPMethod.OPTIONS, "5", "4"), (.TRACE, "1", "0"), (.GET, "5", "5"), (.TRACE, "x", "x")] {
             let head = HTTPRequestHead(version: .http1_1, method: method, uri: "http://o/", headers: HTTPHeaders([("Max-Forwards", value)]))
             let uri = try? RequestTarget.parseAbsolute("http://o/").get()

@@ -95,8 +95,9 @@ struct RequestStartObserverTests {
         }
         #expect(shape("BREW http://o/ HTTP/1.1\r\nHost: o\r\n") == .init(endsInBareLF: false, isRequestLine: true))
         #expect(shape("M-SEARCH* http://o/ HTTP/1.1\r\n").isRequestLine)
+        #expect(shape("BREW  http://o/  HTTP/1.1\r\n").isRequestLine, "llhttp takes several spaces")
         #expect(shape("GET http://o/ HTTP/1.1\n") == .init(endsInBareLF: true, isRequestLine: true))
-        for garbage in ["GARBAGE\r\n", "GET\r\n", "GET  http://o/ HTTP/1.1\r\n", "G(T http://o/ HTTP/1.1\r\n",
+        for garbage in ["GARBAGE\r\n", "GET\r\n", " GET http://o/ HTTP/1.1\r\n", "G(T http://o/ HTTP/1.1\r\n",
                         "GET http://o/ FTP/1.1\r\n", "GET http://o/ HTTP/1.1 x\r\n", "GET http://o/\r\n", "\r\n"] {
             #expect(!shape(garbage).isRequestLine, "\(garbage)")
         }
