@@ -78,11 +78,6 @@ public final class AuthThrottle: Sendable {
         }
     }
 
-    /// Counts a failure that was not admitted through ``admit`` (tests).
-    public func recordFailure(client: String, user: String?, now: NIODeadline = .now()) {
-        self.state.withLockedValue { self.recordFailure(&$0, client: client, user: user, now: now) }
-    }
-
     private func recordFailure(_ state: inout State, client: String, user: String?, now: NIODeadline) {
         state.operations += 1
         if state.operations % 1024 == 0 || state.byClient.count > self.maximumKeys || state.byUser.count > self.maximumKeys {
