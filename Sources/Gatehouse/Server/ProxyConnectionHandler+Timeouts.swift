@@ -6,8 +6,11 @@ import NIOPosix
 extension ProxyConnectionHandler {
     // MARK: Timers
 
-    /// Waits for the next request: idle timeout until its first byte arrives.
-    func awaitRequest(context: ChannelHandlerContext) {
+    /// Waits for the next request: idle timeout until its first byte arrives. A new
+    /// connection gets no longer than the header timeout for its first byte: one that sends
+    /// nothing would otherwise hold a connection slot for the whole idle timeout (a slowloris
+    /// that never starts its head). It is closed quietly; there is no request to answer.
+    func awaitRequest(context: ChannelHandlerContext, first: Bool = false) {
         if self.clientInputClosed {
             context.close(promise: nil)
             return
@@ -15,7 +18,8 @@ extension ProxyConnectionHandler {
         self.observer.awaitingRequest = true
         self.observer.requestComplete = false
         self.headStarted = .now()
-        self.schedule(.idle, in: self.configuration.idleTimeout, context: context)
+        let wait = first ? min(self.configuration.idleTimeout, self.configuration.headerTimeout) : self.configuration.idleTimeout
+        self.schedule(.idle, in: wait, context: context)
     }
 
     /// The first byte of a request head arrived: the header timeout starts now.

@@ -105,7 +105,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.sendRawAndClose(status: "503 Service Unavailable", reason: reason, context: context)
             return
         }
-        self.awaitRequest(context: context)
+        self.awaitRequest(context: context, first: true)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

@@ -49,6 +49,8 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var pendingRead = false
     private var inputClosed = false
     private var closing = false
+    /// The other side has closed: what this side reads can no longer be delivered.
+    private var partnerGone = false
     private let record: TunnelRecord
     private let isClientSide: Bool
     private let lingerTimeout: TimeAmount
@@ -114,7 +116,15 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func partnerClosed() {
         guard let context = self.context else { return }
+        self.partnerGone = true
         self.closeAfterFlushing(context: context)
+        // Read on, and drop what arrives: a peer blocked sending to us (an echo that the gone
+        // side stopped reading) would otherwise never read what is still queued for it, and
+        // both would wait for the idle timeout.
+        if self.pendingRead {
+            self.pendingRead = false
+            context.read()
+        }
     }
 
     /// Closes once everything queued on this side is written: an empty write completes after
@@ -152,6 +162,7 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Channel events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if self.partnerGone { return }  // undeliverable: dropped, and not counted as passed on
         let buffer = self.unwrapInboundIn(data)
         let bytes = buffer.readableBytes
         if self.isClientSide { self.record.countFromClient(bytes) } else { self.record.countToClient(bytes) }
@@ -193,7 +204,7 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if self.partner?.partnerWritable ?? false {
+        if self.partnerGone || self.partner?.partnerWritable ?? false {
             context.read()
         } else {
             self.pendingRead = true

@@ -79,9 +79,11 @@ struct ErrorResponseTests {
 
     @Test("a client that trickles its header gets 408 and is closed; an idle one is closed quietly")
     func timeouts() async throws {
+        // The header timeout also bounds a new connection's wait for its first byte: long
+        // enough here for a loaded test machine to connect and send.
         try await withProxyAndOrigin(configure: {
-            $0.headerTimeout = .milliseconds(300)
-            $0.idleTimeout = .seconds(2)
+            $0.headerTimeout = .seconds(1)
+            $0.idleTimeout = .seconds(5)
         }) { proxy, _ in
             let slow = try await RawClient.connect(port: proxy.port)
             try await slow.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHo")
@@ -89,11 +91,32 @@ struct ErrorResponseTests {
             #expect(slow.text.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"))
             #expect(slow.text.contains("Connection: close\r\n"))
 
+            // A new connection that sends nothing gets the header timeout, not the idle one: it
+            // would otherwise hold its slot for the whole idle timeout (5 s here).
+            let clock = ContinuousClock()
+            let opened = clock.now
             let idle = try await RawClient.connect(port: proxy.port)
             #expect(await idle.waitForClose())
+            #expect(clock.now - opened < .milliseconds(3_500), "\(clock.now - opened)")
             #expect(idle.text.isEmpty)
             #expect(proxy.records.map(\.status) == [408])
             #expect(proxy.records.first?.reason == .headerTimeout)
+        }
+    }
+
+    @Test("between requests a kept-alive connection gets the idle timeout, not the header timeout")
+    func idleAfterRequest() async throws {
+        try await withProxyAndOrigin(configure: {
+            $0.headerTimeout = .seconds(1)
+            $0.idleTimeout = .seconds(4)
+        }) { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("hello\n") }
+            #expect(text.hasSuffix("hello\n"))
+            #expect(!(await client.waitForClose(timeout: .milliseconds(2_000))), "still open after 2 s (twice the header timeout)")
+            #expect(await client.waitForClose(timeout: .seconds(6)))
+            await client.close()
         }
     }
 

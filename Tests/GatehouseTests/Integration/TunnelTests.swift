@@ -127,4 +127,28 @@ struct TunnelTests {
             await client.close()
         }
     }
+
+    @Test("a client that stopped reading and then left does not leave its tunnel to an echoing origin open until the idle timeout")
+    func goneClientEchoOrigin() async throws {
+        // The client sends a lot and reads nothing, so the echoed bytes back up: the proxy stops
+        // reading the origin, the origin stops reading the proxy. Once the client closes, the
+        // proxy must read (and drop) what the origin sends, or neither side ever moves again.
+        let origin = try await RawOrigin.start(.echo)
+        defer { Task { await origin.stop() } }
+        var configuration = ProxyConfiguration()
+        configuration.connectPorts = try PortSet(parsing: "\(origin.port)")
+        configuration.tunnelIdleTimeout = .seconds(30)
+        let frozen = configuration
+        try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen) { proxy in
+            let client = try await RawClient.connect(port: proxy.port, reading: false)
+            try await client.send("CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            try await Task.sleep(for: .milliseconds(200))
+            client.queue(bytes: [UInt8](repeating: 0x61, count: 16 * 1024 * 1024))
+            try await Task.sleep(for: .milliseconds(1_000))
+            await client.close()
+            // Logged once both sides are closed; before, only after the 30 s idle timeout.
+            let records = await proxy.waitForRecords(count: 1, timeout: .seconds(5))
+            #expect(records.map(\.reason) == [.tunnel])
+        }
+    }
 }

@@ -45,6 +45,11 @@ final class RawClient: Sendable {
         try await self.channel.writeAndFlush(ByteBuffer(bytes: bytes))
     }
 
+    /// Queues bytes without waiting for them to get out (to a peer that may never take them).
+    func queue(bytes: [UInt8]) {
+        self.channel.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil)
+    }
+
     /// With `reading: false`: takes what the socket holds now, up to `readSize` bytes.
     func readSome() {
         self.channel.read()

@@ -26,6 +26,9 @@ final class RawOrigin: Sendable {
         /// Read at most `chunk` bytes every `every` (a slow but steady reader of an upload);
         /// once the head and `bodyBytes` after it have arrived, send `reply` and close.
         case slowReader(chunk: Int, every: TimeAmount, bodyBytes: Int, reply: String)
+        /// Write back every byte read, reading only while the writes get out (a TCP echo
+        /// server with backpressure: it stops reading while its peer takes nothing).
+        case echo
         /// Read until the first string has arrived and a blank line after it (the last chunk
         /// of a chunked body and its trailers), then send the second and close.
         /// ``received`` has what arrived.
@@ -52,6 +55,9 @@ final class RawOrigin: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     onConnection?()
+                    if case .echo = behaviour, let options = channel.syncOptions {
+                        try options.setOption(.autoRead, value: false)
+                    }
                     if case .slowReader(let chunk, _, _, _) = behaviour, let options = channel.syncOptions {
                         try options.setOption(.autoRead, value: false)
                         try options.setOption(.maxMessagesPerRead, value: 1)
@@ -87,7 +93,26 @@ final class RawOrigin: Sendable {
         var headBytes: Int?
         var reads: RepeatedTask?
 
+        var echoReadPending = false
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            if case .echo = self.behaviour {
+                context.flush()
+                if context.channel.isWritable { context.read() } else { self.echoReadPending = true }
+            }
+            context.fireChannelReadComplete()
+        }
+
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            if case .echo = self.behaviour, context.channel.isWritable, self.echoReadPending {
+                self.echoReadPending = false
+                context.read()
+            }
+            context.fireChannelWritabilityChanged()
+        }
+
         func channelActive(context: ChannelHandlerContext) {
+            if case .echo = self.behaviour { context.read() }
             if case .slowReader(_, let every, _, _) = self.behaviour {
                 let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
                 self.reads = context.eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
@@ -103,6 +128,10 @@ final class RawOrigin: Sendable {
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if case .echo = self.behaviour {
+                context.write(data, promise: nil)
+                return
+            }
             if case .slowReader(_, _, let bodyBytes, let reply) = self.behaviour {
                 let buffer = self.unwrapInboundIn(data)
                 if self.headBytes == nil, let end = String(buffer: buffer).range(of: "\r\n\r\n") {
@@ -169,7 +198,7 @@ final class RawOrigin: Sendable {
                 }
             case .respondAndHang(let text):
                 if !text.isEmpty { context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil) }
-            case .respondOnEOF, .keepAliveOnce, .keepAliveClosingOn, .captureUntil, .slowReader:
+            case .respondOnEOF, .keepAliveOnce, .keepAliveClosingOn, .captureUntil, .slowReader, .echo:
                 break
             }
         }
