@@ -83,6 +83,13 @@ extension ProxyConnectionHandler {
             try pipeline.addHandler(IdleStateHandler(allTimeout: self.configuration.tunnelIdleTimeout))
             try pipeline.addHandler(clientGlue)
             try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
+            // The glue checks whether its partner still takes bytes only between read loops,
+            // and a loop makes up to `maxMessagesPerRead` reads: 16 of 64 KiB on the client side
+            // queued about 1 MB behind a partner that had stopped taking them (1.3 MB of RSS per
+            // tunnel whose client stopped reading). One read per loop keeps what waits near
+            // the partner's write watermark.
+            try context.channel.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
+            try upstream.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
             // The origin's reads were held (autoRead off) so that a server that speaks first
             // (SSH, SMTP) loses nothing before the glue is in place.
             try upstream.syncOptions?.setOption(.autoRead, value: true)
