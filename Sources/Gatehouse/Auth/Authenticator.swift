@@ -34,11 +34,18 @@ public final class Authenticator: Sendable {
     /// Verifications running, by cache key, for requests with the same header to join.
     private let inFlight = NIOLockedValueBox([CredentialCache.Key: EventLoopFuture<Outcome>]())
     private let maxPending: Int
+    /// A verification that waited longer than this for the hashing pool is not run: its client
+    /// has most likely given up (under a flood of wrong passwords, the queue's tail waited 30 s
+    /// and more, and the hashing went on for clients long gone), and it is answered 503
+    /// `auth_busy` with `Retry-After` instead.
+    let maximumQueueWait: TimeAmount
 
     public init(
         store: CredentialStore, cacheTTL: TimeAmount, threadPool: NIOThreadPool,
-        throttle: AuthThrottle.Limits = AuthThrottle.Limits(), maxPendingVerifications: Int = 256
+        throttle: AuthThrottle.Limits = AuthThrottle.Limits(), maxPendingVerifications: Int = 256,
+        maximumQueueWait: TimeAmount = .seconds(5)
     ) {
+        self.maximumQueueWait = maximumQueueWait
         self.store = NIOLockedValueBox((store, 0))
         self.cache = CredentialCache(ttl: cacheTTL)
         self.throttle = AuthThrottle(limits: throttle)
@@ -168,8 +175,14 @@ public final class Authenticator: Sendable {
             return .immediate(.refused(.authBusy, retryAfter: 1, user: user))
         }
         let counter = self.pending
+        let queued = NIODeadline.now()
+        let maximumWait = self.maximumQueueWait
         let future = self.threadPool.runIfActive(eventLoop: eventLoop) { () -> Outcome in
             defer { counter.withLockedValue { $0 -= 1 } }
+            guard NIODeadline.now() - queued <= maximumWait else {
+                throttle.finish(client: client, user: user, failed: false)
+                return .refused(.authBusy, retryAfter: 1, user: user)
+            }
             return check()
         }
         future.whenFailure { _ in

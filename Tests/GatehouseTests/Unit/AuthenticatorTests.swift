@@ -253,6 +253,39 @@ struct AuthenticatorTests {
         #expect(!names.contains { bcryptOnly.isCheap(user: $0) })
     }
 
+    @Test("a verification that waited too long for the hashing pool is answered 503 auth_busy, not hashed for a client long gone")
+    func staleQueuedVerification() async throws {
+        let hash = try #require(PasswordHash.makeBcrypt(password: "pw", cost: 4))
+        let store = CredentialStore(htpasswd: HtpasswdFile(contents: "erin:\(hash.fieldValue)\n", path: "t"))
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        let gate = ConditionLock(value: 0)
+        pool.submit { _ in
+            gate.lock(whenValue: 1)
+            gate.unlock()
+        }
+        let authenticator = Authenticator(
+            store: store, cacheTTL: .minutes(5), threadPool: pool, maximumQueueWait: .milliseconds(200))
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        guard case .pending(let stale) = authenticator.authenticate([Self.header("erin:pw")], client: "10.0.0.9", on: loop) else {
+            Issue.record("a bcrypt verification runs on the pool")
+            return
+        }
+        try await Task.sleep(for: .milliseconds(400))
+        gate.lock()
+        gate.unlock(withValue: 1)
+        #expect(try await stale.get() == .refused(.authBusy, retryAfter: 1, user: "erin"))
+        #expect(authenticator.cache.count == 0)
+        // Nothing left counted against the address, and a fresh attempt is verified.
+        #expect(authenticator.throttle.retryAfter(client: "10.0.0.9", user: "erin") == nil)
+        guard case .pending(let fresh) = authenticator.authenticate([Self.header("erin:pw")], client: "10.0.0.9", on: loop) else {
+            Issue.record("a bcrypt verification runs on the pool")
+            return
+        }
+        #expect(try await fresh.get() == .authenticated(user: "erin"))
+        try await pool.shutdownGracefully()
+    }
+
     @Test("the cache key is a keyed hash: different per process, never the header itself")
     func cacheKey() {
         let a = CredentialCache(ttl: .seconds(1))
