@@ -184,7 +184,16 @@ struct AuthenticatorTests {
     func parallelGuesses() async throws {
         let hash = try #require(PasswordHash.makeBcrypt(password: "right", cost: 6))
         let file = HtpasswdFile(contents: "victim:\(hash.fieldValue)\nother:\(hash.fieldValue)\n", path: "t")
-        let authenticator = Authenticator(store: CredentialStore(htpasswd: file), cacheTTL: .minutes(5), threadPool: .singleton)
+        // A one-thread pool held by a gate: no verification finishes until the gate opens,
+        // whatever the machine's load.
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        let gate = ConditionLock(value: 0)
+        pool.submit { _ in
+            gate.lock(whenValue: 1)
+            gate.unlock()
+        }
+        let authenticator = Authenticator(store: CredentialStore(htpasswd: file), cacheTTL: .minutes(5), threadPool: pool)
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         var pending: [EventLoopFuture<Authenticator.Outcome>] = []
         var throttled = 0
@@ -206,6 +215,8 @@ struct AuthenticatorTests {
             return
         }
         pending.append(joined)
+        gate.lock()
+        gate.unlock(withValue: 1)
         for future in pending {
             #expect(try await future.get() == .rejected(.authInvalid, user: "victim"))
         }
@@ -229,6 +240,7 @@ struct AuthenticatorTests {
             if case .pending = sprayer.authenticate([Self.header("\(user):g\(guess)")], client: "10.0.0.2", on: loop) { admitted += 1 }
         }
         #expect(admitted == 5)
+        try await pool.shutdownGracefully()
     }
 
     @Test("an unknown name is checked against a user's own hash, picked per name: unknown names take the times real users take")
