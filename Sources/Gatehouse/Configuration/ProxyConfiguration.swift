@@ -47,6 +47,10 @@ public struct ProxyConfiguration: Sendable {
     public var authThrottle = AuthThrottle.Limits()
     /// Password verifications that may wait for the hashing pool; beyond it, 503 `auth_busy`.
     public var maxPendingVerifications: Int = 256
+    /// Request-body bytes read and dropped after an early answer (a 407 to an upload, an
+    /// origin's 413) so the connection can carry the next request; past this the connection
+    /// is closed instead. Draining without a limit let one client keep a core busy.
+    public var maxDrainBytes: Int = 64 * 1024 * 1024
     /// Deviations for testing clients' 407 and failure handling; all off by default.
     public var testing = TestingBehaviours()
 

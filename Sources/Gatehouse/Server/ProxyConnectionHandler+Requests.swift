@@ -16,6 +16,7 @@ extension ProxyConnectionHandler {
         }
         self.bufferedBody.removeAll(keepingCapacity: true)
         self.bufferedEnd = false
+        self.drainedBytes = 0
         let isConnect = head.method == .CONNECT
 
         // Targets are parsed before authentication, so that a browser pointed at the proxy

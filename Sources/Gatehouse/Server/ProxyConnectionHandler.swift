@@ -28,6 +28,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// Request body parts that arrived before the origin connection was ready.
     var bufferedBody: [ByteBuffer] = []
     var bufferedEnd = false
+    /// Request-body bytes dropped since an early answer (see `ProxyConfiguration.maxDrainBytes`).
+    var drainedBytes = 0
     /// A `read()` the handler held back, to be issued once reading may resume.
     var readPending = false
     var upstream: UpstreamHandler?
@@ -164,6 +166,14 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             switch self.machine.requestBodyReceived() {
             case .bufferBody: self.bufferedBody.append(buffer)
             case .forwardBody: self.upstream?.send(.body(.byteBuffer(buffer)))
+            case .discardBody:
+                self.drainedBytes += buffer.readableBytes
+                if self.drainedBytes > self.configuration.maxDrainBytes {
+                    // The answer went out long ago; reading on for the next request's sake
+                    // is not worth more.
+                    self.machine.connectionClosed()
+                    context.close(promise: nil)
+                }
             default: break
             }
         case .end(let trailers):

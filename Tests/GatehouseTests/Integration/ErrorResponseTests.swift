@@ -146,4 +146,26 @@ struct ErrorResponseTests {
             await client.close()
         }
     }
+
+    @Test("after an early answer the rest of an upload is drained to keep the connection, but only up to maxDrainBytes (64 MiB); then it closes")
+    func drainLimit() async throws {
+        try await withProxyAndOrigin(configure: { $0.maxDrainBytes = 1_000_000 }) { proxy, origin in
+            // A 407 to an upload without credentials: a small body is drained and the
+            // connection carries the next request.
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            try await client.send(bytes: [UInt8](repeating: 0x61, count: 100_000))
+            try await client.send("GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("hello\n") }
+            #expect(statusCodes(in: text) == [407, 200])
+            await client.close()
+            // A body beyond the limit: the 407 is sent, then the connection closes.
+            let big = try await RawClient.connect(port: proxy.port)
+            try await big.send("POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n")
+            big.queue(bytes: [UInt8](repeating: 0x61, count: 4_000_000))
+            #expect(await big.waitForClose(timeout: .seconds(10)))
+            #expect(statusCodes(in: big.text) == [407])
+            await big.close()
+        }
+    }
 }
