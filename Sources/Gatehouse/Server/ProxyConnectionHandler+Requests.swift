@@ -41,8 +41,9 @@ extension ProxyConnectionHandler {
             self.exchange = exchange
             return self.answer(.badRequest, context: context, close: true)
         }
-        if fields.hasReplacedBytes || head.uri.containsReplacementCharacter {
+        if fields.hasReplacedBytes {
             // Bytes that are not UTF-8 reached us already replaced (see ReasonCode.badFieldBytes).
+            // (A target with any byte outside ASCII is refused by its parser, 400 bad_target.)
             self.exchange = exchange
             return self.answer(.badFieldBytes, context: context, close: true)
         }

@@ -42,9 +42,11 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
         /// The line ended in LF alone. llhttp reports that as an invalid version, which is a
         /// malformed request (400), not an unsupported version (505).
         var endsInBareLF = false
-        /// The line has a request line's shape, `token SP target SP HTTP/x.y`. llhttp knows a
-        /// fixed list of methods and reports any other as an invalid method: with this shape
-        /// that is an unknown method (501), otherwise garbage (400).
+        /// The line has a request line's shape: a method token and a space, something, and a
+        /// space and `HTTP/x.y` at its end. llhttp knows a fixed list of methods and reports
+        /// any other as an invalid method: with this shape that is an unknown method (501),
+        /// otherwise garbage (400). Only the method and the line's last nine bytes are looked
+        /// at, not the target between them: this runs for every request.
         var isRequestLine = false
     }
 
@@ -54,16 +56,15 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
             var line = FirstLine()
             line.endsInBareLF = lf == 0 || bytes[lf - 1] != UInt8(ascii: "\r")
             let end = line.endsInBareLF ? lf : lf - 1
-            var index = 0
-            while index < end && Self.isTokenByte(bytes[index]) { index += 1 }
-            // One space or more, as llhttp takes them.
-            guard index > 0, index < end, bytes[index] == UInt8(ascii: " ") else { return line }
-            while index < end && bytes[index] == UInt8(ascii: " ") { index += 1 }
-            let targetStart = index
-            while index < end && bytes[index] > 0x20 && bytes[index] < 0x7F { index += 1 }
-            guard index > targetStart, index < end, bytes[index] == UInt8(ascii: " ") else { return line }
-            while index < end && bytes[index] == UInt8(ascii: " ") { index += 1 }
-            line.isRequestLine = end - index == 8 && bytes[index..<index + 5].elementsEqual("HTTP/".utf8)
+            var method = 0
+            while method < end && Self.isTokenByte(bytes[method]) { method += 1 }
+            // `METHOD SP … SP HTTP/x.y`: the version's space lies past the method's, with a
+            // target (not a space) right after the spaces that follow the method.
+            let version = end - 9
+            guard method > 0, version > method, bytes[method] == UInt8(ascii: " "), bytes[version] == UInt8(ascii: " ")
+            else { return line }
+            let target = bytes[(method + 1)..<version].firstIndex { $0 != UInt8(ascii: " ") }
+            line.isRequestLine = target != nil && bytes[(version + 1)..<(version + 6)].elementsEqual("HTTP/".utf8)
             return line
         }
     }
