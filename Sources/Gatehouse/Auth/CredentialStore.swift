@@ -33,8 +33,8 @@ public struct CredentialStore: Sendable {
     func decoy(for user: String) -> PasswordHash? {
         var hasher = Hasher()
         hasher.combine(Self.decoySeed)
-        hasher.combine(user.utf8.count)
-        for byte in user.utf8 { hasher.combine(byte) }
+        var name = user
+        name.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
         let index = Int(UInt(bitPattern: hasher.finalize()) % UInt(self.decoys.count))
         return self.decoys[index]
     }

@@ -63,10 +63,10 @@ public enum HtpasswdEditor {
     }
 
     static func validate(_ user: String) throws(EditError) {
-        // As HtpasswdFile reads names: spaces are allowed (as in Apache), control characters not.
-        // U+FFFD is what arguments that are not UTF-8 turn into: the name typed cannot be stored.
-        guard !user.isEmpty, !user.contains(":"), !user.containsReplacementCharacter,
-            !user.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+        // The names HtpasswdFile reads as users: spaces are allowed (as in Apache), control
+        // characters not. U+FFFD is what an argument that is not UTF-8 turns into: the name
+        // typed could not be stored.
+        guard !user.isEmpty, !user.contains(":"), !user.containsReplacementCharacter, !HtpasswdFile.hasControlCharacters(user)
         else { throw .invalidUser(user) }
     }
 

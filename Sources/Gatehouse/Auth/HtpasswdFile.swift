@@ -118,7 +118,7 @@ public struct HtpasswdFile: Sendable {
                 report("user name is not valid UTF-8; this user cannot log in", fatal: false)
                 continue
             }
-            guard !user.unicodeScalars.contains(where: Self.isForbiddenInUserName) else {
+            guard !Self.hasControlCharacters(user) else {
                 report("user name contains control characters; this user cannot log in", fatal: false)
                 continue
             }
@@ -168,8 +168,8 @@ public struct HtpasswdFile: Sendable {
 
     /// RFC 7617 §2 forbids control characters in the user-id (a tab among them); a client
     /// cannot send such a name.
-    private static func isForbiddenInUserName(_ scalar: Unicode.Scalar) -> Bool {
-        scalar.properties.generalCategory == .control
+    static func hasControlCharacters(_ user: String) -> Bool {
+        user.unicodeScalars.contains { $0.properties.generalCategory == .control }
     }
 
     /// `"name"` with `"` and `\` escaped, for unambiguous messages.

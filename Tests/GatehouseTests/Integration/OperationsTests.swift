@@ -351,6 +351,11 @@ struct OperationsTests {
         let mixed = try CommandLineTests.run(["check", "--htpasswd", spaced])
         #expect(mixed.status == 1)
         #expect(mixed.stdout.contains("\(spaced):2: warning: ") && mixed.stdout.contains("\(spaced):3: "), "\(mixed.stdout)")
+        // serve refuses the same file, saying the same on stderr.
+        let serve = try CommandLineTests.run(["serve", "--htpasswd", spaced, "--listen", "127.0.0.1:0"])
+        #expect(serve.status != 0)
+        #expect(serve.stderr.contains("\(spaced):2: warning: user name contains control characters"), "\(serve.stderr)")
+        #expect(serve.stderr.contains("\(spaced):3: "), "\(serve.stderr)")
         // A user both in the file and inline would silently log in with the inline password only.
         let both = try CommandLineTests.run(["check", "--htpasswd", htpasswd, "--user", "u:other"])
         #expect(both.status == 1)

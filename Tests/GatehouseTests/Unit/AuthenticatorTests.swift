@@ -12,6 +12,28 @@ struct AuthenticatorTests {
         "Basic " + Data(credentials.utf8).base64EncodedString()
     }
 
+    /// A one-thread hashing pool whose thread is held until `open()`: whatever the machine's
+    /// load, nothing queued on it runs (or finishes) before the test says so.
+    final class Gate: Sendable {
+        private let lock = ConditionLock(value: 0)
+        func wait() {
+            self.lock.lock(whenValue: 1)
+            self.lock.unlock()
+        }
+        func open() {
+            self.lock.lock()
+            self.lock.unlock(withValue: 1)
+        }
+    }
+
+    static func heldPool() -> (NIOThreadPool, Gate) {
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        let gate = Gate()
+        pool.submit { _ in gate.wait() }
+        return (pool, gate)
+    }
+
     static func outcome(_ authenticator: Authenticator, _ values: [String]) async throws -> Authenticator.Outcome {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         switch authenticator.authenticate(values, on: loop) {
@@ -115,13 +137,7 @@ struct AuthenticatorTests {
         ] {
             // A one-thread hashing pool held by a gate: the verification is taken on before the
             // reload and runs after it, whatever the machine's load.
-            let pool = NIOThreadPool(numberOfThreads: 1)
-            pool.start()
-            let gate = ConditionLock(value: 0)
-            pool.submit { _ in
-                gate.lock(whenValue: 1)
-                gate.unlock()
-            }
+            let (pool, gate) = Self.heldPool()
             let authenticator = Authenticator(store: before, cacheTTL: .minutes(5), threadPool: pool)
             guard case .pending(let running) = authenticator.authenticate([old], on: loop) else {
                 Issue.record("a bcrypt verification runs on the pool")
@@ -130,8 +146,7 @@ struct AuthenticatorTests {
             authenticator.replaceStore(CredentialStore(htpasswd: HtpasswdFile(contents: after, path: "after")))
             // A request arriving now must not wait for the old verification's answer.
             let joined = authenticator.authenticate([old], on: loop)
-            gate.lock()
-            gate.unlock(withValue: 1)
+            gate.open()
             #expect(try await running.get() == .rejected(.authInvalid, user: "carol"), "\(after)")
             switch joined {
             case .pending(let future): #expect(try await future.get() == .rejected(.authInvalid, user: "carol"))
@@ -186,13 +201,7 @@ struct AuthenticatorTests {
         let file = HtpasswdFile(contents: "victim:\(hash.fieldValue)\nother:\(hash.fieldValue)\n", path: "t")
         // A one-thread pool held by a gate: no verification finishes until the gate opens,
         // whatever the machine's load.
-        let pool = NIOThreadPool(numberOfThreads: 1)
-        pool.start()
-        let gate = ConditionLock(value: 0)
-        pool.submit { _ in
-            gate.lock(whenValue: 1)
-            gate.unlock()
-        }
+        let (pool, gate) = Self.heldPool()
         let authenticator = Authenticator(store: CredentialStore(htpasswd: file), cacheTTL: .minutes(5), threadPool: pool)
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         var pending: [EventLoopFuture<Authenticator.Outcome>] = []
@@ -215,8 +224,7 @@ struct AuthenticatorTests {
             return
         }
         pending.append(joined)
-        gate.lock()
-        gate.unlock(withValue: 1)
+        gate.open()
         for future in pending {
             #expect(try await future.get() == .rejected(.authInvalid, user: "victim"))
         }
@@ -269,13 +277,7 @@ struct AuthenticatorTests {
     func staleQueuedVerification() async throws {
         let hash = try #require(PasswordHash.makeBcrypt(password: "pw", cost: 4))
         let store = CredentialStore(htpasswd: HtpasswdFile(contents: "erin:\(hash.fieldValue)\n", path: "t"))
-        let pool = NIOThreadPool(numberOfThreads: 1)
-        pool.start()
-        let gate = ConditionLock(value: 0)
-        pool.submit { _ in
-            gate.lock(whenValue: 1)
-            gate.unlock()
-        }
+        let (pool, gate) = Self.heldPool()
         let authenticator = Authenticator(
             store: store, cacheTTL: .minutes(5), threadPool: pool, maximumQueueWait: .milliseconds(200))
         let loop = MultiThreadedEventLoopGroup.singleton.next()
@@ -284,8 +286,7 @@ struct AuthenticatorTests {
             return
         }
         try await Task.sleep(for: .milliseconds(400))
-        gate.lock()
-        gate.unlock(withValue: 1)
+        gate.open()
         #expect(try await stale.get() == .refused(.authBusy, retryAfter: 1, user: "erin"))
         #expect(authenticator.cache.count == 0)
         // Nothing left counted against the address, and a fresh attempt is verified.
