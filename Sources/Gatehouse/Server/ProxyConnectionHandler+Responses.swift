@@ -196,7 +196,11 @@ extension ProxyConnectionHandler {
     func parserError(_ error: HTTPParserError, context: ChannelHandlerContext) {
         let reason: ReasonCode
         switch error {
-        case .headerOverflow: reason = .headerTooLarge
+        case .headerOverflow:
+            // llhttp counts the request line against the header-size limit, so a target longer
+            // than that limit trips it before the target's own limit is checked (RFC 9110
+            // §15.5.15: such a target is 414).
+            reason = self.observer.firstLine.length > self.configuration.maxURILength ? .uriTooLong : .headerTooLarge
         case .invalidMethod: reason = self.observer.firstLine.isRequestLine ? .unknownMethod : .badRequest
         case .invalidVersion: reason = self.observer.firstLine.endsInBareLF ? .badRequest : .versionNotSupported
         default: reason = .badRequest

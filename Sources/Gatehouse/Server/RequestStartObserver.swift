@@ -39,6 +39,9 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     private(set) var firstLine = FirstLine()
 
     struct FirstLine: Equatable {
+        /// Bytes of the line seen so far: up to its LF, or every byte read if it has not
+        /// ended yet (see ``RequestStartObserver/lineStillOpen``).
+        var length = 0
         /// The line ended in LF alone. llhttp reports that as an invalid version, which is a
         /// malformed request (400), not an unsupported version (505).
         var endsInBareLF = false
@@ -52,8 +55,8 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
 
     static func firstLine(of buffer: ByteBuffer) -> FirstLine {
         buffer.withUnsafeReadableBytes { bytes in
-            guard let lf = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return FirstLine() }
-            var line = FirstLine()
+            guard let lf = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return FirstLine(length: bytes.count) }
+            var line = FirstLine(length: lf)
             line.endsInBareLF = lf == 0 || bytes[lf - 1] != UInt8(ascii: "\r")
             let end = line.endsInBareLF ? lf : lf - 1
             var method = 0
@@ -82,6 +85,7 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     /// A head parsed: what the first line looked like no longer matters.
     func forgetFirstLine() {
         self.firstLine = FirstLine()
+        self.lineStillOpen = false
     }
 
     /// Set by the connection handler once the current request has fully arrived.
@@ -89,11 +93,26 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     /// Bytes arrived while a complete request awaited its response: the client pipelines.
     private(set) var sawPipelinedBytes = false
 
+    /// The current request's first line had not ended in the bytes read so far: a request
+    /// target longer than a read. Its bytes are counted on until its LF, so that a target too
+    /// long even for the header-size limit is still answered 414, not 431.
+    private var lineStillOpen = false
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if self.awaitingRequest {
             self.awaitingRequest = false
-            self.firstLine = Self.firstLine(of: self.unwrapInboundIn(data))
+            let buffer = self.unwrapInboundIn(data)
+            self.firstLine = Self.firstLine(of: buffer)
+            self.lineStillOpen = self.firstLine.length == buffer.readableBytes
             self.connection?.requestBytesStarted()
+        } else if self.lineStillOpen {
+            let bytes = self.unwrapInboundIn(data).readableBytesView
+            if let lf = bytes.firstIndex(of: UInt8(ascii: "\n")) {
+                self.lineStillOpen = false
+                self.firstLine.length += lf - bytes.startIndex
+            } else {
+                self.firstLine.length += bytes.count
+            }
         } else if self.requestComplete {
             self.sawPipelinedBytes = true
         }

@@ -58,6 +58,30 @@ struct ErrorResponseTests {
         }
     }
 
+    @Test("a request target longer than the whole header-size limit still gets 414, not 431")
+    func uriOverHeaderLimit() async throws {
+        try await withProxyAndOrigin { proxy, _ in
+            // 40,000 bytes: past both the 8,192-byte target limit and the 32 KiB header limit,
+            // which NIO's parser trips first; it arrives over many reads.
+            let path = String(repeating: "p", count: 40_000)
+            let (text, closed) = try await exchange(proxy, "GET http://127.0.0.1:1/\(path) HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(text.hasPrefix("HTTP/1.1 414 URI Too Long\r\n"), "\(text.prefix(200))")
+            #expect(closed)
+            #expect(proxy.records.map(\.reason) == [.uriTooLong])
+        }
+    }
+
+    @Test("a header section over the limit after a target under its limit is still 431")
+    func headerOverflowAfterLongTarget() async throws {
+        try await withProxyAndOrigin(configure: { $0.maxHeaderBytes = 4096; $0.maxURILength = 3000 }) { proxy, _ in
+            let path = String(repeating: "p", count: 2900)
+            let big = String(repeating: "a", count: 3000)
+            let (text, _) = try await exchange(proxy, "GET http://127.0.0.1:1/\(path) HTTP/1.1\r\nHost: x\r\nX-Big: \(big)\r\n\r\n")
+            #expect(text.hasPrefix("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "\(text.prefix(200))")
+            #expect(proxy.records.map(\.reason) == [.headerTooLarge])
+        }
+    }
+
     @Test("an HTTP version other than 1.x gets 505")
     func versionNotSupported() async throws {
         try await withProxyAndOrigin { proxy, _ in

@@ -36,6 +36,28 @@ struct RequestStartObserverTests {
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
+    @Test("the first line's length is counted across reads until its LF, and only then")
+    func firstLineLengthAcrossReads() throws {
+        let observer = RequestStartObserver()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(observer)
+
+        try channel.writeInbound(ByteBuffer(string: "GET http://o/" + String(repeating: "p", count: 87)))
+        #expect(observer.firstLine.length == 100)
+        try channel.writeInbound(ByteBuffer(string: String(repeating: "p", count: 50)))
+        #expect(observer.firstLine.length == 150)
+        try channel.writeInbound(ByteBuffer(string: "pp HTTP/1.1\r\nHost: o\r\n"))
+        #expect(observer.firstLine.length == 162, "up to the LF: the header fields after it are not counted")
+        try channel.writeInbound(ByteBuffer(string: "X-Long: " + String(repeating: "x", count: 500) + "\r\n\r\n"))
+        #expect(observer.firstLine.length == 162)
+
+        observer.forgetFirstLine()
+        observer.awaitingRequest = true
+        try channel.writeInbound(ByteBuffer(string: "GET http://o/ HTTP/1.1\r\nHost: o\r\n\r\n"))
+        #expect(observer.firstLine.length == 23)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
     /// Notes the user events that get past the observer, and how many bytes were still
     /// queued (unwritten) when each arrived.
     final class EventCatcher: ChannelInboundHandler {
@@ -88,19 +110,20 @@ struct RequestStartObserverTests {
         #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "tail of a response"))
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
+
     @Test("the first line's shape tells an unknown method (501) from garbage (400), and a bare LF (400) from a bad version (505)")
     func firstLineShapes() {
         func shape(_ text: String) -> RequestStartObserver.FirstLine {
             RequestStartObserver.firstLine(of: ByteBuffer(string: text))
         }
-        #expect(shape("BREW http://o/ HTTP/1.1\r\nHost: o\r\n") == .init(endsInBareLF: false, isRequestLine: true))
+        #expect(shape("BREW http://o/ HTTP/1.1\r\nHost: o\r\n") == .init(length: 24, endsInBareLF: false, isRequestLine: true))
         #expect(shape("M-SEARCH* http://o/ HTTP/1.1\r\n").isRequestLine)
         #expect(shape("BREW  http://o/  HTTP/1.1\r\n").isRequestLine, "llhttp takes several spaces")
-        #expect(shape("GET http://o/ HTTP/1.1\n") == .init(endsInBareLF: true, isRequestLine: true))
+        #expect(shape("GET http://o/ HTTP/1.1\n") == .init(length: 22, endsInBareLF: true, isRequestLine: true))
         for garbage in ["GARBAGE\r\n", "GET\r\n", " GET http://o/ HTTP/1.1\r\n", "G(T http://o/ HTTP/1.1\r\n",
                         "GET http://o/ FTP/1.1\r\n", "GET http://o/ HTTP/1.1 x\r\n", "GET http://o/\r\n", "\r\n"] {
             #expect(!shape(garbage).isRequestLine, "\(garbage)")
         }
-        #expect(shape("GET http://o/ HTTP/1.1") == .init(), "no line end in the first read: nothing known")
+        #expect(shape("GET http://o/ HTTP/1.1") == .init(length: 22), "no line end in the first read: only its length so far")
     }
 }
