@@ -51,6 +51,10 @@ public struct ProxyConfiguration: Sendable {
     /// origin's 413) so the connection can carry the next request; past this the connection
     /// is closed instead. Draining without a limit let one client keep a core busy.
     public var maxDrainBytes: Int = 64 * 1024 * 1024
+    /// How long a connection closed in stages waits for the client to close its side, reading
+    /// and dropping what it still sends (up to `maxDrainBytes`), so that its last response is
+    /// not destroyed by a reset (RFC 9112 §9.6; see `RequestStartObserver.closeLingering`).
+    public var lingerTimeout: TimeAmount = .seconds(2)
     /// Deviations for testing clients' 407 and failure handling; all off by default.
     public var testing = TestingBehaviours()
 

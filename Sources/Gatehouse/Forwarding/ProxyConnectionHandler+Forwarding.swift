@@ -176,6 +176,11 @@ extension ProxyConnectionHandler {
             return
         }
 
+        // Gatehouse strips Proxy-Authenticate (it is for the next hop alone, RFC 9110 §11.7.1),
+        // and a 407 without it is invalid and would read as Gatehouse refusing the client's
+        // own credentials: 502 instead.
+        if head.status == .proxyAuthenticationRequired { return self.refuseOriginResponse(reason: .upstreamProxyAuth) }
+
         // Framing towards the client is decided here, not by the encoder, because only the
         // proxy knows the request method (HEAD) and the client's HTTP version.
         let code = head.status.code
@@ -216,9 +221,11 @@ extension ProxyConnectionHandler {
                 fields.append(("Transfer-Encoding", "chunked"))
                 exchange.chunkedResponse = true
             } else {
-                // An HTTP/1.0 client cannot read chunked: the body ends when we close.
+                // An HTTP/1.0 client cannot read chunked: the body ends when we close, and
+                // the trailer fields a `Trailer` field announces cannot follow it.
                 closeAfter = true
                 exchange.closeDelimitedResponse = true
+                fields.removeAll { $0.0.lowercased() == "trailer" }
             }
         }
         fields.append(("Via", Self.viaValue(head.version, pseudonym: self.configuration.viaPseudonym)))
@@ -240,10 +247,10 @@ extension ProxyConnectionHandler {
 
     /// An origin response head Gatehouse cannot pass on: its connection is dropped and the
     /// client gets 502 `upstream_bad_response` (nothing of the response was written yet).
-    private func refuseOriginResponse() {
+    private func refuseOriginResponse(reason: ReasonCode = .upstreamBadResponse) {
         self.upstream?.close()
         self.upstream = nil
-        self.upstreamFailed(reason: .upstreamBadResponse)
+        self.upstreamFailed(reason: reason)
     }
 
     /// The response's Transfer-Encoding is `chunked` alone, the only transfer coding Gatehouse
@@ -284,14 +291,16 @@ extension ProxyConnectionHandler {
         self.exchange = nil
         if exchange.chunkedResponse { exchange.bytesOut += ChunkFraming.endSize(trailers: trailers) }
         self.shared.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .forwarded), counts: self.counts)
+        // An origin that answered before the upload ended (its 413, say) and closes: the
+        // client may still be sending.
+        let clientMaySend = !self.machine.requestComplete
         // Decide first: writing `.end` may deliver the next pipelined request re-entrantly.
         let action = self.machine.responseEnded(keepAlive: !self.closeAfterResponse)
         if action == .awaitNextRequest { self.awaitRequest(context: context) }
         self.clientFlushPending = false
         if action == .close {
-            context.writeAndFlush(self.wrapOutboundOut(.end(trailers))).assumeIsolated().whenComplete { _ in
-                context.close(promise: nil)
-            }
+            let written = context.writeAndFlush(self.wrapOutboundOut(.end(trailers)))
+            self.closeAfterWrite(written, lingering: clientMaySend, context: context)
         } else {
             context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
         }

@@ -9,6 +9,8 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     case forwarded
     case tunnel
     case badRequest = "bad_request"
+    /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2 requires 400).
+    case missingHost = "missing_host"
     case originForm = "origin_form"
     case badTarget = "bad_target"
     case connectPortDenied = "connect_port_denied"
@@ -27,6 +29,9 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     case upstreamRefused = "upstream_refused"
     case upstreamUnreachable = "upstream_unreachable"
     case upstreamBadResponse = "upstream_bad_response"
+    /// The origin answered 407: only a proxy may ask for proxy credentials, and the client's
+    /// are for Gatehouse (never passed on), so it could not answer the challenge.
+    case upstreamProxyAuth = "upstream_proxy_auth"
     case upstreamClosed = "upstream_closed"
     case upstreamConnectTimeout = "upstream_connect_timeout"
     case upstreamTimeout = "upstream_timeout"
@@ -73,14 +78,14 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     public var status: HTTPResponseStatus {
         switch self {
         case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled, .shutdown, .maxForwards: return .ok
-        case .badRequest, .originForm, .badTarget, .badFieldBytes: return .badRequest
+        case .badRequest, .missingHost, .originForm, .badTarget, .badFieldBytes: return .badRequest
         case .connectPortDenied: return .forbidden
         case .authMissing, .authScheme, .authMalformed, .authInvalid: return .proxyAuthenticationRequired
         case .headerTimeout, .bodyTimeout: return .requestTimeout
         case .uriTooLong: return .uriTooLong
         case .headerTooLarge: return .requestHeaderFieldsTooLarge
         case .httpsAbsoluteForm, .unknownMethod: return .notImplemented
-        case .upstreamDNS, .upstreamRefused, .upstreamUnreachable, .upstreamBadResponse, .upstreamClosed:
+        case .upstreamDNS, .upstreamRefused, .upstreamUnreachable, .upstreamBadResponse, .upstreamProxyAuth, .upstreamClosed:
             return .badGateway
         case .upstreamConnectTimeout, .upstreamTimeout: return .gatewayTimeout
         case .versionNotSupported: return .httpVersionNotSupported
@@ -108,6 +113,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .forwarded: return "Forwarded."
         case .tunnel: return "Connection established."
         case .badRequest: return "Malformed HTTP request."
+        case .missingHost: return "An HTTP/1.1 request must carry a Host header field."
         case .originForm:
             return "This is Gatehouse, a forward proxy. Send requests in absolute form (GET http://host/path) by configuring it as your HTTP proxy."
         case .badTarget: return "The request target is not a valid http:// URL or CONNECT host:port."
@@ -126,6 +132,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .upstreamRefused: return "The destination refused the connection."
         case .upstreamUnreachable: return "The destination could not be reached."
         case .upstreamBadResponse: return "The destination sent an invalid HTTP response."
+        case .upstreamProxyAuth: return "The destination asked for proxy authentication, which cannot be passed on through this proxy."
         case .upstreamClosed: return "The destination closed the connection without a response."
         case .upstreamConnectTimeout: return "Connecting to the destination timed out."
         case .upstreamTimeout: return "The destination did not respond in time."

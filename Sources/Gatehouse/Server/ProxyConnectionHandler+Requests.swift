@@ -54,18 +54,25 @@ extension ProxyConnectionHandler {
             self.exchange = exchange
             return self.answer(.badTransferEncoding, context: context, close: true)
         }
+        if head.version == .http1_1 && fields.hostCount == 0 && !isConnect {
+            // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+            // (Not enforced on CONNECT, whose target names the host: Python's http.client
+            // before 3.12, and so `requests` over https, sends its CONNECT without one.)
+            self.exchange = exchange
+            return self.answer(.missingHost, context: context, close: true)
+        }
+        // Policy is applied after authentication (see `admit`): a client without credentials
+        // learns that it must authenticate (407), not the proxy's limits.
+        var policyRefusal: ReasonCode?
         if let limit = self.configuration.maxBodyBytes,
             let length = fields.contentLengths.first.flatMap({ Int($0) }), length > limit
         {
-            self.exchange = exchange
-            return self.answer(.bodyTooLarge, context: context, close: true)
-        }
-        if !fields.via.isEmpty && Self.carriesVia(fields.via, pseudonym: self.configuration.viaPseudonym) {
+            policyRefusal = .bodyTooLarge
+        } else if !fields.via.isEmpty && Self.carriesVia(fields.via, pseudonym: self.configuration.viaPseudonym) {
             // Our own Via on an incoming request: it came through this proxy already.
-            self.exchange = exchange
-            return self.answer(.loopDetected, context: context, close: true)
+            policyRefusal = .loopDetected
         }
-        let destination: Destination
+        var destination: Destination
         if isConnect {
             self.observer.holdsEndOfInput = true
             switch RequestTarget.parseConnect(head.uri) {
@@ -89,12 +96,13 @@ extension ProxyConnectionHandler {
                 self.exchange = exchange
                 return self.answer(.originForm, context: context)
             case .failure(.httpsAbsoluteForm):
-                destination = .refuse(.httpsAbsoluteForm)
+                destination = .refuse(.httpsAbsoluteForm, close: false)
             case .failure(.invalid):
                 self.exchange = exchange
                 return self.answer(.badTarget, context: context)
             }
         }
+        if let reason = policyRefusal { destination = .refuse(reason, close: true) }
         self.exchange = exchange
 
         if self.configuration.testing.authenticateConnectOnly && !isConnect {
@@ -124,7 +132,8 @@ extension ProxyConnectionHandler {
     enum Destination {
         case forward(AbsoluteURI, HTTPRequestHead, framed: Bool)
         case tunnel(Authority)
-        case refuse(ReasonCode)
+        /// Refused by policy, once authenticated (`close`: the connection ends with the answer).
+        case refuse(ReasonCode, close: Bool)
         /// `TRACE` or `OPTIONS` with `Max-Forwards: 0`: this proxy is its final recipient.
         case answerHere(HTTPRequestHead)
     }
@@ -156,14 +165,16 @@ extension ProxyConnectionHandler {
         self.exchange?.user = user
         self.machine.authenticated()
         switch destination {
-        case .refuse(let reason):
-            self.answer(reason, context: context)
+        case .refuse(let reason, let close):
+            self.answer(reason, context: context, close: close)
         case .tunnel(let authority):
             guard self.configuration.connectPorts.contains(authority.port ?? 0) else {
                 return self.answer(.connectPortDenied, context: context)
             }
             self.openTunnel(to: authority, context: context)
         case .forward(let uri, let head, let framed):
+            // A chunked upload may have grown past the limit while its credentials were checked.
+            if self.bodyOverLimit { return self.answer(.bodyTooLarge, context: context, close: true) }
             self.forward(head, to: uri, framed: framed, context: context)
         case .answerHere(let head):
             self.answer(.maxForwards, context: context, content: Self.maxForwardsContent(for: head))

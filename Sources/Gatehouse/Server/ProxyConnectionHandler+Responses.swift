@@ -103,6 +103,8 @@ extension ProxyConnectionHandler {
         // Once the connection is closing, nothing more is said (a parse error at EOF after a
         // 408 or 505 must not produce a second response or log line).
         guard self.machine.state != .closed, context.channel.isActive else { return }
+        // A request that could not be parsed may have more on its way.
+        let unparsed = self.exchange == nil
         let exchange = self.exchange ?? Exchange(unparsedAt: self.headStarted)
         // A refused CONNECT leaves an HTTP connection: an EOF held for the tunnel counts now
         // (it arrives here re-entrantly and makes this answer the last one).
@@ -131,6 +133,9 @@ extension ProxyConnectionHandler {
         self.upstream = nil
         self.tunnelUpstream?.close(promise: nil)
         self.tunnelUpstream = nil
+        // A request still arriving means the client may still be sending when this answer
+        // closes the connection.
+        let clientMaySend = unparsed || !self.machine.requestComplete
         // Decide the connection's next state before writing `.end`: writing it lets
         // HTTPServerPipelineHandler deliver the next pipelined request, re-entrantly.
         let action = self.machine.answered(close: closing)
@@ -149,15 +154,28 @@ extension ProxyConnectionHandler {
             context.write(self.wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
         if action == .close {
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                context.close(promise: nil)
-            }
+            let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
+            self.closeAfterWrite(written, lingering: clientMaySend, context: context)
         } else {
             // No promise unless someone waits on it: each one is an allocation.
             context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
             if swapDecoderNow { self.replaceDecoderAfterConnect(context: context) }
         }
         self.resumeReadingIfPossible()
+    }
+
+    /// Closes the connection once `written` completes: in stages if the client may still be
+    /// sending and has not closed its side (see `RequestStartObserver.closeLingering`), else
+    /// at once.
+    func closeAfterWrite(_ written: EventLoopFuture<Void>, lingering: Bool, context: ChannelHandlerContext) {
+        let lingering = lingering && !self.clientInputClosed
+        written.assumeIsolated().whenComplete { result in
+            if lingering, case .success = result, context.channel.isActive {
+                self.observer.closeLingering(timeout: self.configuration.lingerTimeout, maxBytes: self.configuration.maxDrainBytes)
+            } else {
+                context.close(promise: nil)
+            }
+        }
     }
 
     /// NIO's parser treats CONNECT as a protocol switch and stops parsing after its head
@@ -243,7 +261,9 @@ extension ProxyConnectionHandler {
         self.machine.connectionClosed()
         self.cancelTimer()
         if let written = self.observer.writeRaw(buffer) {
-            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            // A client cut off by the header timeout may still be trickling its head; one over
+            // a connection limit is closed at once (lingering would hold the slot it is denied).
+            self.closeAfterWrite(written, lingering: reason == .headerTimeout, context: context)
         } else {
             context.close(promise: nil)
         }

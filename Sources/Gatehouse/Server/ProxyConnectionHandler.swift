@@ -160,7 +160,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.requestHead(head, context: context)
         case .body(let buffer):
             self.exchange?.bytesIn += buffer.readableBytes
-            if let limit = self.configuration.maxBodyBytes, let received = self.exchange?.bytesIn, received > limit {
+            // The limit is policy, applied once the credentials are accepted (an upload
+            // answered 407 is drained, within `maxDrainBytes`, not refused with 413).
+            if self.machine.isAuthenticated && self.bodyOverLimit {
                 return self.bodyTooLarge(context: context)
             }
             switch self.machine.requestBodyReceived() {
@@ -200,6 +202,12 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             default: break
             }
         }
+    }
+
+    /// The request body received so far is over `--max-body`.
+    var bodyOverLimit: Bool {
+        guard let limit = self.configuration.maxBodyBytes, let received = self.exchange?.bytesIn else { return false }
+        return received > limit
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

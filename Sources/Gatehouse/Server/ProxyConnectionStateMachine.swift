@@ -66,6 +66,26 @@ struct ProxyConnectionStateMachine {
         }
     }
 
+    /// Whether the current request has fully arrived (true between exchanges). When Gatehouse
+    /// closes a connection whose request is still arriving, it closes in stages (see
+    /// `RequestStartObserver.closeLingering`).
+    var requestComplete: Bool {
+        switch self.state {
+        case .authenticating(let complete), .connecting(let complete), .forwarding(let complete, _),
+            .answered(let complete, _):
+            return complete
+        case .idle, .tunnelling, .closed: return true
+        }
+    }
+
+    /// Whether the current request's credentials were accepted (its body limit applies).
+    var isAuthenticated: Bool {
+        switch self.state {
+        case .connecting, .forwarding: return true
+        default: return false
+        }
+    }
+
     /// Whether a response (of the origin's, or Gatehouse's own) has begun for the current exchange.
     var responseStarted: Bool {
         switch self.state {

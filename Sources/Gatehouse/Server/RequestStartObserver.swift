@@ -99,6 +99,14 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     private var lineStillOpen = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if let left = self.lingerBytesLeft {
+            // Gatehouse has answered and closed its side: what the client still sends is read
+            // and dropped, in front of an HTTP decoder that may be in an error state.
+            let left = left - self.unwrapInboundIn(data).readableBytes
+            self.lingerBytesLeft = left
+            if left < 0 { context.close(promise: nil) }
+            return
+        }
         if self.awaitingRequest {
             self.awaitingRequest = false
             let buffer = self.unwrapInboundIn(data)
@@ -143,7 +151,53 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     /// The client's EOF arrived while held.
     private(set) var heldEndOfInput = false
 
+    /// Set while closing in stages: how many more bytes the client may send before the
+    /// connection is closed outright.
+    private var lingerBytesLeft: Int?
+    private var lingerTimeout: Scheduled<Void>?
+
+    /// Closes the connection in stages, once Gatehouse's last response is written, for a
+    /// client that may still be sending (an upload refused with 413, a header section cut
+    /// off with 431).
+    ///
+    /// Closing a socket with unread bytes in it makes the kernel send a reset, which can
+    /// destroy the response before the client has read it: a client still writing its
+    /// upload sees "connection reset" instead of the 413. RFC 9112 §9.6 asks a server to
+    /// half-close instead: shut its sending side (the client sees the response end), read and
+    /// drop what the client still sends until it closes its side, and close then. The wait
+    /// is bounded by `timeout` and by `maxBytes` (see `ProxyConfiguration.lingerTimeout`).
+    func closeLingering(timeout: TimeAmount, maxBytes: Int) {
+        guard let context = self.context, self.lingerBytesLeft == nil else { return }
+        self.lingerBytesLeft = maxBytes
+        self.holdsEndOfInput = false
+        context.close(mode: .output, promise: nil)
+        self.lingerTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            context.close(promise: nil)
+        }
+        // Reads go straight to the socket: the HTTP handlers behind may be holding theirs.
+        context.read()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if self.lingerBytesLeft != nil {
+            context.read()
+            return
+        }
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.lingerTimeout?.cancel()
+        self.lingerTimeout = nil
+        context.fireChannelInactive()
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if self.lingerBytesLeft != nil {
+            // The client has closed its side too (or shut down): the stages are done.
+            if let event = event as? ChannelEvent, event == .inputClosed { context.close(promise: nil) }
+            return
+        }
         if self.holdsEndOfInput, let event = event as? ChannelEvent, event == .inputClosed {
             self.heldEndOfInput = true
             return

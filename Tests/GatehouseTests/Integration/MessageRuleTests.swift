@@ -129,4 +129,63 @@ struct MessageRuleTests {
             #expect(proxy.records.map(\.reason) == [.forwarded])
         }
     }
+
+    @Test("an HTTP/1.1 request without Host gets 400 missing_host (RFC 9112 §3.2); HTTP/1.0 and CONNECT need none")
+    func missingHost() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\n\(auth)\r\n")
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(client.text)")
+            #expect(client.text.hasSuffix("An HTTP/1.1 request must carry a Host header field.\n"))
+            let old = try await RawClient.connect(port: proxy.port)
+            try await old.send("GET http://127.0.0.1:\(origin.port)/hello HTTP/1.0\r\n\(auth)\r\n")
+            #expect(await old.waitForClose())
+            #expect(old.text.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(old.text)")
+            let connect = try await RawClient.connect(port: proxy.port)
+            try await connect.send("CONNECT 127.0.0.1:9 HTTP/1.1\r\n\(auth)\r\n")
+            let text = await connect.waitFor { $0.hasSuffix("\n") && $0.contains("\r\n\r\n") }
+            #expect(text.hasPrefix("HTTP/1.1 403 Forbidden\r\n"), "past the Host rule to the port rule: \(text)")
+            await connect.close()
+            #expect(proxy.records.map(\.reason) == [.missingHost, .forwarded, .connectPortDenied])
+            #expect(origin.connections == 1)
+        }
+    }
+
+    @Test("an origin's 407 becomes 502 upstream_proxy_auth: its challenge is for a hop the client does not talk to")
+    func originProxyAuthentication() async throws {
+        let upstream = try await RawOrigin.start(.respondAndClose(
+            "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"upstream\"\r\nContent-Length: 0\r\n\r\n"))
+        defer { Task { await upstream.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:\(upstream.port)/ HTTP/1.1\r\nHost: x\r\n\(auth)\r\n")
+            let text = await client.waitFor { $0.hasSuffix("through this proxy.\n") }
+            #expect(text.hasPrefix("HTTP/1.1 502 Bad Gateway\r\n"), "\(text)")
+            #expect(!text.contains("Proxy-Authenticate"))
+            await client.close()
+            #expect(proxy.records.map(\.reason) == [.upstreamProxyAuth])
+        }
+    }
+
+    @Test("an HTTP/1.0 client of a chunked response gets no Trailer field: the trailers cannot follow a close-delimited body")
+    func trailerFieldForHTTP10() async throws {
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n2\r\nok\r\n0\r\nX-Sum: 1\r\n\r\n"
+        let upstream = try await RawOrigin.start(.respondAndClose(chunked))
+        defer { Task { await upstream.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let old = try await RawClient.connect(port: proxy.port)
+            try await old.send("GET http://127.0.0.1:\(upstream.port)/ HTTP/1.0\r\n\(auth)\r\n")
+            #expect(await old.waitForClose())
+            #expect(old.text.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(old.text)")
+            #expect(!old.text.contains("Trailer"), "\(old.text)")
+            #expect(old.text.hasSuffix("\r\n\r\nok"))
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:\(upstream.port)/ HTTP/1.1\r\nHost: x\r\n\(auth)\r\n")
+            let text = await client.waitFor { $0.hasSuffix("X-Sum: 1\r\n\r\n") }
+            #expect(text.contains("\r\nTrailer: X-Sum\r\n"), "an HTTP/1.1 client gets both: \(text)")
+            await client.close()
+        }
+    }
+
 }
