@@ -10,9 +10,13 @@ struct CurlResult: Sendable {
 }
 
 enum Curl {
-    static func run(_ arguments: [String]) async throws -> CurlResult {
+    /// - Parameter stdin: Bytes fed to curl's standard input through a pipe, as `cat file |
+    ///   curl -T -` does (an upload curl streams as the pipe delivers it); none by default.
+    static func run(_ arguments: [String], stdin: Data? = nil) async throws -> CurlResult {
         try await withCheckedThrowingContinuation { continuation in
             let process = Process()
+            let input = stdin.map { _ in Pipe() }
+            if let input { process.standardInput = input }
             process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
             process.arguments = ["--silent", "--show-error", "--max-time", "60"] + arguments
             // The environment must not leak a proxy of the developer's into the test.
@@ -26,6 +30,15 @@ enum Curl {
             } catch {
                 continuation.resume(throwing: error)
                 return
+            }
+            if let input, let stdin {
+                // Written from a thread of its own; curl may stop reading (a refused upload),
+                // which ends the write with EPIPE once it exits.
+                signal(SIGPIPE, SIG_IGN)
+                Thread.detachNewThread {
+                    try? input.fileHandleForWriting.write(contentsOf: stdin)
+                    try? input.fileHandleForWriting.close()
+                }
             }
             // Each pipe is drained to EOF on a thread of its own, so neither can fill up and
             // block curl; the result is assembled once both are done and curl has exited.
