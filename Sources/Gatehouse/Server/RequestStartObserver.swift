@@ -168,8 +168,13 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     /// is bounded by `timeout` and by `maxBytes` (see `ProxyConfiguration.lingerTimeout`).
     func closeLingering(timeout: TimeAmount, maxBytes: Int) {
         guard let context = self.context, self.lingerBytesLeft == nil else { return }
-        self.lingerBytesLeft = maxBytes
         self.holdsEndOfInput = false
+        if self.heldEndOfInput {
+            // The client's EOF already came (held for a CONNECT): nothing more will arrive.
+            context.close(promise: nil)
+            return
+        }
+        self.lingerBytesLeft = maxBytes
         context.close(mode: .output, promise: nil)
         self.lingerTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
             context.close(promise: nil)

@@ -78,6 +78,60 @@ struct RequestStartObserverTests {
         return (observer, catcher, channel)
     }
 
+    /// Notes the bytes that get past the observer.
+    final class ByteCatcher: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        var bytes = 0
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            self.bytes += self.unwrapInboundIn(data).readableBytes
+        }
+    }
+
+    /// Takes a write shutdown (which EmbeddedChannel would turn into a full close) and notes it.
+    final class OutputCloseCatcher: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        var outputClosed = false
+        func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+            guard mode == .output else { return context.close(mode: mode, promise: promise) }
+            self.outputClosed = true
+            promise?.succeed()
+        }
+    }
+
+    @Test("closing in stages: what arrives is dropped in front of the HTTP handlers; the client's EOF, too many bytes, or the timeout close")
+    func closeLingering() throws {
+        for ending in ["eof", "bytes", "timeout", "held eof"] {
+            let observer = RequestStartObserver()
+            let catcher = ByteCatcher()
+            let shutdown = OutputCloseCatcher()
+            let channel = EmbeddedChannel()
+            try channel.pipeline.syncOperations.addHandlers([shutdown, observer, catcher])
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+            try channel.writeInbound(ByteBuffer(string: "POST http://o/ HTTP/1.1\r\n"))
+            #expect(catcher.bytes == 25)
+            if ending == "held eof" {
+                observer.holdsEndOfInput = true
+                channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            }
+            observer.closeLingering(timeout: .seconds(2), maxBytes: 100)
+            if ending == "held eof" {
+                #expect(!channel.isActive, "the EOF came already: closed at once")
+                continue
+            }
+            #expect(channel.isActive)
+            #expect(shutdown.outputClosed, "the sending side is shut first")
+            try channel.writeInbound(ByteBuffer(string: String(repeating: "x", count: 60)))
+            #expect(catcher.bytes == 25, "dropped, not passed on")
+            #expect(channel.isActive)
+            switch ending {
+            case "eof": channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            case "bytes": try channel.writeInbound(ByteBuffer(string: String(repeating: "x", count: 60)))
+            default: channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+            }
+            #expect(!channel.isActive, "\(ending)")
+        }
+    }
+
     @Test("a client's EOF is held while a CONNECT awaits its tunnel, and released if it is refused")
     func heldEndOfInput() throws {
         let (observer, catcher, channel) = try Self.observed()
