@@ -6,7 +6,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-packages=(libssl-dev libcrypt-dev curl)
+packages=(libssl-dev libcrypt-dev curl iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg -s "$pkg" >/dev/null 2>&1; then

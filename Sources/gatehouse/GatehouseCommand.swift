@@ -159,6 +159,11 @@ struct ServeCommand: AsyncParsableCommand {
     var exitOnStdinEof = false
 
     func run() async throws {
+        // SIGHUP and SIGUSR1 terminate by default: ignored from the first moment, not only once
+        // their handlers are in place after the settings are loaded (a logrotate's SIGUSR1 or
+        // a reload during a restart would otherwise kill the new process).
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGUSR1, SIG_IGN)
         let environment = ProcessInfo.processInfo.environment
         let sources = self.options.sources(environment: environment)
         let (loaded, problems) = GatehouseReloader.load(sources)

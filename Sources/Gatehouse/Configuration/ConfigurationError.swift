@@ -14,6 +14,8 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
     case htpasswd(String)
     case invalidCIDR(String)
     case invalidLimit(String)
+    /// Another socket already listens on this address (see `GatehouseServer.refuseIfTaken`).
+    case listenAddressInUse(String)
 
     public var description: String {
         switch self {
@@ -38,6 +40,8 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
             return "invalid CIDR \"\(value)\": expected an address with an optional prefix length, such as 10.0.0.0/8 or fd00::/8"
         case .invalidLimit(let value):
             return "invalid limit \"\(value)\": expected a positive whole number (sizes may end in K, M or G)"
+        case .listenAddressInUse(let address):
+            return "cannot listen on \(address): address already in use (is another Gatehouse or proxy running there?)"
         }
     }
 }

@@ -128,7 +128,7 @@ public final class GatehouseServer: Service, Sendable {
                 let quiesce = ServerQuiescingHelper(group: group)
                 quiescers.append(quiesce)
                 var bootstrap = ServerBootstrap(group: group)
-                    .serverChannelOption(.backlog, value: 1024)
+                    .serverChannelOption(.backlog, value: Self.listenBacklog)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 if reusePort { bootstrap = bootstrap.serverChannelOption(Self.reusePort, value: 1) }
                 return bootstrap
@@ -146,6 +146,7 @@ public final class GatehouseServer: Service, Sendable {
             if self.inheritedSockets.isEmpty {
                 let loops = Self.reusePortSupported ? Array(self.group.makeIterator()) : []
                 for address in configuration.listen {
+                    try Self.refuseIfTaken(address)
                     guard let first = loops.first else {
                         let channel = try await bootstrap(self.group, reusePort: false).bind(host: address.host, port: address.port).get()
                         channels.append(channel)
@@ -168,7 +169,9 @@ public final class GatehouseServer: Service, Sendable {
                 }
             } else {
                 for socket in self.inheritedSockets {
+                    let backlog = Self.inheritedBacklog(socket)
                     let channel = try await bootstrap(self.group, reusePort: false).withBoundSocket(socket).get()
+                    Self.restoreBacklog(socket, to: backlog ?? Self.listenBacklog)
                     channels.append(channel)
                     addresses.append(contentsOf: channel.localAddress.map { [$0] } ?? [])
                 }

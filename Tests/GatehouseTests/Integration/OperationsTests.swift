@@ -260,6 +260,36 @@ struct OperationsTests {
         #expect(proxy.stderr.contains("socket activation"))
         let result = try await Curl.run(["-x", "http://u:p@127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/hello"])
         #expect(result.body == "hello\n")
+        // The socket keeps the backlog it was given (NIO listens again with 128 on a socket it
+        // is handed; the unit's Backlog= would be lost). ss shows it as Send-Q of a listener.
+        #expect(try Self.listenBacklog(port: proxy.port) == 16)
+    }
+
+    /// The backlog of the socket listening on 127.0.0.1:`port`, from `ss`.
+    static func listenBacklog(port: Int) throws -> Int? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["ss", "-Hltn", "sport = :\(port)"]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        // State Recv-Q Send-Q Local Peer
+        let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        return fields.count >= 3 ? Int(fields[2]) : nil
+    }
+
+    @Test("a second Gatehouse on a port the first listens on is refused (its listeners share a port with SO_REUSEPORT, which would let it join silently)")
+    func portTaken() async throws {
+        let first = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
+        defer { Task { await first.stop() } }
+        #expect(try Self.listenBacklog(port: first.port) == 1024)
+        // With stdin closed at once, a second instance that did start exits again (no hang).
+        let second = try CommandLineTests.run(
+            ["--listen", "127.0.0.1:\(first.port)", "--user", "u:p", "--access-log", "off", "--exit-on-stdin-eof"], input: "")
+        #expect(second.status == 1)
+        #expect(second.stderr.contains("gatehouse: error: cannot listen on 127.0.0.1:\(first.port): address already in use"), "\(second.stderr)")
     }
 
     @Test("/metrics after known traffic, /healthz and /readyz on the admin listener")
