@@ -15,7 +15,14 @@ struct CheckCommand: AsyncParsableCommand {
 
     func run() async throws {
         let sources = self.options.sources(environment: ProcessInfo.processInfo.environment)
-        let (loaded, problems) = GatehouseReloader.load(sources)
+        var (loaded, problems) = GatehouseReloader.load(sources)
+        if let settings = loaded?.settings, case .file(let path) = settings.accessLog,
+            let problem = AccessLog.openingProblem(path: path)
+        {
+            // `serve` would stop here: so does `check`.
+            problems.append(SettingsProblem(origin: "access_log", message: problem))
+            loaded = nil
+        }
         for problem in problems {
             print(problem.description)
         }

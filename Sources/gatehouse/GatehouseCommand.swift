@@ -194,21 +194,23 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let notifier = SystemdNotifier(environment: environment)
         let inherited = SocketActivation.inheritedSockets(environment: environment)
-        if !inherited.isEmpty { logger.info("using \(inherited.count) socket(s) from systemd socket activation") }
+        if !inherited.isEmpty {
+            logger.info("using \(inherited.count) socket(s) from systemd socket activation")
+            if let listen = settings.listenOrigin {
+                logger.notice("\(listen) is not used: the sockets from systemd socket activation are")
+            }
+        }
         let printAddress = self.printAddress
         let server = try GatehouseServer(
             configuration: settings.configuration, credentials: loaded.credentials, accessLog: accessLog, logger: logger,
             adminListen: settings.adminListen, inheritedSockets: inherited,
             onServerRunning: { addresses in
+                let described = addresses.map(\.listenerDescription)
                 if printAddress {
-                    for address in addresses {
-                        let ip = address.ipAddress ?? "\(address)"
-                        let host = ip.contains(":") ? "[\(ip)]" : ip
-                        print("\(host):\(address.port ?? 0)")
-                    }
+                    for address in described { print(address) }
                     fflush(nil)
                 }
-                notifier?.send("READY=1\nSTATUS=Serving on \(addresses.map { "\($0)" }.joined(separator: ", "))")
+                notifier?.send("READY=1\nSTATUS=Serving on \(described.joined(separator: ", "))")
             },
             onDrainStarted: {
                 notifier?.send("STOPPING=1\nSTATUS=Draining connections")
@@ -223,8 +225,10 @@ struct ServeCommand: AsyncParsableCommand {
         let signals = SignalHandlers()
         signals.onHangUp {
             notifier?.send(SystemdNotifier.reloadingMessage())
-            reloader.reload()
-            notifier?.send("READY=1")
+            // systemd has no way to hear that a reload failed; its status line says so.
+            let status = reloader.reload()
+                ? "Reloaded; serving" : "Reload rejected (see the log); the previous settings and users stay in force"
+            notifier?.send("READY=1\nSTATUS=\(status)")
         }
         signals.onUser1 {
             logger.info("reopening the access log")

@@ -57,6 +57,9 @@ public struct GatehouseSettings: Sendable, Equatable {
         "allow_destination", "auth_failures_per_client", "auth_failures_per_user", "auth_failure_window",
     ]
 
+    /// How YAML writes null as a plain scalar (an empty value included).
+    static let nullScalars: Set<String> = ["", "~", "null", "Null", "NULL"]
+
     /// Keys whose value is a list (a YAML sequence, or comma-separated in the environment).
     static let listKeys: Set<String> = ["listen", "users", "deny_destination", "allow_destination"]
 
@@ -206,6 +209,11 @@ public struct GatehouseSettings: Sendable, Equatable {
                     values.append(s)
                 }
                 settings.set(key: key, list: values, origin: valueOrigin)
+            case (_, .scalar(let scalar)) where scalar.style == .plain && Self.nullScalars.contains(scalar.string):
+                // `realm:` or `access_log: ~` is YAML's null, not the text "~" or "": taken
+                // literally it made a realm "~" and a log file named "~".
+                problems.append(SettingsProblem(
+                    origin: valueOrigin, message: "\"\(key)\" has no value: give one (quoted if it is \"-\" or \"~\"), or leave the key out for the default"))
             case (_, .scalar(let scalar)):
                 settings.set(key: key, scalar: scalar.string, origin: valueOrigin)
             default:

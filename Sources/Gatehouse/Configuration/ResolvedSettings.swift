@@ -10,6 +10,8 @@ public struct ResolvedSettings: Sendable {
     public var logLevel: String
     public var adminListen: ListenAddress?
     public var htpasswdPollInterval: TimeAmount
+    /// Where the listen addresses were set (`--listen`, `file:line`), nil for the default.
+    public var listenOrigin: String?
 
     static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -60,12 +62,28 @@ extension GatehouseSettings {
         }
         if let realm = self.realm { configuration.realm = realm.value }
         check(self.connectPorts, { try PortSet(parsing: $0) }) { configuration.connectPorts = $0 }
-        check(self.connectTimeout, { try TimeAmount(parsing: $0) }) { configuration.connectTimeout = $0 }
-        check(self.upstreamTimeout, { try TimeAmount(parsing: $0) }) { configuration.upstreamTimeout = $0 }
-        check(self.headerTimeout, { try TimeAmount(parsing: $0) }) { configuration.headerTimeout = $0 }
-        check(self.idleTimeout, { try TimeAmount(parsing: $0) }) { configuration.idleTimeout = $0 }
-        check(self.tunnelIdleTimeout, { try TimeAmount(parsing: $0) }) { configuration.tunnelIdleTimeout = $0 }
-        check(self.drainTimeout, { try TimeAmount(parsing: $0) }) { configuration.drainTimeout = $0 }
+        /// A duration of at least `minimum`: a zero timeout would end every connection at once,
+        /// and a zero poll interval would spin a core (the drain may be zero: close at once).
+        func duration(_ value: Value<String>?, minimum: TimeAmount = .nanoseconds(1), _ apply: (TimeAmount) -> Void) {
+            guard let value else { return }
+            do {
+                let amount = try TimeAmount(parsing: value.value)
+                guard amount >= minimum else {
+                    let least = minimum.nanoseconds >= 1_000_000 ? "at least \(minimum.nanoseconds / 1_000_000)ms" : "more than zero"
+                    problems.append(SettingsProblem(origin: value.origin, message: "duration \"\(value.value)\" is too short: it must be \(least)"))
+                    return
+                }
+                apply(amount)
+            } catch {
+                problems.append(SettingsProblem(origin: value.origin, message: error.description))
+            }
+        }
+        duration(self.connectTimeout) { configuration.connectTimeout = $0 }
+        duration(self.upstreamTimeout) { configuration.upstreamTimeout = $0 }
+        duration(self.headerTimeout) { configuration.headerTimeout = $0 }
+        duration(self.idleTimeout) { configuration.idleTimeout = $0 }
+        duration(self.tunnelIdleTimeout) { configuration.tunnelIdleTimeout = $0 }
+        duration(self.drainTimeout, minimum: .zero) { configuration.drainTimeout = $0 }
         func count(_ value: Value<String>?, minimum: Int = 1, _ apply: (Int) -> Void) {
             check(value, { text throws(ConfigurationError) -> Int in
                 guard let n = ResolvedSettings.parseSize(text), n >= minimum else { throw .invalidLimit(text) }
@@ -80,7 +98,7 @@ extension GatehouseSettings {
         count(self.maxURILength, minimum: 16) { configuration.maxURILength = $0 }
         count(self.authFailuresPerClient) { configuration.authThrottle.failuresPerClient = $0 }
         count(self.authFailuresPerUser) { configuration.authThrottle.failuresPerUser = $0 }
-        check(self.authFailureWindow, { try TimeAmount(parsing: $0) }) { configuration.authThrottle.window = $0 }
+        duration(self.authFailureWindow) { configuration.authThrottle.window = $0 }
         for (list, apply) in [(self.denyDestination, { (b: CIDRBlock) in configuration.destinations.deny.append(b) }),
                               (self.allowDestination, { (b: CIDRBlock) in configuration.destinations.allow.append(b) })] {
             guard let list else { continue }
@@ -93,7 +111,7 @@ extension GatehouseSettings {
             }
         }
         var poll = TimeAmount.seconds(2)
-        check(self.htpasswdPollInterval, { try TimeAmount(parsing: $0) }) { poll = $0 }
+        duration(self.htpasswdPollInterval, minimum: .milliseconds(100)) { poll = $0 }
 
         var format = AccessLogFormat.squid
         if let value = self.logFormat {
@@ -150,6 +168,7 @@ extension GatehouseSettings {
         guard problems.isEmpty else { return (nil, problems) }
         return (ResolvedSettings(
             configuration: configuration, htpasswdPath: self.htpasswd?.value, inlineUsers: inline, accessLog: accessLog,
-            logFormat: format, logLevel: level, adminListen: admin, htpasswdPollInterval: poll), [])
+            logFormat: format, logLevel: level, adminListen: admin, htpasswdPollInterval: poll,
+            listenOrigin: self.listen?.origin), [])
     }
 }

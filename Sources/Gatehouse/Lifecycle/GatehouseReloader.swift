@@ -38,6 +38,9 @@ public final class GatehouseReloader: Sendable {
         var file = GatehouseSettings()
         if let path = sources.configPath {
             let parsed = GatehouseSettings.load(path: path)
+            // A file that could not be read or parsed at all says only that: the settings it
+            // would have given (the users, say) are missing for that reason alone.
+            if !parsed.problems.isEmpty && parsed.settings == GatehouseSettings() { return (nil, parsed.problems) }
             file = parsed.settings
             problems += parsed.problems
         }
@@ -46,7 +49,8 @@ public final class GatehouseReloader: Sendable {
         problems += resolved.problems
         guard let settings = resolved.settings, problems.isEmpty else { return (nil, problems) }
         switch Self.loadCredentials(settings) {
-        case .success(let (store, identity, warnings)):
+        case .success(let (store, identity, credentialWarnings)):
+            let warnings = Self.relativePathWarnings(merged) + credentialWarnings
             return (Loaded(settings: settings, credentials: store, htpasswdIdentity: identity, warnings: warnings), warnings)
         case .failure(let failure):
             return (nil, failure.problems)
@@ -54,6 +58,23 @@ public final class GatehouseReloader: Sendable {
     }
 
     struct CredentialProblems: Error { var problems: [SettingsProblem] }
+
+    /// A relative path in a config file is taken from the working directory, not the file's:
+    /// under systemd that is `/`, so a file that passes `gatehouse check` in a shell may fail
+    /// in the service. Said as a warning (flags and environment are the caller's own).
+    static func relativePathWarnings(_ settings: GatehouseSettings) -> [SettingsProblem] {
+        var warnings: [SettingsProblem] = []
+        for value in [settings.htpasswd, settings.accessLog].compactMap({ $0 }) {
+            let fromFile = !value.origin.hasPrefix("--") && !value.origin.hasPrefix("GATEHOUSE_")
+            let path = value.value
+            guard fromFile, !path.hasPrefix("/"), !["-", "off", "none"].contains(path) else { continue }
+            warnings.append(SettingsProblem(
+                origin: value.origin,
+                message: "relative path \"\(path)\" is resolved from the working directory (under systemd: /), not from the config file's; prefer an absolute path",
+                isWarning: true))
+        }
+        return warnings
+    }
 
     static func loadCredentials(_ settings: ResolvedSettings) -> Result<(CredentialStore, FileIdentity?, [SettingsProblem]), CredentialProblems> {
         var file: HtpasswdFile?

@@ -29,6 +29,19 @@ public final class AccessLog: Sendable {
 
     public typealias Observer = @Sendable (AccessLogEntry) -> Void
 
+    /// Why a log file could not be opened for appending, found without opening (or creating)
+    /// it: for `gatehouse check`, which must not pass a setting that `serve` then refuses.
+    /// Nil when it can be written.
+    public static func openingProblem(path: String) -> String? {
+        guard !path.isEmpty else { return "the access log path is empty" }
+        if access(path, W_OK) == 0 { return nil }
+        if errno != ENOENT { return "cannot open access log \(path): \(String(cString: strerror(errno)))" }
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        if access(directory, W_OK | X_OK) == 0 { return nil }
+        return "cannot create access log \(path): \(String(cString: strerror(errno)))"
+    }
+
     private let enabled: Bool
     private let path: String?
     private let observer: Observer?
@@ -171,7 +184,14 @@ public final class AccessLog: Sendable {
             self.writeLock.withLock {
                 self.writeLocked()
                 let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-                guard fd >= 0 else { return }  // keep writing to the old descriptor
+                guard fd >= 0 else {
+                    // Keep writing to the old descriptor (the renamed file), and say so.
+                    let reason = String(cString: strerror(errno))
+                    self.logger?.error(
+                        "cannot reopen the access log; lines still go to the file it was before",
+                        metadata: ["path": "\(path)", "error": "\(reason)"])
+                    return
+                }
                 close(self.descriptor)
                 self.descriptor = fd
             }

@@ -276,6 +276,13 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 }
 
 extension SocketAddress {
+    /// A listener's address as `--print-address` and systemd's status line give it:
+    /// `ip:port` (IPv6 bracketed), or `unix:PATH` for a Unix socket handed over by systemd.
+    public var listenerDescription: String {
+        if case .unixDomainSocket = self { return "unix:\(self.pathname ?? "?")" }
+        return self.gatehouseDescription
+    }
+
     /// `ip:port`, with IPv6 bracketed.
     var gatehouseDescription: String {
         guard let ip = self.ipAddress else { return "\(self)" }

@@ -55,6 +55,15 @@ struct CommandLineTests {
         #expect(result.stderr.contains(message), "\(result.stderr)")
     }
 
+    @Test("check refuses an access log serve could not open, as serve does")
+    func checkAccessLog() throws {
+        let checked = try Self.run(["check", "--user", "a:b", "--access-log", "/nonexistent-dir/access.log"])
+        #expect(checked.status == 1)
+        #expect(checked.stdout.contains("access_log: cannot create access log /nonexistent-dir/access.log: No such file or directory"), "\(checked.stdout)")
+        let served = try Self.run(["--user", "a:b", "--listen", "127.0.0.1:0", "--access-log", "/nonexistent-dir/access.log"])
+        #expect(served.status == 1)
+    }
+
     @Test("a malformed htpasswd line is reported as file:line")
     func malformedHtpasswd() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("gh-\(UUID().uuidString).htpasswd").path

@@ -221,8 +221,11 @@ struct OperationsTests {
     @Test("sd_notify: READY=1 after binding, RELOADING=1 and READY=1 around a reload, STOPPING=1, watchdog pings")
     func systemdNotify() async throws {
         let notify = try NotifySocket()
+        let config = FileManager.default.temporaryDirectory.appendingPathComponent("gh-\(UUID().uuidString).yaml").path
+        try "users: [\"u:p\"]\n".write(toFile: config, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: config) }
         let proxy = try GatehouseProcess(
-            ["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"],
+            ["--listen", "127.0.0.1:0", "--config", config, "--access-log", "off"],
             environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"])
         defer { Task { await proxy.stop() } }
         let ready = await notify.collect { $0.contains { $0.hasPrefix("READY=1") } }
@@ -230,9 +233,14 @@ struct OperationsTests {
         let pings = await notify.collect { $0.filter { $0 == "WATCHDOG=1" }.count >= 2 }
         #expect(pings.filter { $0 == "WATCHDOG=1" }.count >= 2)
         proxy.signal(SIGHUP)
-        let reload = await notify.collect { $0.contains("READY=1") }
+        let reload = await notify.collect { $0.contains { $0.hasPrefix("READY=1") } }
         let reloading = try #require(reload.firstIndex { $0.hasPrefix("RELOADING=1\nMONOTONIC_USEC=") }, "\(reload)")
-        #expect(reload[(reloading + 1)...].contains("READY=1"))
+        #expect(reload[(reloading + 1)...].contains("READY=1\nSTATUS=Reloaded; serving"), "\(reload)")
+        // systemd cannot hear that a reload failed: the status line says so.
+        try "users: [unclosed\n".write(toFile: config, atomically: true, encoding: .utf8)
+        proxy.signal(SIGHUP)
+        let rejected = await notify.collect { $0.contains { $0.hasPrefix("READY=1") } }
+        #expect(rejected.contains("READY=1\nSTATUS=Reload rejected (see the log); the previous settings and users stay in force"), "\(rejected)")
         proxy.signal(SIGTERM)
         let stopping = await notify.collect { $0.contains { $0.hasPrefix("STOPPING=1") } }
         #expect(stopping.contains { $0.hasPrefix("STOPPING=1") })

@@ -70,6 +70,35 @@ struct AccessLogWriterTests {
         #expect(written.split(separator: "\n").count == 1)
     }
 
+    @Test("a reopen that fails (the log's directory moved away) is reported, and lines go on to the old file")
+    func reopenFailure() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gatehouse-\(UUID().uuidString)")
+        let moved = directory.appendingPathExtension("moved")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: moved) }
+        let messages = NIOLockedValueBox<[(Logger.Level, String, Logger.Metadata)]>([])
+        let logger = Logger(label: "test") { _ in CapturingLogHandler(messages: messages) }
+        let log = try AccessLog(destination: .file(directory.appendingPathComponent("access.log").path), format: .squid, logger: logger)
+        try FileManager.default.moveItem(at: directory, to: moved)
+        log.reopen()
+        log.record(Self.entry(1))
+        log.flush()
+        let reported = messages.withLockedValue { $0 }
+        #expect(reported.map(\.0) == [.error], "\(reported.map(\.1))")
+        #expect(reported.first?.2["error"] == "No such file or directory")
+        let written = try String(contentsOfFile: moved.appendingPathComponent("access.log").path, encoding: .utf8)
+        #expect(written.contains("http://x/1"))
+    }
+
+    @Test("gatehouse check's look at a log path: writable, creatable, or why not (without creating it)")
+    func openingProblem() throws {
+        #expect(AccessLog.openingProblem(path: "/nonexistent-dir/x.log") == "cannot create access log /nonexistent-dir/x.log: No such file or directory")
+        #expect(AccessLog.openingProblem(path: "") == "the access log path is empty")
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("gh-\(UUID().uuidString).log").path
+        #expect(AccessLog.openingProblem(path: path) == nil)
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
     @Test("a decoder error holding the client's raw bytes is logged by kind and size, never its bytes")
     func errorsWithClientBytes() {
         let secret = "Proxy-Authorization: Basic YWxpY2U6czNjcmV0\r\n"

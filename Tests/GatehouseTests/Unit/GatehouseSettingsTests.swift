@@ -1,3 +1,4 @@
+import Foundation
 @testable import Gatehouse
 import NIOCore
 import Testing
@@ -60,4 +61,59 @@ struct GatehouseSettingsTests {
         #expect(GatehouseSettings.parse(yaml: "realm: [unclosed\n", path: "i.yaml").problems.first?.description.hasPrefix("i.yaml: not valid YAML") == true)
         #expect(GatehouseSettings.parse(yaml: "- a\n- b\n", path: "j.yaml").problems.first?.message == "the config file must be a mapping of keys to values")
     }
+
+    @Test("durations must be positive (a zero poll interval spun a core): the poll interval at least 100ms; the drain may be zero")
+    func durationMinimums() {
+        let parsed = GatehouseSettings.parse(
+            yaml: "users: [\"a:b\"]\nhtpasswd_poll_interval: 0s\nidle_timeout: 0s\ndrain_timeout: 0s\nconnect_timeout: 50ms\n", path: "p.yaml")
+        let problems = parsed.settings.resolve().problems.map(\.description)
+        #expect(problems == [
+            "p.yaml:3: duration \"0s\" is too short: it must be more than zero",
+            "p.yaml:2: duration \"0s\" is too short: it must be at least 100ms",
+        ], "\(problems)")
+        let fine = GatehouseSettings.parse(yaml: "users: [\"a:b\"]\nhtpasswd_poll_interval: 100ms\ndrain_timeout: 0s\n", path: "q.yaml")
+        #expect(fine.settings.resolve().problems.isEmpty)
+    }
+
+    @Test("a key with YAML's null (empty, ~, null) is an error, not the text \"~\" or \"\"; quoted, it is text")
+    func nullValues() {
+        for value in ["", "~", "null", "NULL"] {
+            let parsed = GatehouseSettings.parse(yaml: "realm: \(value)\n", path: "n.yaml")
+            #expect(parsed.problems.map(\.description) == [
+                "n.yaml:1: \"realm\" has no value: give one (quoted if it is \"-\" or \"~\"), or leave the key out for the default",
+            ], "\(value)")
+            #expect(parsed.settings.realm == nil)
+        }
+        #expect(GatehouseSettings.parse(yaml: "realm: \"~\"\naccess_log: \"-\"\n", path: "n.yaml").settings.realm?.value == "~")
+    }
+
+    @Test("a config file that is not valid YAML is reported alone, without the missing users it would have given")
+    func unparsableFileAlone() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("gh-\(UUID().uuidString).yaml").path
+        try "users: [\"a:b\"]\naccess_log: -\n".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (loaded, problems) = GatehouseReloader.load(.init(flags: GatehouseSettings(), environment: GatehouseSettings(), configPath: path))
+        #expect(loaded == nil)
+        #expect(problems.count == 1, "\(problems)")
+        #expect(problems.first?.message.hasPrefix("not valid YAML") == true, "\(problems)")
+    }
+
+    @Test("a relative path in a config file is a warning: it is resolved from the working directory, / under systemd")
+    func relativePathWarning() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("gh-\(UUID().uuidString).yaml").path
+        try "users: [\"a:b\"]\naccess_log: logs/access.log\n".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var flags = GatehouseSettings()
+        flags.htpasswd = nil
+        let (loaded, problems) = GatehouseReloader.load(.init(flags: flags, environment: GatehouseSettings(), configPath: path))
+        #expect(loaded != nil)
+        #expect(problems.map(\.description) == [
+            "\(path):2: warning: relative path \"logs/access.log\" is resolved from the working directory (under systemd: /), not from the config file's; prefer an absolute path",
+        ])
+        var fromFlag = GatehouseSettings()
+        fromFlag.accessLog = .init("logs/access.log", origin: "--access-log")
+        #expect(GatehouseReloader.load(.init(flags: fromFlag, environment: GatehouseSettings(), configPath: path)).problems.isEmpty,
+                "a flag's relative path is the caller's own")
+    }
+
 }
