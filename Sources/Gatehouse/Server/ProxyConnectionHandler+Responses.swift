@@ -105,7 +105,7 @@ extension ProxyConnectionHandler {
         guard self.machine.state != .closed, context.channel.isActive else { return }
         // A request that could not be parsed may have more on its way.
         let unparsed = self.exchange == nil
-        let exchange = self.exchange ?? Exchange(unparsedAt: self.headStarted)
+        let exchange = self.exchange ?? self.unparsedExchange()
         // A refused CONNECT leaves an HTTP connection: an EOF held for the tunnel counts now
         // (it arrives here re-entrantly and makes this answer the last one).
         if exchange.isConnect { self.observer.releaseEndOfInput() }
@@ -248,6 +248,17 @@ extension ProxyConnectionHandler {
         self.answer(reason, context: context, close: true)
     }
 
+    /// The log's exchange for a request whose head never parsed, with its method and target
+    /// when its first line was a request line (see `RequestStartObserver.unparsedRequestLine`).
+    func unparsedExchange() -> Exchange {
+        let exchange = Exchange(unparsedAt: self.headStarted)
+        if let line = self.observer.unparsedRequestLine {
+            exchange.method = line.method
+            exchange.target = line.target
+        }
+        return exchange
+    }
+
     func sendRawAndClose(status: String, reason: ReasonCode, context: ChannelHandlerContext) {
         let message = reason.message + "\n"
         var text = "HTTP/1.1 \(status)\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -255,7 +266,7 @@ extension ProxyConnectionHandler {
         text += "Content-Length: \(message.utf8.count)\r\nConnection: close\r\n\r\n" + message
         var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
         buffer.writeString(text)
-        let exchange = Exchange(unparsedAt: self.headStarted)
+        let exchange = self.unparsedExchange()
         exchange.bytesOut = text.utf8.count
         self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(reason.status.code), reason: reason), counts: self.counts)
         self.machine.connectionClosed()

@@ -86,6 +86,45 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     func forgetFirstLine() {
         self.firstLine = FirstLine()
         self.lineStillOpen = false
+        self.headPending = false
+        self.pendingLine = nil
+    }
+
+    /// The current request's head has not parsed yet (cleared by ``forgetFirstLine()``).
+    private var headPending = false
+    /// The start of the first line of a head that did not parse in its first read.
+    private var pendingLine: String?
+    /// The first read of the current request, while it passes through the decoder.
+    private var firstRead: ByteBuffer?
+    static let keptLineBytes = 256
+
+    /// The method and target of a request whose head never parsed (a 408, a 431), for its
+    /// log line, from the start of its first line; nil when that was not a request line.
+    var unparsedRequestLine: (method: String, target: String)? {
+        guard let line = self.pendingLine ?? self.firstRead.flatMap({
+            $0.getString(at: $0.readerIndex, length: min(self.firstLine.length, Self.keptLineBytes))
+        }) else { return nil }
+        let parts = line.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: true)
+        guard parts.count >= 2, parts[0].utf8.allSatisfy(Self.isTokenByte) else { return nil }
+        // Whole only if something follows it in what was kept.
+        let target = Self.loggableTarget(parts[1], whole: parts.count == 3)
+        return (String(parts[0]), target ?? "-")
+    }
+
+    /// A request target as logged for an unparsed request: without userinfo, at most 64
+    /// characters. A target cut off where it was kept is logged only up to an absolute
+    /// URI's authority, and only once that is whole: a cut userinfo would not be recognised
+    /// as one and would put part of a password in the log.
+    static func loggableTarget(_ target: Substring, whole: Bool) -> String? {
+        var target = target
+        if !whole {
+            guard let scheme = target.range(of: "://"),
+                let end = target[scheme.upperBound...].firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" })
+            else { return nil }
+            target = target[..<end]
+        }
+        let clean = RequestTarget.withoutUserinfo(String(target))
+        return clean.count > 64 ? String(clean.prefix(64)) + "…" : clean
     }
 
     /// Set by the connection handler once the current request has fully arrived.
@@ -113,6 +152,17 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
             self.firstLine = Self.firstLine(of: buffer)
             self.lineStillOpen = self.firstLine.length == buffer.readableBytes
             self.connection?.requestBytesStarted()
+            self.headPending = true
+            // Held while the decoder works on it, for an error it reports at once (a 501).
+            self.firstRead = buffer
+            context.fireChannelRead(data)
+            self.firstRead = nil
+            if self.headPending {
+                // The head did not parse in this read (a slow or oversized one, which may end
+                // in a 408 or 431): keep the start of its first line for that log line.
+                self.pendingLine = buffer.getString(at: buffer.readerIndex, length: min(self.firstLine.length, Self.keptLineBytes))
+            }
+            return
         } else if self.lineStillOpen {
             let bytes = self.unwrapInboundIn(data).readableBytesView
             if let lf = bytes.firstIndex(of: UInt8(ascii: "\n")) {

@@ -125,6 +125,34 @@ struct ErrorResponseTests {
             #expect(idle.text.isEmpty)
             #expect(proxy.records.map(\.status) == [408])
             #expect(proxy.records.first?.reason == .headerTimeout)
+            #expect(proxy.records.first?.method == "GET", "the request line arrived: the log line says what it was")
+            #expect(proxy.records.first?.target == "http://127.0.0.1:1/")
+        }
+    }
+
+    @Test("the log line of a request whose head never parsed names its method and target, without userinfo, and never a cut one")
+    func unparsedRequestLines() async throws {
+        try await withProxyAndOrigin(configure: { $0.maxHeaderBytes = 4096 }) { proxy, _ in
+            let big = String(repeating: "a", count: 600)
+            let heads = [
+                // 431 over several reads, with credentials in the target.
+                "GET http://bob:hunter2@127.0.0.1:1/p?q=1 HTTP/1.1\r\nHost: x\r\n" + (0..<10).map { "X-\($0): \(big)\r\n" }.joined(),
+                // 501 in the first read.
+                "BREW http://127.0.0.1:1/pot HTTP/1.1\r\nHost: x\r\n\r\n",
+                // A line longer than what is kept, cut inside the userinfo: no target.
+                "GET http://\(String(repeating: "u", count: 300)):hunter2@127.0.0.1:1/ HTTP/1.1\r\n" + (0..<10).map { "X-\($0): \(big)\r\n" }.joined(),
+            ]
+            for head in heads {
+                let client = try await RawClient.connect(port: proxy.port)
+                try await client.send(head)
+                #expect(await client.waitForClose())
+                await client.close()
+            }
+            let records = await proxy.waitForRecords(count: 3)
+            #expect(records.map(\.status) == [431, 501, 431])
+            #expect(records.map(\.method) == ["GET", "BREW", "GET"])
+            #expect(records.map(\.target) == ["http://127.0.0.1:1/p?q=1", "http://127.0.0.1:1/pot", "-"])
+            #expect(!records.map(\.target).joined().contains("hunter2"))
         }
     }
 

@@ -78,6 +78,18 @@ struct RequestStartObserverTests {
         return (observer, catcher, channel)
     }
 
+    @Test("a target for an unparsed request's log line: no userinfo, at most 64 characters, and a cut one only up to a whole authority")
+    func loggableTargets() {
+        func target(_ text: String, whole: Bool = true) -> String? { RequestStartObserver.loggableTarget(Substring(text), whole: whole) }
+        #expect(target("http://u:p@h/x") == "http://h/x")
+        #expect(target("h:443") == "h:443")
+        #expect(target("http://u:pa", whole: false) == nil, "a cut userinfo is not recognisable as one")
+        #expect(target("http://u:p@h/abc", whole: false) == "http://h")
+        #expect(target("u:p@h:443", whole: false) == nil)
+        let long = "http://h/" + String(repeating: "x", count: 100)
+        #expect(target(long) == String(long.prefix(64)) + "…")
+    }
+
     /// Notes the bytes that get past the observer.
     final class ByteCatcher: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
