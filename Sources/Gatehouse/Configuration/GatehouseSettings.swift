@@ -169,7 +169,8 @@ public struct GatehouseSettings: Sendable, Equatable {
         do {
             root = try Yams.compose(yaml: text)
         } catch let error as YamlError {
-            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "not valid YAML: \(Self.describe(error, path: path))")])
+            let (line, message) = Self.describe(error)
+            return (GatehouseSettings(), [SettingsProblem(origin: line.map { "\(path):\($0)" } ?? path, message: "not valid YAML: \(message)")])
         } catch {
             return (GatehouseSettings(), [SettingsProblem(origin: path, message: "not valid YAML: \(error)")])
         }
@@ -242,8 +243,24 @@ public struct GatehouseSettings: Sendable, Equatable {
         return "\(path):\(mark.line)"
     }
 
-    static func describe(_ error: YamlError, path: String) -> String {
-        "\(error)".split(separator: "\n").first.map(String.init) ?? "syntax error"
+    /// The line and message of a YAML syntax error. Yams writes `LINE:COLUMN: error: scanner:
+    /// MESSAGE:` and then the line itself; the message is kept, with a hint for the common slip
+    /// of an unquoted `-` (as in `access_log: -`).
+    static func describe(_ error: YamlError) -> (line: Int?, message: String) {
+        var first = Substring("\(error)".split(separator: "\n").first ?? "syntax error")
+        var line: Int?
+        let parts = first.split(separator: ":", maxSplits: 2)
+        if parts.count == 3, let number = Int(parts[0]), Int(parts[1]) != nil {
+            line = number
+            first = parts[2].drop(while: { $0 == " " })
+        }
+        for prefix in ["error: ", "scanner: ", "parser: "] where first.hasPrefix(prefix) { first = first.dropFirst(prefix.count) }
+        while first.hasSuffix(":") { first = first.dropLast() }
+        var message = String(first)
+        if message.contains("block sequence entries are not allowed") {
+            message += " (a value of - alone must be quoted: \"-\")"
+        }
+        return (line, message)
     }
 }
 
