@@ -115,7 +115,8 @@ struct HardeningTests {
 
     @Test("closing in stages: the client gets the answer and the end of it, and may go on sending until it closes")
     func halfCloseAfterAnswer() async throws {
-        try await withProxyAndOrigin(configure: { $0.maxBodyBytes = 1000 }) { proxy, origin in
+        // A linger far longer than the test: a loaded machine must not end it first.
+        try await withProxyAndOrigin(configure: { $0.maxBodyBytes = 1000; $0.lingerTimeout = .seconds(60) }) { proxy, origin in
             let client = try await RawClient.connect(port: proxy.port)
             try await client.send("POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\n\(Self.auth)Content-Length: 5000000\r\n\r\n")
             #expect(await client.waitForClose(), "the proxy's side ends after its answer")

@@ -71,7 +71,8 @@ struct UpstreamFailureTests {
 
     @Test("a client that stops sending its upload gets 408 body_timeout; a slow but steady one gets through")
     func stalledUpload() async throws {
-        try await withProxyAndOrigin(configure: { $0.idleTimeout = .milliseconds(1_500) }) { proxy, origin in
+        // 3 s: far longer than the steady client's gaps, even on a loaded machine.
+        try await withProxyAndOrigin(configure: { $0.idleTimeout = .seconds(3) }) { proxy, origin in
             let head = "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\n"
                 + "Proxy-Authorization: \(TestUser.basic)\r\nContent-Length: 100\r\n\r\n"
             // Steady: 100 bytes in five parts, 200 ms apart (each gap far shorter than the timeout).
