@@ -156,10 +156,19 @@ public struct GatehouseSettings: Sendable, Equatable {
     /// Reads a YAML config file. Problems carry `path:line`.
     public static func load(path: String) -> (settings: GatehouseSettings, problems: [SettingsProblem]) {
         let text: String
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: no such file")])
+        }
+        guard !isDirectory.boolValue else {
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: it is a directory")])
+        }
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: \(error.localizedDescription)")])
+            // Foundation's message for an unreadable or non-UTF-8 file says little; say what to check.
+            let reason = FileManager.default.isReadableFile(atPath: path) ? "it is not UTF-8 text" : "permission denied"
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: \(reason)")])
         }
         return Self.parse(yaml: text, path: path)
     }

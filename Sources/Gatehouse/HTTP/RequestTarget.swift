@@ -34,6 +34,22 @@ public enum RequestTarget: Sendable, Equatable {
         return String(text[..<schemeEnd.upperBound]) + String(rest[rest.index(after: at)...])
     }
 
+    /// A request target as received, for the log line of a request that is refused before its
+    /// target parsed (or that has none that parses): everything between its start (a scheme's
+    /// `://`, leading slashes) and its last `@` is dropped.
+    ///
+    /// Stricter than ``withoutUserinfo(_:)``, which trusts the shape of a URL: a malformed one
+    /// (`//bob:pw@host/x`, `http:///bob:pw@host/`, a password holding `/`, `?` or `#`) carries
+    /// its userinfo where that would not find it. An `@` in a path or query costs the part
+    /// before it; the log line of a refused request loses nothing that matters.
+    public static func redactedForLog(_ text: Substring) -> String {
+        guard let at = text.lastIndex(of: "@") else { return String(text) }
+        var start = text.startIndex
+        if let scheme = text.range(of: "://"), scheme.lowerBound < at { start = scheme.upperBound }
+        while start < at && text[start] == "/" { start = text.index(after: start) }
+        return String(text[..<start]) + String(text[text.index(after: at)...])
+    }
+
     /// Parses the target of a `CONNECT` request: exactly `host:port`, port required
     /// (RFC 9110 §9.3.6).
     public static func parseConnect(_ uri: String) -> Result<Authority, ParseError> {

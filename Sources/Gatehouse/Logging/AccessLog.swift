@@ -34,6 +34,10 @@ public final class AccessLog: Sendable {
     /// Nil when it can be written.
     public static func openingProblem(path: String) -> String? {
         guard !path.isEmpty else { return "the access log path is empty" }
+        var status = stat()
+        if stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFDIR {
+            return "cannot open access log \(path): Is a directory"
+        }
         if access(path, W_OK) == 0 { return nil }
         if errno != ENOENT { return "cannot open access log \(path): \(String(cString: strerror(errno)))" }
         let slash = path.lastIndex(of: "/")

@@ -8,7 +8,9 @@ import NIOPosix
 /// sending new clients before the drain ends).
 enum AdminServer {
     static func bind(_ address: ListenAddress, group: EventLoopGroup, server: GatehouseServer) async throws -> Channel {
-        try await ServerBootstrap(group: group)
+        // Said as plainly as for the proxy's own port (NIO's bind error is cryptic).
+        try GatehouseServer.refuseIfTaken(address)
+        return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

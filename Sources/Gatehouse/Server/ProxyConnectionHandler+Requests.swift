@@ -22,7 +22,8 @@ extension ProxyConnectionHandler {
         // Targets are parsed before authentication, so that a browser pointed at the proxy
         // as if it were a web server learns what it is talking to.
         let fields = RequestFields(head.headers)
-        let exchange = Exchange(head: head, target: RequestTarget.withoutUserinfo(head.uri), fields: fields)
+        // Replaced by the parsed target's own description once it parses.
+        let exchange = Exchange(head: head, target: RequestTarget.redactedForLog(Substring(head.uri)), fields: fields)
         if !fields.transferEncodings.isEmpty {
             // A chunked upload may end in trailers: the same Connection options apply to them.
             exchange.requestConnectionOptions = head.headers.connectionOptionNames()

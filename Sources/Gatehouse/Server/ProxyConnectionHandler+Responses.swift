@@ -218,7 +218,13 @@ extension ProxyConnectionHandler {
             // llhttp counts the request line against the header-size limit, so a target longer
             // than that limit trips it before the target's own limit is checked (RFC 9110
             // §15.5.15: such a target is 414).
-            reason = self.observer.firstLine.length > self.configuration.maxURILength ? .uriTooLong : .headerTooLarge
+            // 414 when the overflow came inside the request line (it has not ended, or is
+            // longer than the limit by itself), or after a target over its own limit.
+            let line = self.observer.firstLine
+            let inLine = self.observer.lineStillOpen || line.length >= self.configuration.maxHeaderBytes
+            let version = self.observer.lineStillOpen ? 0 : " HTTP/1.1\r".utf8.count
+            let target = line.length - line.methodLength - 1 - version
+            reason = inLine || target > self.configuration.maxURILength ? .uriTooLong : .headerTooLarge
         case .invalidMethod: reason = self.observer.firstLine.isRequestLine ? .unknownMethod : .badRequest
         case .invalidVersion: reason = self.observer.firstLine.endsInBareLF ? .badRequest : .versionNotSupported
         default: reason = .badRequest

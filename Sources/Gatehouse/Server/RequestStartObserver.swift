@@ -42,6 +42,8 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
         /// Bytes of the line seen so far: up to its LF, or every byte read if it has not
         /// ended yet (see ``RequestStartObserver/lineStillOpen``).
         var length = 0
+        /// Bytes of the method at its start (what is not the target, with the version).
+        var methodLength = 0
         /// The line ended in LF alone. llhttp reports that as an invalid version, which is a
         /// malformed request (400), not an unsupported version (505).
         var endsInBareLF = false
@@ -55,12 +57,15 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
 
     static func firstLine(of buffer: ByteBuffer) -> FirstLine {
         buffer.withUnsafeReadableBytes { bytes in
-            guard let lf = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return FirstLine(length: bytes.count) }
-            var line = FirstLine(length: lf)
+            var methodLength = 0
+            while methodLength < bytes.count && Self.isTokenByte(bytes[methodLength]) { methodLength += 1 }
+            guard let lf = bytes.firstIndex(of: UInt8(ascii: "\n")) else {
+                return FirstLine(length: bytes.count, methodLength: methodLength)
+            }
+            var line = FirstLine(length: lf, methodLength: methodLength)
             line.endsInBareLF = lf == 0 || bytes[lf - 1] != UInt8(ascii: "\r")
             let end = line.endsInBareLF ? lf : lf - 1
-            var method = 0
-            while method < end && Self.isTokenByte(bytes[method]) { method += 1 }
+            let method = min(methodLength, end)
             // `METHOD SP … SP HTTP/x.y`: the version's space lies past the method's, with a
             // target (not a space) right after the spaces that follow the method.
             let version = end - 9
@@ -104,26 +109,20 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
         guard let line = self.pendingLine ?? self.firstRead.flatMap({
             $0.getString(at: $0.readerIndex, length: min(self.firstLine.length, Self.keptLineBytes))
         }) else { return nil }
-        let parts = line.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: true)
-        guard parts.count >= 2, parts[0].utf8.allSatisfy(Self.isTokenByte) else { return nil }
-        // Whole only if something follows it in what was kept.
-        let target = Self.loggableTarget(parts[1], whole: parts.count == 3)
-        return (String(parts[0]), target ?? "-")
+        let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+        guard let method = parts.first, method.utf8.allSatisfy(Self.isTokenByte) else { return nil }
+        // The target only from a whole line that was kept entire and has a request line's
+        // three parts: in a cut or odd one (a raw space in a password), what looks like the
+        // target may be the start of a userinfo that is not recognisable as one.
+        let whole = !self.lineStillOpen && line.utf8.count == self.firstLine.length
+            && parts.count == 3 && parts[2].hasPrefix("HTTP/")
+        return (String(method), whole ? Self.loggableTarget(parts[1]) : "-")
     }
 
-    /// A request target as logged for an unparsed request: without userinfo, at most 64
-    /// characters. A target cut off where it was kept is logged only up to an absolute
-    /// URI's authority, and only once that is whole: a cut userinfo would not be recognised
-    /// as one and would put part of a password in the log.
-    static func loggableTarget(_ target: Substring, whole: Bool) -> String? {
-        var target = target
-        if !whole {
-            guard let scheme = target.range(of: "://"),
-                let end = target[scheme.upperBound...].firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" })
-            else { return nil }
-            target = target[..<end]
-        }
-        let clean = RequestTarget.withoutUserinfo(String(target))
+    /// A request target as logged for an unparsed request: redacted (see
+    /// `RequestTarget.redactedForLog`) and at most 64 characters.
+    static func loggableTarget(_ target: Substring) -> String {
+        let clean = RequestTarget.redactedForLog(target)
         return clean.count > 64 ? String(clean.prefix(64)) + "…" : clean
     }
 
@@ -135,7 +134,7 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     /// The current request's first line had not ended in the bytes read so far: a request
     /// target longer than a read. Its bytes are counted on until its LF, so that a target too
     /// long even for the header-size limit is still answered 414, not 431.
-    private var lineStillOpen = false
+    private(set) var lineStillOpen = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if let left = self.lingerBytesLeft {

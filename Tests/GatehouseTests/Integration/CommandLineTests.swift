@@ -62,6 +62,11 @@ struct CommandLineTests {
         #expect(checked.stdout.contains("access_log: cannot create access log /nonexistent-dir/access.log: No such file or directory"), "\(checked.stdout)")
         let served = try Self.run(["--user", "a:b", "--listen", "127.0.0.1:0", "--access-log", "/nonexistent-dir/access.log"])
         #expect(served.status == 1)
+        let directory = try Self.run(["check", "--user", "a:b", "--access-log", "/tmp"])
+        #expect(directory.status == 1)
+        #expect(directory.stdout.contains("cannot open access log /tmp: Is a directory"), "\(directory.stdout)")
+        let config = try Self.run(["check", "--config", "/tmp"])
+        #expect(config.stdout.contains("/tmp: cannot read the config file: it is a directory"), "\(config.stdout)")
     }
 
     @Test("a malformed htpasswd line is reported as file:line")

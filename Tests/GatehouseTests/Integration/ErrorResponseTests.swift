@@ -156,6 +156,47 @@ struct ErrorResponseTests {
         }
     }
 
+    @Test("no part of a password reaches the log from a malformed target: parsed but refused, or never parsed")
+    func malformedTargetsKeepPasswordsOut() async throws {
+        try await withProxyAndOrigin { proxy, _ in
+            let heads = [
+                "GET //bob:SECRETPW@127.0.0.1:1/x HTTP/1.1\r\nHost: a\r\n\r\n",  // 400 origin_form
+                "GET http:///bob:SECRETPW@127.0.0.1/x HTTP/1.1\r\nHost: a\r\n\r\n",  // 400 bad_target
+                "GET http://bob:SEC RETPW@h/ HTTP/1.1\r\n\r\n",  // 400, a raw space: never parsed
+                "GET http://bob:SE/CRETPW@h/ HTTP/2.0\r\nHost: a\r\n\r\n",  // 505
+            ]
+            for head in heads {
+                let client = try await RawClient.connect(port: proxy.port)
+                try await client.send(head)
+                _ = await client.waitFor(timeout: .seconds(5)) { $0.contains("\r\n\r\n") && $0.hasSuffix("\n") }
+                await client.close()
+            }
+            let records = await proxy.waitForRecords(count: 4)
+            #expect(records.count == 4)
+            for record in records {
+                #expect(!record.target.contains("SEC") && !record.target.contains("RETPW") && !record.target.contains("CRET"), "\(record.target)")
+            }
+        }
+    }
+
+    @Test("a long target under its limit with an oversized header section is 431; a target past the header limit, whatever the URI limit, is 414")
+    func longTargetBoundaries() async throws {
+        try await withProxyAndOrigin { proxy, _ in
+            // 8,185 characters (under 8,192) followed by a 30 KB field: the fields overflow.
+            let path = String(repeating: "a", count: 8185 - "http://127.0.0.1:1/".count)
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:1/\(path) HTTP/1.1\r\nHost: a\r\nX: \(String(repeating: "b", count: 30_000))\r\n\r\n")
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 431 "), "\(client.text.prefix(100))")
+        }
+        try await withProxyAndOrigin(configure: { $0.maxHeaderBytes = 4096; $0.maxURILength = 100_000 }) { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:1/\(String(repeating: "a", count: 5000)) HTTP/1.1\r\nHost: a\r\n\r\n")
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 414 "), "the request line alone overflowed: \(client.text.prefix(100))")
+        }
+    }
+
     @Test("between requests a kept-alive connection gets the idle timeout, not the header timeout")
     func idleAfterRequest() async throws {
         try await withProxyAndOrigin(configure: {

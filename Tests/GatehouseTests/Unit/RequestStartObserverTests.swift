@@ -78,16 +78,30 @@ struct RequestStartObserverTests {
         return (observer, catcher, channel)
     }
 
-    @Test("a target for an unparsed request's log line: no userinfo, at most 64 characters, and a cut one only up to a whole authority")
+    @Test("a target for an unparsed request's log line: redacted up to its last @, at most 64 characters")
     func loggableTargets() {
-        func target(_ text: String, whole: Bool = true) -> String? { RequestStartObserver.loggableTarget(Substring(text), whole: whole) }
+        func target(_ text: String) -> String { RequestStartObserver.loggableTarget(Substring(text)) }
         #expect(target("http://u:p@h/x") == "http://h/x")
         #expect(target("h:443") == "h:443")
-        #expect(target("http://u:pa", whole: false) == nil, "a cut userinfo is not recognisable as one")
-        #expect(target("http://u:p@h/abc", whole: false) == "http://h")
-        #expect(target("u:p@h:443", whole: false) == nil)
         let long = "http://h/" + String(repeating: "x", count: 100)
         #expect(target(long) == String(long.prefix(64)) + "…")
+    }
+
+    @Test("a malformed target's userinfo never survives the log's redaction (shapes a URL parser would not see as userinfo)")
+    func redactedForLog() {
+        let shapes = [
+            "//bob:SECRET@127.0.0.1/x": "//127.0.0.1/x",
+            "http:///bob:SECRET@127.0.0.1/x": "http:///127.0.0.1/x",
+            "http://bob:SE/CRET@h/": "http://h/",
+            "http://bob:SE?CRET@h/": "http://h/",
+            "http://bob:SE#CRET@h/": "http://h/",
+            "bob:SECRET@h:443": "h:443",
+            "/users/SECRET@x": "/x",
+            "http://h/plain": "http://h/plain",
+        ]
+        for (raw, logged) in shapes {
+            #expect(RequestTarget.redactedForLog(Substring(raw)) == logged, "\(raw)")
+        }
     }
 
     /// Notes the bytes that get past the observer.
@@ -182,14 +196,14 @@ struct RequestStartObserverTests {
         func shape(_ text: String) -> RequestStartObserver.FirstLine {
             RequestStartObserver.firstLine(of: ByteBuffer(string: text))
         }
-        #expect(shape("BREW http://o/ HTTP/1.1\r\nHost: o\r\n") == .init(length: 24, endsInBareLF: false, isRequestLine: true))
+        #expect(shape("BREW http://o/ HTTP/1.1\r\nHost: o\r\n") == .init(length: 24, methodLength: 4, endsInBareLF: false, isRequestLine: true))
         #expect(shape("M-SEARCH* http://o/ HTTP/1.1\r\n").isRequestLine)
         #expect(shape("BREW  http://o/  HTTP/1.1\r\n").isRequestLine, "llhttp takes several spaces")
-        #expect(shape("GET http://o/ HTTP/1.1\n") == .init(length: 22, endsInBareLF: true, isRequestLine: true))
+        #expect(shape("GET http://o/ HTTP/1.1\n") == .init(length: 22, methodLength: 3, endsInBareLF: true, isRequestLine: true))
         for garbage in ["GARBAGE\r\n", "GET\r\n", " GET http://o/ HTTP/1.1\r\n", "G(T http://o/ HTTP/1.1\r\n",
                         "GET http://o/ FTP/1.1\r\n", "GET http://o/ HTTP/1.1 x\r\n", "GET http://o/\r\n", "\r\n"] {
             #expect(!shape(garbage).isRequestLine, "\(garbage)")
         }
-        #expect(shape("GET http://o/ HTTP/1.1") == .init(length: 22), "no line end in the first read: only its length so far")
+        #expect(shape("GET http://o/ HTTP/1.1") == .init(length: 22, methodLength: 3), "no line end in the first read: only its length and method so far")
     }
 }
