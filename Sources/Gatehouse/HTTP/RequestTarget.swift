@@ -42,8 +42,9 @@ public enum RequestTarget: Sendable, Equatable {
     /// (`//bob:pw@host/x`, `http:///bob:pw@host/`, a password holding `/`, `?` or `#`) carries
     /// its userinfo where that would not find it. An `@` in a path or query costs the part
     /// before it; the log line of a refused request loses nothing that matters.
-    public static func redactedForLog(_ text: Substring) -> String {
-        guard let at = text.lastIndex(of: "@") else { return String(text) }
+    public static func redactedForLog(_ text: String) -> String {
+        // Runs for every request: without an "@" (nearly all), the string itself, uncopied.
+        guard text.utf8.contains(UInt8(ascii: "@")), let at = text.lastIndex(of: "@") else { return text }
         var start = text.startIndex
         if let scheme = text.range(of: "://"), scheme.lowerBound < at { start = scheme.upperBound }
         while start < at && text[start] == "/" { start = text.index(after: start) }

@@ -23,7 +23,7 @@ extension ProxyConnectionHandler {
         // as if it were a web server learns what it is talking to.
         let fields = RequestFields(head.headers)
         // Replaced by the parsed target's own description once it parses.
-        let exchange = Exchange(head: head, target: RequestTarget.redactedForLog(Substring(head.uri)), fields: fields)
+        let exchange = Exchange(head: head, target: RequestTarget.redactedForLog(head.uri), fields: fields)
         if !fields.transferEncodings.isEmpty {
             // A chunked upload may end in trailers: the same Connection options apply to them.
             exchange.requestConnectionOptions = head.headers.connectionOptionNames()

@@ -122,7 +122,7 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     /// A request target as logged for an unparsed request: redacted (see
     /// `RequestTarget.redactedForLog`) and at most 64 characters.
     static func loggableTarget(_ target: Substring) -> String {
-        let clean = RequestTarget.redactedForLog(target)
+        let clean = RequestTarget.redactedForLog(String(target))
         return clean.count > 64 ? String(clean.prefix(64)) + "…" : clean
     }
 
