@@ -103,6 +103,15 @@ extension ProxyConnectionHandler {
     /// connection stays while bytes are queued and the client acknowledged more since the last
     /// look (``PeerProgress``); one that took nothing for a whole idle timeout is closed.
     func clientStillReading(context: ChannelHandlerContext) -> Bool {
+        // The kernel's send buffer counts too, not only NIO's queue: closing while it still
+        // holds unsent or unacknowledged bytes leaves them to an orphaned socket, which the
+        // kernel resets after a few unanswered zero-window probes. A slow reader lost the tail
+        // of its response that way (UpstreamFailureTests.slowReaderTail).
+        if let queue = PeerProgress.sendQueue(of: context.channel) {
+            let decision = PeerProgress.idleDecision(queued: queue.draining ? 1 : 0, acked: queue.acked, previous: self.idleAcked)
+            self.idleAcked = decision.sample
+            return decision.keepOpen
+        }
         let queued = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
         let acked = queued > 0 ? PeerProgress.bytesAcknowledged(by: context.channel) : nil
         let decision = PeerProgress.idleDecision(queued: queued, acked: acked, previous: self.idleAcked)
