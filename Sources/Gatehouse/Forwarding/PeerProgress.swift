@@ -82,12 +82,12 @@ enum PeerProgress {
         #endif
     }
 
-    /// What the client connection's idle timer does when it fires with `queued` response bytes
-    /// still in the channel: stay open one more idle period while the client acknowledged more
-    /// since the last look (`previous`; nil: no look yet), else close. Nothing queued, or no
-    /// way to see progress, is plain idleness: close (the kernel still delivers what it holds).
-    static func idleDecision(queued: Int, acked: UInt64?, previous: UInt64?) -> (keepOpen: Bool, sample: UInt64?) {
-        guard queued > 0, let acked else { return (false, nil) }
+    /// What the client connection's idle timer does when it fires while part of a response is
+    /// still `draining` (queued in NIO, or in the kernel's send buffer): stay open one more idle
+    /// period while the client acknowledged more since the last look (`previous`; nil: no look
+    /// yet), else close. Nothing draining, or no way to see progress, is plain idleness: close.
+    static func idleDecision(draining: Bool, acked: UInt64?, previous: UInt64?) -> (keepOpen: Bool, sample: UInt64?) {
+        guard draining, let acked else { return (false, nil) }
         return (previous.map { $0 != acked } ?? true, acked)
     }
 

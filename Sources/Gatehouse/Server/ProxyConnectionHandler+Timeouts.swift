@@ -99,22 +99,17 @@ extension ProxyConnectionHandler {
     /// Whether the tail of a response is still queued for a client that is taking it.
     ///
     /// The idle timeout starts once a response is handed to the channel, but a slow reader may
-    /// not have taken all of it yet: closing then would drop the bytes NIO still holds. So the
-    /// connection stays while bytes are queued and the client acknowledged more since the last
-    /// look (``PeerProgress``); one that took nothing for a whole idle timeout is closed.
+    /// not have taken all of it yet. So the connection stays while some of the response is
+    /// still on its way and the client acknowledged more since the last look (``PeerProgress``);
+    /// one that took nothing for a whole idle timeout is closed.
+    ///
+    /// "On its way" counts the kernel's send buffer (unsent and unacknowledged bytes), not only
+    /// NIO's queue: closing while the kernel still holds part of the response leaves it to an
+    /// orphaned socket, which the kernel resets after a few unanswered zero-window probes. A
+    /// slow reader lost the tail of its response that way (`UpstreamFailureTests.slowReaderTail`).
     func clientStillReading(context: ChannelHandlerContext) -> Bool {
-        // The kernel's send buffer counts too, not only NIO's queue: closing while it still
-        // holds unsent or unacknowledged bytes leaves them to an orphaned socket, which the
-        // kernel resets after a few unanswered zero-window probes. A slow reader lost the tail
-        // of its response that way (UpstreamFailureTests.slowReaderTail).
-        if let queue = PeerProgress.sendQueue(of: context.channel) {
-            let decision = PeerProgress.idleDecision(queued: queue.draining ? 1 : 0, acked: queue.acked, previous: self.idleAcked)
-            self.idleAcked = decision.sample
-            return decision.keepOpen
-        }
-        let queued = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
-        let acked = queued > 0 ? PeerProgress.bytesAcknowledged(by: context.channel) : nil
-        let decision = PeerProgress.idleDecision(queued: queued, acked: acked, previous: self.idleAcked)
+        let queue = PeerProgress.sendQueue(of: context.channel)
+        let decision = PeerProgress.idleDecision(draining: queue?.draining ?? false, acked: queue?.acked, previous: self.idleAcked)
         self.idleAcked = decision.sample
         return decision.keepOpen
     }

@@ -190,26 +190,27 @@ struct UpstreamFailureTests {
             // kernel and in the proxy's channel.
             try await read(every: .milliseconds(1), for: .seconds(20)) { client.byteCount < 16 * 1024 * 1024 }
             try await read(every: .milliseconds(20), for: .seconds(20)) { proxy.records.isEmpty }
-            // KNOWN ISSUE, open (see the README's status): in some runs (about 1 in 3 in
-            // isolation on 2026-11-30, rarer in the full suite) the tail of the body is lost —
-            // the connection is reset after the exchange was logged while the client still
-            // reads — or, rarer, the connection ends before any byte with nothing logged.
-            // Marked intermittent so that it is reported without failing the suite; the
-            // scenario still runs, and a crash or hang still fails it.
-            withKnownIssue("a slow reader may lose the response's tail after the idle timeout", isIntermittent: true) {
-                #expect(proxy.records.map(\.reason) == [.forwarded],
-                        "received \(client.byteCount) bytes, closed: \(client.isClosed)")
+            // KNOWN ISSUE, open (see the README's status): rarely the connection ends before a
+            // single byte arrives, with nothing logged; the cause is not found. That case alone
+            // is recorded as a known issue. Everything else is checked strictly, including the
+            // tail that a slow reader used to lose at the idle timeout.
+            if client.byteCount == 0 && client.isClosed && proxy.records.isEmpty {
+                withKnownIssue("the connection ended before any byte, nothing logged (unexplained)") {
+                    Issue.record("empty close")
+                }
+                await client.close()
+                return
             }
+            #expect(proxy.records.map(\.reason) == [.forwarded], "received \(client.byteCount) bytes, closed: \(client.isClosed)")
             // Slowly on (64 KiB per 400 ms), for twice the idle timeout. Closing the connection
-            // as idle while the channel still holds part of the body would drop those bytes
-            // (the kernel takes more only once half its send buffer drained). How much the
-            // channel still holds by then varies with the kernel's buffer sizes, so this catches
-            // that loss in some runs only; ``PeerProgressTests`` pin the rule itself.
+            // as idle while NIO's channel or the kernel's send buffer still holds part of the
+            // body would lose it (the kernel resets an orphaned socket whose peer's window stays
+            // closed). How much is still held by then varies with the kernel's buffer sizes, so
+            // this catches that loss in some runs only (about 1 in 3 before the kernel's buffer
+            // was counted); ``PeerProgressTests`` pin the rule itself.
             try await read(every: .milliseconds(400), for: .seconds(3)) { true }
             try await read(every: .milliseconds(1), for: .seconds(20)) { (client.bodyByteCount ?? 0) < size }
-            withKnownIssue("a slow reader may lose the response's tail after the idle timeout", isIntermittent: true) {
-                #expect(client.bodyByteCount == size)
-            }
+            #expect(client.bodyByteCount == size)
             await client.close()
         }
     }

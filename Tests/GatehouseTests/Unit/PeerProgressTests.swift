@@ -8,16 +8,16 @@ import Testing
 struct PeerProgressTests {
     @Test("the idle timer closes an idle connection, and keeps one whose client is still taking a queued response")
     func idleDecision() {
-        // Nothing queued: idle, whatever the counts say.
-        #expect(PeerProgress.idleDecision(queued: 0, acked: 10, previous: 5) == (false, nil))
+        // Nothing on its way (in NIO or the kernel): idle, whatever the counts say.
+        #expect(PeerProgress.idleDecision(draining: false, acked: 10, previous: 5) == (false, nil))
         // Queued, first look: one more period, remembering where the client stood.
-        #expect(PeerProgress.idleDecision(queued: 100, acked: 10, previous: nil) == (true, 10))
+        #expect(PeerProgress.idleDecision(draining: true, acked: 10, previous: nil) == (true, 10))
         // Queued, and the client took more since: one more period.
-        #expect(PeerProgress.idleDecision(queued: 100, acked: 20, previous: 10) == (true, 20))
+        #expect(PeerProgress.idleDecision(draining: true, acked: 20, previous: 10) == (true, 20))
         // Queued, and the client took nothing for a whole period: close.
-        #expect(PeerProgress.idleDecision(queued: 100, acked: 20, previous: 20) == (false, 20))
+        #expect(PeerProgress.idleDecision(draining: true, acked: 20, previous: 20) == (false, 20))
         // No TCP_INFO: no way to see progress, so idleness as before.
-        #expect(PeerProgress.idleDecision(queued: 100, acked: nil, previous: 20) == (false, nil))
+        #expect(PeerProgress.idleDecision(draining: true, acked: nil, previous: 20) == (false, nil))
     }
 
     @Test("tcpi_bytes_acked is read at the right offset: it equals the bytes the peer took (plus the SYN)")
