@@ -215,9 +215,8 @@ extension ProxyConnectionHandler {
         let reason: ReasonCode
         switch error {
         case .headerOverflow:
-            // llhttp counts the request line against the header-size limit, so a target longer
-            // than that limit trips it before the target's own limit is checked (RFC 9110
-            // §15.5.15: such a target is 414).
+            // llhttp counts the request line against the header-size limit, so a long target
+            // trips it before the target's own limit is checked (RFC 9110 §15.5.15: 414). So
             // 414 when the overflow came inside the request line (it has not ended, or is
             // longer than the limit by itself), or after a target over its own limit.
             let line = self.observer.firstLine
@@ -267,7 +266,7 @@ extension ProxyConnectionHandler {
 
     func sendRawAndClose(status: String, reason: ReasonCode, context: ChannelHandlerContext) {
         let message = reason.message + "\n"
-        var text = "HTTP/1.1 \(status)\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        var text = "HTTP/1.1 \(status)\r\nContent-Type: \(OwnResponse.plainText)\r\n"
         if let retry = reason.defaultRetryAfter { text += "Retry-After: \(retry)\r\n" }
         text += "Content-Length: \(message.utf8.count)\r\nConnection: close\r\n\r\n" + message
         var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)

@@ -91,24 +91,21 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
     func forgetFirstLine() {
         self.firstLine = FirstLine()
         self.lineStillOpen = false
-        self.headPending = false
-        self.pendingLine = nil
+        self.unparsedStart = nil
     }
 
-    /// The current request's head has not parsed yet (cleared by ``forgetFirstLine()``).
-    private var headPending = false
-    /// The start of the first line of a head that did not parse in its first read.
-    private var pendingLine: String?
-    /// The first read of the current request, while it passes through the decoder.
-    private var firstRead: ByteBuffer?
+    /// The start of the current request while its head has not parsed (cleared by
+    /// ``forgetFirstLine()``): the first read itself while the decoder works on it (for an
+    /// error in that read, a 501), then a copy of at most `keptLineBytes` of it.
+    private var unparsedStart: ByteBuffer?
     static let keptLineBytes = 256
 
     /// The method and target of a request whose head never parsed (a 408, a 431), for its
     /// log line, from the start of its first line; nil when that was not a request line.
     var unparsedRequestLine: (method: String, target: String)? {
-        guard let line = self.pendingLine ?? self.firstRead.flatMap({
-            $0.getString(at: $0.readerIndex, length: min(self.firstLine.length, Self.keptLineBytes))
-        }) else { return nil }
+        guard let start = self.unparsedStart,
+            let line = start.getString(at: start.readerIndex, length: min(self.firstLine.length, Self.keptLineBytes, start.readableBytes))
+        else { return nil }
         let parts = line.split(separator: " ", omittingEmptySubsequences: true)
         guard let method = parts.first, method.utf8.allSatisfy(Self.isTokenByte) else { return nil }
         // The target only from a whole line that was kept entire and has a request line's
@@ -151,15 +148,14 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
             self.firstLine = Self.firstLine(of: buffer)
             self.lineStillOpen = self.firstLine.length == buffer.readableBytes
             self.connection?.requestBytesStarted()
-            self.headPending = true
-            // Held while the decoder works on it, for an error it reports at once (a 501).
-            self.firstRead = buffer
+            self.unparsedStart = buffer
             context.fireChannelRead(data)
-            self.firstRead = nil
-            if self.headPending {
+            if let start = self.unparsedStart {
                 // The head did not parse in this read (a slow or oversized one, which may end
-                // in a 408 or 431): keep the start of its first line for that log line.
-                self.pendingLine = buffer.getString(at: buffer.readerIndex, length: min(self.firstLine.length, Self.keptLineBytes))
+                // in a 408 or 431): keep the start of its first line for that log line, copied,
+                // so that NIO can reuse its receive buffer.
+                let kept = min(self.firstLine.length, Self.keptLineBytes, start.readableBytes)
+                self.unparsedStart = ByteBuffer(bytes: start.readableBytesView.prefix(kept))
             }
             return
         } else if self.lineStillOpen {

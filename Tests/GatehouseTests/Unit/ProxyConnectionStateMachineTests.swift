@@ -23,6 +23,27 @@ struct ProxyConnectionStateMachineTests {
         #expect(machine.isIdle)
     }
 
+    @Test("requestComplete (does an answer that closes need to close in stages?) and isAuthenticated (does --max-body apply?) follow the exchange")
+    func requestCompleteAndAuthenticated() {
+        var machine = ProxyConnectionStateMachine()
+        #expect(machine.requestComplete && !machine.isAuthenticated, "between exchanges")
+        _ = machine.requestHeadReceived()
+        #expect(!machine.requestComplete && !machine.isAuthenticated, "an upload arriving, credentials unchecked: no body limit yet")
+        machine.authenticated()
+        #expect(!machine.requestComplete && machine.isAuthenticated)
+        _ = machine.upstreamConnected()
+        #expect(!machine.requestComplete && machine.isAuthenticated, "forwarding the upload")
+        // The origin answers early and the upload goes on: still arriving, limit no longer relevant.
+        machine.responseHeadForwarded()
+        _ = machine.responseEnded(keepAlive: true)
+        #expect(!machine.requestComplete && !machine.isAuthenticated, "drained after the answer")
+        _ = machine.requestEndReceived()
+        #expect(machine.requestComplete && machine.isIdle)
+        _ = machine.requestHeadReceived()
+        _ = machine.requestEndReceived()
+        #expect(machine.requestComplete, "a whole request awaiting its credentials")
+    }
+
     @Test("a second head while an exchange is in flight is refused")
     func noOverlappingExchanges() {
         var machine = ProxyConnectionStateMachine()
