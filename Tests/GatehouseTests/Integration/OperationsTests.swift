@@ -276,8 +276,9 @@ struct OperationsTests {
         #expect(try Self.listenBacklog(port: proxy.port) == 16)
     }
 
-    /// How many sockets process `pid` listens with on `port`, from `ss -p`.
-    static func listeners(port: Int, pid: Int32) throws -> Int {
+    /// The TCP sockets listening on `port`, one line each, as `ss -Hltnp` prints them
+    /// (`LISTEN Recv-Q Send-Q local peer users:((…,pid=N,…))`).
+    static func listeningSockets(port: Int) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["ss", "-Hltnp", "sport = :\(port)"]
@@ -286,21 +287,17 @@ struct OperationsTests {
         try process.run()
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        return text.components(separatedBy: "pid=\(pid),").count - 1
+        return text
     }
 
-    /// The backlog of the socket listening on 127.0.0.1:`port`, from `ss`.
+    /// How many sockets process `pid` listens with on `port`.
+    static func listeners(port: Int, pid: Int32) throws -> Int {
+        try Self.listeningSockets(port: port).components(separatedBy: "pid=\(pid),").count - 1
+    }
+
+    /// The backlog of the socket listening on `port` (a listener's Send-Q).
     static func listenBacklog(port: Int) throws -> Int? {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["ss", "-Hltn", "sport = :\(port)"]
-        let out = Pipe()
-        process.standardOutput = out
-        try process.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        // State Recv-Q Send-Q Local Peer
-        let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        let fields = try Self.listeningSockets(port: port).split(whereSeparator: { $0 == " " || $0 == "\n" })
         return fields.count >= 3 ? Int(fields[2]) : nil
     }
 

@@ -1,4 +1,5 @@
 @testable import Gatehouse
+import NIOCore
 import Testing
 
 @Suite("Request targets and authorities")
@@ -98,4 +99,12 @@ struct RequestTargetTests {
     func connectRejected(uri: String) {
         #expect(throws: RequestTarget.ParseError.invalid) { try RequestTarget.parseConnect(uri).get() }
     }
+
+    @Test("a listener is described as --print-address and systemd's status line give it: ip:port, [v6]:port, unix:PATH")
+    func listenerDescriptions() throws {
+        #expect(try SocketAddress(ipAddress: "127.0.0.1", port: 3128).listenerDescription == "127.0.0.1:3128")
+        #expect(try SocketAddress(ipAddress: "::1", port: 3128).listenerDescription == "[::1]:3128")
+        #expect(try SocketAddress(unixDomainSocketPath: "/run/gatehouse.sock").listenerDescription == "unix:/run/gatehouse.sock")
+    }
+
 }
