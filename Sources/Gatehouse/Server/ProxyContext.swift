@@ -119,6 +119,9 @@ final class ConnectionRegistry: Sendable {
 
     var count: Int { self.state.withLockedValue { $0.channels.count } }
 
+    /// The open client connections' channels.
+    var channels: [Channel] { self.state.withLockedValue { Array($0.channels.values) } }
+
     /// Whether ``closeAll()`` has begun: connections closing now were closed by the proxy.
     var isClosingAll: Bool { self.state.withLockedValue { $0.closingAll } }
 
