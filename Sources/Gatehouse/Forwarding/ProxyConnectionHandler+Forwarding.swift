@@ -37,7 +37,9 @@ extension ProxyConnectionHandler {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let isHead = head.method == .HEAD
         let started = NIODeadline.now()
+        let resolver = self.shared.resolver(on: context.eventLoop, configuration: configuration)
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: configuration, halfClosure: false)
+            .resolver(resolver)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
@@ -60,7 +62,7 @@ extension ProxyConnectionHandler {
                 self.upstreamConnected(channel, head: upstreamHead, context: context)
             case .failure(let error):
                 self.logger.debug("upstream connect failed", metadata: ["error": "\(error)", "target": "\(uri.authority)"])
-                self.upstreamConnectFailed(reason: UpstreamConnector.reason(for: error), context: context)
+                self.upstreamConnectFailed(reason: resolver.refusal(explaining: error) ?? UpstreamConnector.reason(for: error), context: context)
             }
         }
     }

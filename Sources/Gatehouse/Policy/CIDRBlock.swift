@@ -31,6 +31,27 @@ public struct CIDRBlock: Sendable, Hashable, CustomStringConvertible {
         return Self.masked(bytes, self.prefixLength) == self.network
     }
 
+    /// A block from its bytes (4 or 16) and prefix length, for the constants below.
+    init(network: [UInt8], prefixLength: Int) {
+        self.network = Self.masked(network, prefixLength)
+        self.prefixLength = prefixLength
+    }
+
+    /// 127.0.0.0/8 and ::1: the local host.
+    static let loopback = [
+        CIDRBlock(network: [127, 0, 0, 0], prefixLength: 8), CIDRBlock(network: Array(repeating: 0, count: 15) + [1], prefixLength: 128),
+    ]
+    /// 0.0.0.0 and ::, which a connect sends to the local host as well.
+    static let unspecified = [
+        CIDRBlock(network: [0, 0, 0, 0], prefixLength: 32), CIDRBlock(network: Array(repeating: 0, count: 16), prefixLength: 128),
+    ]
+
+    /// Whether a connection to `address` reaches this host's loopback interface: a loopback
+    /// address, or the unspecified address (Linux connects `0.0.0.0` and `::` to the local host).
+    static func isLocalHost(_ address: SocketAddress) -> Bool {
+        Self.loopback.contains { $0.contains(address) } || Self.unspecified.contains { $0.contains(address) }
+    }
+
     static func masked(_ bytes: [UInt8], _ prefix: Int) -> [UInt8] {
         bytes.enumerated().map { index, byte in
             let bits = max(0, min(8, prefix - index * 8))
@@ -74,7 +95,15 @@ public struct DestinationPolicy: Sendable, Equatable {
         self.deny = deny
     }
 
+    /// Whether the proxy may connect to `address`. The unspecified address (`0.0.0.0`, `::`)
+    /// is checked as the loopback address it connects to, so `--deny-destination 127.0.0.0/8`
+    /// also stops `http://0.0.0.0:PORT/`.
     public func permits(_ address: SocketAddress) -> Bool {
+        if CIDRBlock.unspecified.contains(where: { $0.contains(address) }) {
+            let loopback = address.protocol == .inet6 && CIDRBlock.unspecified[1].contains(address) ? "::1" : "127.0.0.1"
+            guard let local = try? SocketAddress(ipAddress: loopback, port: address.port ?? 0) else { return false }
+            return self.permits(local)
+        }
         if self.deny.contains(where: { $0.contains(address) }) { return false }
         if !self.allow.isEmpty && !self.allow.contains(where: { $0.contains(address) }) { return false }
         return true

@@ -63,15 +63,34 @@ final class ProxyContext: Sendable {
 
     /// Why a connection to `remote` (made from `local`) must not be used, if it must not:
     /// the destination policy, or a loop back into one of this proxy's own listeners.
+    ///
+    /// Checked on every resolved address before connecting (`local` is nil then; see
+    /// ``PolicyResolver``) and again on the connected socket. A wildcard listener (`0.0.0.0`,
+    /// `::`) is reached through any loopback address (`127.9.9.9` too), the unspecified
+    /// address, and any of the host's own addresses, which only the connected socket's local
+    /// address reveals.
     func refusal(remote: SocketAddress?, local: SocketAddress?, configuration: ProxyConfiguration) -> ReasonCode? {
         guard let remote else { return nil }
         for listener in self.listeners.withLockedValue({ $0 }) where listener.port == remote.port {
             let listenerIP = listener.ipAddress ?? ""
-            if listenerIP == remote.ipAddress || ((listenerIP == "0.0.0.0" || listenerIP == "::") && remote.ipAddress == local?.ipAddress) {
+            if listenerIP == remote.ipAddress { return .loopDetected }
+            if listenerIP == "0.0.0.0" || listenerIP == "::" {
+                if CIDRBlock.isLocalHost(remote) || (local != nil && remote.ipAddress == local?.ipAddress) { return .loopDetected }
+            } else if listener.protocol == remote.protocol, CIDRBlock.unspecified.contains(where: { $0.contains(remote) }),
+                CIDRBlock.isLocalHost(listener)
+            {
+                // 0.0.0.0:PORT connects to the loopback listener on PORT.
                 return .loopDetected
             }
         }
         return configuration.destinations.permits(remote) ? nil : .destinationDenied
+    }
+
+    /// A resolver for a new origin connection that leaves out what ``refusal(remote:local:configuration:)`` refuses.
+    func resolver(on loop: EventLoop, configuration: ProxyConfiguration) -> PolicyResolver {
+        PolicyResolver(loop: loop) { address in
+            self.refusal(remote: address, local: nil, configuration: configuration)
+        }
     }
 
     /// Every response goes through here: one access-log line, and the metrics.

@@ -17,7 +17,9 @@ extension ProxyConnectionHandler {
 
     private func connectTunnel(to authority: Authority, context: ChannelHandlerContext) {
         let started = NIODeadline.now()
+        let resolver = self.shared.resolver(on: context.eventLoop, configuration: self.configuration)
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: self.configuration, halfClosure: true)
+            .resolver(resolver)
             .channelOption(.autoRead, value: false)
             .connect(host: authority.host, port: authority.port ?? 443)
         connect.assumeIsolated().whenComplete { result in
@@ -42,7 +44,7 @@ extension ProxyConnectionHandler {
             case .failure(let error):
                 self.logger.debug("tunnel connect failed", metadata: ["error": "\(error)", "target": "\(authority)"])
                 guard self.context != nil, case .connecting = self.machine.state else { return }
-                self.answer(UpstreamConnector.reason(for: error), context: context)
+                self.answer(resolver.refusal(explaining: error) ?? UpstreamConnector.reason(for: error), context: context)
             }
         }
     }

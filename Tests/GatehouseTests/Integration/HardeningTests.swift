@@ -253,13 +253,44 @@ struct HardeningTests {
             let tunnel = try await Curl.run(["-w", "%{http_connect}", "-o", "/dev/null", "-p", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
             #expect(tunnel.body == "403")
             #expect(proxy.records.map(\.reason) == [.destinationDenied, .destinationDenied, .destinationDenied])
+            // Refused before connecting: the origin never saw a connection, so an open port
+            // cannot be told from a closed one.
+            #expect(origin.connections == 0)
+            // A closed port and the unspecified address (which connects to the local host) get
+            // the same 403.
+            for target in ["http://127.0.0.1:1/", "http://0.0.0.0:\(origin.port)/hello"] {
+                let result = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-x", proxy.authenticatedURL, target])
+                #expect(result.body == "403", "\(target)")
+            }
+            #expect(origin.connections == 0)
         }
         try await withProxyAndOrigin(configure: {
             $0.destinations = DestinationPolicy(allow: [try! CIDRBlock(parsing: "10.0.0.0/8")])
+            $0.connectTimeout = .seconds(10)
         }) { proxy, origin in
             let result = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
             #expect(result.body == "403", "outside the allow list")
+            #expect(origin.connections == 0)
+            // A TEST-NET address that would only time out: 403 at once, not 504 after 10 s.
+            let unroutable = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://192.0.2.1/"])
+            #expect(unroutable.body == "403")
+            #expect(proxy.records.map(\.reason) == [.destinationDenied, .destinationDenied])
         }
+    }
+
+    @Test("a wildcard listener detects loops through any loopback address and the unspecified address")
+    func wildcardLoops() async throws {
+        let proxy = try GatehouseProcess(["--listen", "0.0.0.0:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "1-65535"])
+        defer { Task { await proxy.stop() } }
+        let port = proxy.port
+        #expect(port > 0)
+        let url = "http://u:p@127.0.0.1:\(port)"
+        for target in ["http://127.9.9.9:\(port)/", "http://0.0.0.0:\(port)/", "http://127.0.0.1:\(port)/"] {
+            let result = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-x", url, target])
+            #expect(result.body == "508", "\(target)")
+        }
+        let tunnel = try await Curl.run(["-w", "%{http_connect}", "-o", "/dev/null", "-p", "-x", url, "http://127.0.0.5:\(port)/"])
+        #expect(tunnel.body == "508")
     }
 
     @Test("requests that would loop back through the proxy get 508")
