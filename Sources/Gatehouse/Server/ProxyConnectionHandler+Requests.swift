@@ -10,9 +10,10 @@ extension ProxyConnectionHandler {
         self.clearTimer()
         self.observer.awaitingRequest = false
         self.observer.forgetFirstLine()
-        guard self.machine.requestHeadReceived() else {
-            context.close(promise: nil)
-            return
+        switch self.machine.requestHeadReceived() {
+        case .start: break
+        case .ignore: return
+        case .close: return context.close(promise: nil)
         }
         self.bufferedBody.removeAll(keepingCapacity: true)
         self.bufferedEnd = false

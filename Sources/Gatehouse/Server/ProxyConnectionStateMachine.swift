@@ -95,10 +95,31 @@ struct ProxyConnectionStateMachine {
         }
     }
 
-    mutating func requestHeadReceived() -> Bool {
-        guard case .idle = self.state else { return false }
-        self.state = .authenticating(requestComplete: false)
-        return true
+    enum HeadAction: Equatable {
+        /// A new exchange begins.
+        case start
+        /// The connection is closing after a response still being written: the request is
+        /// left unanswered (the client sees the close and retries it elsewhere).
+        case ignore
+        /// A head in the middle of an exchange: the pipelining handler should make that
+        /// impossible, so the connection is closed.
+        case close
+    }
+
+    /// A request head. `HTTPServerPipelineHandler` delivers a pipelined request as soon as the
+    /// previous response's end is written, which may be before that response has left: the
+    /// head of a request that will not be answered, because the connection closes after
+    /// that response, must not close the connection early and lose the response.
+    mutating func requestHeadReceived() -> HeadAction {
+        switch self.state {
+        case .idle:
+            self.state = .authenticating(requestComplete: false)
+            return .start
+        case .closed:
+            return .ignore
+        case .authenticating, .connecting, .forwarding, .answered, .tunnelling:
+            return .close
+        }
     }
 
     mutating func requestBodyReceived() -> Action {

@@ -189,6 +189,30 @@ struct ForwardingTests {
         }
     }
 
+    @Test("an HTTP/1.0 keep-alive client that pipelines gets all of a close-delimited response before the close")
+    func http10PipelinedCloseDelimited() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            // The chunked answer must go to this client close-delimited, so the connection
+            // ends after it and the second request stays unanswered. The second request's head
+            // arrived while the first response was being written; it used to close the
+            // connection at once and the whole response was lost (the log said `forwarded`).
+            for _ in 0..<5 {
+                let client = try await RawClient.connect(port: proxy.port)
+                let request = "GET http://127.0.0.1:\(origin.port)/chunked HTTP/1.0\r\nConnection: keep-alive\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+                let next = "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.0\r\nConnection: keep-alive\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+                try await client.send(request + next)
+                #expect(await client.waitForClose())
+                let text = client.text
+                #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(text)")
+                #expect(text.hasSuffix("\r\n\r\npart-1\npart-2\n"), "\(text)")
+                #expect(text.lowercased().contains("connection: close\r\n"))
+                #expect(statusCodes(in: text) == [200])
+            }
+            let records = await proxy.waitForRecords(count: 5)
+            #expect(records.map(\.reason) == Array(repeating: .forwarded, count: 5))
+        }
+    }
+
     @Test("origin-form requests get a 400 that says this is a proxy, and https absolute-form gets 501")
     func notProxyRequests() async throws {
         try await withProxyAndOrigin { proxy, _ in

@@ -7,7 +7,7 @@ struct ProxyConnectionStateMachineTests {
     func forwardedExchange() {
         var machine = ProxyConnectionStateMachine()
         let started = machine.requestHeadReceived()
-        #expect(started)
+        #expect(started == .start)
         #expect(!machine.clientReadsAllowed, "no reads while the credentials are checked")
         do { let result = machine.requestBodyReceived(); #expect(result == .bufferBody) }
         machine.authenticated()
@@ -48,9 +48,23 @@ struct ProxyConnectionStateMachineTests {
     func noOverlappingExchanges() {
         var machine = ProxyConnectionStateMachine()
         let started = machine.requestHeadReceived()
-        #expect(started)
+        #expect(started == .start)
         let again = machine.requestHeadReceived()
-        #expect(!again)
+        #expect(again == .close)
+    }
+
+    @Test("a pipelined head that arrives while the connection closes after a response is ignored, not a reason to close at once")
+    func headWhileClosingIsIgnored() {
+        var machine = ProxyConnectionStateMachine()
+        _ = machine.requestHeadReceived()
+        machine.authenticated()
+        _ = machine.upstreamConnected()
+        _ = machine.requestEndReceived()
+        machine.responseHeadForwarded()
+        do { let result = machine.responseEnded(keepAlive: false); #expect(result == .close) }
+        do { let result = machine.requestHeadReceived(); #expect(result == .ignore) }
+        do { let result = machine.requestEndReceived(); #expect(result == .none) }
+        #expect(machine.state == .closed)
     }
 
     @Test("an error answered before the upload ends drains the body, then returns to idle")
