@@ -13,6 +13,8 @@ enum FieldKind: Equatable {
     case connection
     case proxyConnection
     case proxyAuthorization
+    /// Hop-by-hop, and noted: NIO's parser stops after a request that asks to upgrade.
+    case upgrade
     case host
     case contentLength
     case transferEncoding
@@ -38,7 +40,7 @@ enum FieldKind: Equatable {
         case 6: return name.equalsLowercased("expect") ? .expect : .other
         // `Trailer` is end-to-end: it announces the trailer fields (RFC 9110 §6.6.2), and is not
         // in §7.6.1's list of fields to remove (RFC 2616 listed a `Trailers` there by mistake).
-        case 7: return name.equalsLowercased("upgrade") ? .hopByHop : .other
+        case 7: return name.equalsLowercased("upgrade") ? .upgrade : .other
         case 10:
             if name.equalsLowercased("connection") { return .connection }
             return name.equalsLowercased("keep-alive") ? .hopByHop : .other
@@ -57,7 +59,7 @@ enum FieldKind: Equatable {
     /// Not forwarded by an intermediary, whatever `Connection` says.
     var isHopByHop: Bool {
         switch self {
-        case .hopByHop, .connection, .proxyConnection, .proxyAuthorization: return true
+        case .hopByHop, .connection, .proxyConnection, .proxyAuthorization, .upgrade: return true
         default: return false
         }
     }
@@ -181,6 +183,8 @@ struct RequestFields {
     var proxyAuthorization: [String] = []
     var proxyConnectionKeepAlive = false
     var expectsContinue = false
+    /// The request asks to switch protocols (`Upgrade`, RFC 9110 §7.8).
+    var upgrade = false
     /// The `Max-Forwards` values, if any.
     var maxForwards: [String] = []
     /// A value held bytes that are not UTF-8 (see `String.containsReplacementCharacter`).
@@ -201,6 +205,8 @@ struct RequestFields {
                 if value.lowercased() == "100-continue" { self.expectsContinue = true }
             case .maxForwards:
                 self.maxForwards.append(value)
+            case .upgrade:
+                self.upgrade = true
             default: break
             }
         }

@@ -39,8 +39,13 @@ final class Exchange {
         self.method = head.method.rawValue
         self.target = target
         self.version = head.version
-        self.clientKeepAlive = head.isKeepAlive
-            || (head.version == .http1_0 && fields.proxyConnectionKeepAlive)
+        // A request that asks to upgrade (`Connection: Upgrade` and `Upgrade`, as curl's
+        // `--http2` sends for h2c) is answered in HTTP/1.1, which RFC 9110 §7.8 allows, and the
+        // connection closes after the answer: NIO's parser stops parsing after such a request,
+        // so a next request on the connection would never be read (it waited for the header
+        // timeout and got 408).
+        self.clientKeepAlive =
+            (head.isKeepAlive || (head.version == .http1_0 && fields.proxyConnectionKeepAlive)) && !fields.upgrade
         self.expectsContinue = fields.expectsContinue
         self.started = .now()
         self.timestamp = wallClockSeconds()

@@ -189,6 +189,35 @@ struct ForwardingTests {
         }
     }
 
+    @Test("a request asking to upgrade is answered in HTTP/1.1 and the connection closes after it (curl --http2 works)")
+    func upgradeRequest() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            // NIO's parser stops after a request with `Connection: Upgrade` and `Upgrade`: a
+            // second request on the connection used to wait for the header timeout (408).
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "GET http://127.0.0.1:\(origin.port)/headers HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+                    + "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            #expect(await client.waitForClose(timeout: .seconds(5)))
+            let text = client.text
+            #expect(statusCodes(in: text) == [200], "\(text)")
+            #expect(text.lowercased().contains("connection: close\r\n"))
+            // The origin saw neither the upgrade request nor its settings.
+            #expect(!text.lowercased().contains("upgrade"), "\(text)")
+            #expect(!text.lowercased().contains("http2-settings"), "\(text)")
+            await client.close()
+            // curl asks for h2c on every plain-http request with --http2, and goes on with
+            // HTTP/1.1 on a new connection.
+            let clock = ContinuousClock()
+            let started = clock.now
+            let result = try await Curl.run([
+                "--http2", "-s", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello", "http://127.0.0.1:\(origin.port)/hello",
+            ])
+            #expect(result.body == "hello\nhello\n")
+            #expect(clock.now - started < .seconds(5))
+        }
+    }
+
     @Test("an HTTP/1.0 keep-alive client that pipelines gets all of a close-delimited response before the close")
     func http10PipelinedCloseDelimited() async throws {
         try await withProxyAndOrigin { proxy, origin in

@@ -36,9 +36,10 @@ struct HopByHopTests {
         #expect(FieldKind("PROXY-AUTHORIZATION") == .proxyAuthorization)
         #expect(FieldKind("Proxy-Connection") == .proxyConnection)
         #expect(FieldKind("Connection") == .connection)
-        for name in ["TE", "Keep-Alive", "Upgrade", "Proxy-Authenticate"] {
+        for name in ["TE", "Keep-Alive", "Proxy-Authenticate"] {
             #expect(FieldKind(name) == .hopByHop, "\(name)")
         }
+        #expect(FieldKind("UPGRADE") == .upgrade && FieldKind.upgrade.isHopByHop)
         // End-to-end: it announces the trailer fields (RFC 9110 §6.6.2).
         #expect(FieldKind("Trailer") == .other)
         // Same length as a known name, one byte off: `{` is `[` | 0x20, which a sloppy
