@@ -169,6 +169,10 @@ extension ProxyConnectionHandler {
             if exchange.version == .http1_1 {
                 var informational = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
                 informational.headers.removeHopByHopFields()
+                // A 1xx has no content: framing fields on one are invalid (RFC 9110 §8.6,
+                // RFC 9112 §6.1) and would confuse the client's parser.
+                informational.headers.remove(name: "content-length")
+                informational.headers.remove(name: "transfer-encoding")
                 // Every forwarded message carries Via (RFC 9110 §7.6.3), interim ones too.
                 informational.headers.add(name: "Via", value: Self.viaValue(head.version, pseudonym: self.configuration.viaPseudonym))
                 exchange.bytesOut += informational.wireSize

@@ -284,7 +284,10 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .body(let buffer):
             client.upstreamResponseBody(buffer)
         case .end(let trailers):
-            let reusable = self.responseKeepsAlive && self.requestSent
+            // `Connection` in a trailer section is not allowed (RFC 9110 §6.5.1), but NIO's
+            // parser honours a `close` there and would refuse the next response on this
+            // connection: a pooled connection's next user got 502.
+            let reusable = self.responseKeepsAlive && self.requestSent && !(trailers?.contains(name: "connection") ?? false)
             self.client = nil
             self.readsPaused = false
             client.upstreamResponseEnd(

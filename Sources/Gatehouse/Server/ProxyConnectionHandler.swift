@@ -180,6 +180,14 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
         case .end(let trailers):
             self.observer.requestComplete = true
+            // A trailer section may not carry `Connection` (RFC 9110 §6.5.1), but NIO's parser
+            // honours a `close` there and would refuse the next request as data after the
+            // end (it got 400): this connection carries no more requests.
+            let closesInTrailers = trailers?.contains(name: "connection") ?? false
+            if closesInTrailers {
+                self.exchange?.clientKeepAlive = false
+                self.closeAfterResponse = true
+            }
             let forwarded = trailers.flatMap {
                 $0.forwardableTrailers(connectionOptions: self.exchange?.requestConnectionOptions ?? [])
             }
@@ -192,6 +200,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 self.upstream?.send(.end(forwarded), flush: true)
                 self.upstream?.requestFinished()
             case .awaitNextRequest:
+                if closesInTrailers {
+                    self.machine.connectionClosed()
+                    return context.close(promise: nil)
+                }
                 if self.replaceDecoderOnRequestEnd {
                     self.replaceDecoderOnRequestEnd = false
                     self.replaceDecoderAfterConnect(context: context)

@@ -1,6 +1,7 @@
 import Foundation
 import Gatehouse
 import GatehouseTesting
+import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 
@@ -283,6 +284,41 @@ struct ForwardingTests {
             #expect(text.hasSuffix("2\r\nok\r\n0\r\nX-Sum: 42\r\n\r\n"), "\(text)")
             #expect(proxy.records.map(\.reason) == [.forwarded])
             await client.close()
+        }
+    }
+
+    @Test("Connection in a trailer section closes after the exchange, on either side, instead of breaking the next request")
+    func connectionInTrailers() async throws {
+        // The origin ends each chunked response with `Connection: close` in its trailers and
+        // keeps the connection open. NIO's parser takes the trailer at its word: a pooled
+        // connection's next response failed to parse and its request got 502.
+        let connections = NIOLockedValueBox(0)
+        let origin = try await RawOrigin.start(
+            .keepAliveClosingOn(method: "NONE", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nHELLO\r\n0\r\nConnection: close\r\n\r\n"),
+            onConnection: { connections.withLockedValue { $0 += 1 } })
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, testOrigin in
+            let client = try await RawClient.connect(port: proxy.port)
+            for (index, method) in ["GET", "DELETE"].enumerated() {
+                try await client.send("\(method) http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+                _ = await client.waitFor { statusCodes(in: $0).count == index + 1 && $0.hasSuffix("0\r\n\r\n") }
+            }
+            #expect(statusCodes(in: client.text) == [200, 200], "\(client.text)")
+            #expect(!client.text.contains("Connection: close"), "the trailer is not passed on")
+            #expect(connections.withLockedValue { $0 } == 2, "not pooled after such a response")
+            await client.close()
+
+            // A client's upload with `Connection: close` in its trailers: the answer closes
+            // the connection; the next request used to get 400 from the parser.
+            let uploader = try await RawClient.connect(port: proxy.port)
+            try await uploader.send(
+                "POST http://127.0.0.1:\(testOrigin.port)/upload HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + "3\r\nabc\r\n0\r\nConnection: close\r\n\r\n"
+                    + "GET http://127.0.0.1:\(testOrigin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            #expect(await uploader.waitForClose())
+            #expect(statusCodes(in: uploader.text) == [200], "\(uploader.text)")
+            #expect(uploader.text.contains("Connection: close\r\n"))
+            #expect(!proxy.records.contains { $0.status == 400 }, "\(proxy.records.map(\.reason))")
         }
     }
 }

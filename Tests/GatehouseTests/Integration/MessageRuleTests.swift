@@ -92,7 +92,8 @@ struct MessageRuleTests {
         let lowStatus = try await RawOrigin.start(.respondAndClose("HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok"))
         let highStatus = try await RawOrigin.start(.respondAndClose("HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok"))
         let interim = try await RawOrigin.start(.respondAndClose(
-            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+            // Framing fields on a 1xx are invalid (RFC 9110 §8.6, RFC 9112 §6.1) and are removed.
+            "HTTP/1.1 103 Early Hints\r\nContent-Length: 20\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
         defer { Task { await latin1.stop(); await lowStatus.stop(); await highStatus.stop(); await interim.stop() } }
         try await withProxyAndOrigin { proxy, _ in
             for origin in [latin1, lowStatus, highStatus] {
