@@ -21,7 +21,7 @@ extension ProxyConnectionHandler {
         _ head: HTTPRequestHead, to uri: AbsoluteURI, replayable: Bool, context: ChannelHandlerContext, reuse: Bool = true
     ) {
         let upstreamHead = Self.upstreamRequestHead(head, uri: uri, via: self.configuration.viaPseudonym)
-        let key = UpstreamPool.Key(host: uri.authority.host.lowercased(), port: uri.port)
+        let key = UpstreamPool.Key(host: uri.authority.host.lowercased(), port: uri.port, user: self.exchange?.user ?? "")
         let pool = self.pool
         // An idempotent request without a body may go out on an idle pooled connection: should
         // that turn out to be dead, it can be replayed on a fresh one. Anything else (uploads,

@@ -9,10 +9,19 @@ import NIOCore
 /// fully sent, the response fully read, framed by length or chunks, and keep-alive on both
 /// sides (RFC 9112 §9.3); anything else is closed. An idle connection that the origin closes
 /// leaves the pool by itself, and one idle longer than the upstream timeout is closed.
+///
+/// Connections are kept per user: one user's request never travels on a connection another
+/// user's request used. HTTP/1.1 has no request IDs, so a response is matched to a request by
+/// order alone. An origin that sends a stray response (a second answer, a late one) shifts
+/// every answer after it on that connection by one, and with shared connections the next
+/// user got the previous user's response. Per-user pools keep such a fault within one user's
+/// own traffic; the cost is more origin connections when many users reach the same origin.
 final class UpstreamPool: @unchecked Sendable {
     struct Key: Hashable {
         var host: String
         var port: Int
+        /// The authenticated user the connection carries requests for.
+        var user: String
     }
 
     private let eventLoop: EventLoop

@@ -22,6 +22,29 @@ struct UpstreamPoolTests {
         }
     }
 
+    @Test("origin connections are kept per user: one user's request never goes out on a connection another user's used")
+    func perUserConnections() async throws {
+        // An origin that sends a stray response shifts every later answer on its connection
+        // by one; with connections shared between users, the next user got the previous
+        // user's response. Requests from one client connection share an event loop, hence a
+        // pool, so only the user can keep them apart here.
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let users = ["alice": "a-pass", "bob": "b-pass"]
+        try await GatehouseFixture.withProxy(users: users) { proxy in
+            let client = try await RawClient.connect(port: proxy.port)
+            for (index, user) in ["alice", "bob", "alice", "bob"].enumerated() {
+                let basic = "Basic " + Data("\(user):\(users[user] ?? "")".utf8).base64EncodedString()
+                try await client.send("GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(basic)\r\n\r\n")
+                _ = await client.waitFor { statusCodes(in: $0).count == index + 1 }
+            }
+            #expect(statusCodes(in: client.text) == [200, 200, 200, 200])
+            #expect(origin.connections == 2, "one per user, each reused: \(origin.connections)")
+            #expect(proxy.records.compactMap(\.user) == ["alice", "bob", "alice", "bob"])
+            await client.close()
+        }
+    }
+
     @Test("uploads and HTTP/1.0-style responses do not share connections")
     func noReuseWhenUnsafe() async throws {
         try await withProxyAndOrigin { proxy, origin in
