@@ -260,6 +260,7 @@ struct ServeCommand: AsyncParsableCommand {
             watchdog?.cancel()
         }
         try await group.run()
+        signals.waitForSecondTerminationHandler()
         accessLog.flush()
     }
 }

@@ -29,6 +29,13 @@ final class SignalHandlers: @unchecked Sendable {
         }
     }
 
+    /// Returns once no second-termination handler is running. One that is running ends the
+    /// process with status 1: closing every connection lets the drain finish, and the main
+    /// path must not get to exit 0 first.
+    func waitForSecondTerminationHandler() {
+        self.queue.sync {}
+    }
+
     private func install(_ signal: Int32, ignore: Bool, _ handler: @escaping @Sendable () -> Void) {
         // The default action of SIGHUP and SIGUSR1 is to terminate: ignore it, and let the
         // dispatch source (which sees the signal all the same) do the work.
