@@ -378,8 +378,11 @@ extension ProxyConnectionHandler {
         case .sendError:
             self.answer(reason, context: context)
         case .close:
+            // An origin that went silent in the middle of its body is logged as the timeout it
+            // is, not as a cut (both close the client connection).
             self.endExchangeAndClose(
-                reason: .upstreamTruncated, context: context, reset: self.exchange?.closeDelimitedResponse ?? false)
+                reason: reason == .upstreamTimeout ? .upstreamTimeout : .upstreamTruncated, context: context,
+                reset: self.exchange?.closeDelimitedResponse ?? false)
         case .ignore:
             break
         }

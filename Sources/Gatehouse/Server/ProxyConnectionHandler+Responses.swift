@@ -229,6 +229,17 @@ extension ProxyConnectionHandler {
         default: reason = .badRequest
         }
         self.logger.debug("malformed request", metadata: ["error": "\(error)"])
+        if error == .invalidEOFState, self.exchange == nil, self.machine.isIdle {
+            // The client closed its side in the middle of its request head: an abandoned
+            // request rather than a malformed one (it was logged 400 `bad_request`). Logged as
+            // the client closing (499), as a half-close in the middle of an upload is; there
+            // is no request to answer.
+            self.exchange = self.unparsedExchange()
+            self.recordClientClosed()
+            self.machine.connectionClosed()
+            context.close(promise: nil)
+            return
+        }
         if error == .invalidEOFState, let exchange = self.exchange, !exchange.isConnect {
             // The client closed its side in the middle of its request body: not a malformed
             // request but an abandoned one. Logged as the client closing, as when it goes
@@ -273,6 +284,7 @@ extension ProxyConnectionHandler {
         buffer.writeString(text)
         let exchange = self.unparsedExchange()
         exchange.bytesOut = text.utf8.count
+        exchange.contentType = OwnResponse.plainText
         self.shared.record(exchange.logEntry(client: self.clientAddress, status: Int(reason.status.code), reason: reason), counts: self.counts)
         self.machine.connectionClosed()
         self.cancelTimer()

@@ -127,6 +127,23 @@ struct ErrorResponseTests {
             #expect(proxy.records.first?.reason == .headerTimeout)
             #expect(proxy.records.first?.method == "GET", "the request line arrived: the log line says what it was")
             #expect(proxy.records.first?.target == "http://127.0.0.1:1/")
+            #expect(proxy.records.first?.contentType == "text/plain; charset=utf-8", "the log names what the 408 carried")
+        }
+    }
+
+    @Test("a client that closes in the middle of its request head is logged as closing (499), not as a malformed request")
+    func closedMidHead() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Auth")
+            try await client.closeOutput()
+            #expect(await client.waitForClose())
+            #expect(client.text.isEmpty, "\(client.text)")
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.map(\.reason) == [.clientClosed])
+            #expect(records.first?.status == 499)
+            #expect(records.first?.method == "GET")
+            #expect(origin.connections == 0)
         }
     }
 

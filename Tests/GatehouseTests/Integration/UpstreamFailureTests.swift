@@ -231,6 +231,21 @@ struct UpstreamFailureTests {
         }
     }
 
+    @Test("an origin that goes silent in the middle of its body is logged upstream_timeout, and the client connection closes")
+    func upstreamTimeoutMidBody() async throws {
+        let origin = try await RawOrigin.start(.respondAndHang("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin(configure: { $0.upstreamTimeout = .milliseconds(500) }) { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("GET http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 200 OK\r\n") && client.text.hasSuffix("\r\n\r\nabc"), "\(client.text)")
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.map(\.reason) == [.upstreamTimeout], "a silent origin, not a cut body")
+            #expect(records.first?.status == 200)
+        }
+    }
+
     @Test("an origin that stops reading an upload gets 504 upstream_timeout in the middle of it")
     func originStopsReading() async throws {
         // The origin reads nothing after the connection opens (its first read would be in an
