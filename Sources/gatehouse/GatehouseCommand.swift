@@ -268,7 +268,12 @@ struct ServeCommand: AsyncParsableCommand {
 /// An error whose message is printed as `gatehouse: error: <message>`.
 struct CommandError: Error, CustomStringConvertible {
     var description: String
-    init(_ description: String) { self.description = description }
+    /// The process's exit status: 1, or 64 for the probe's usage errors.
+    var exitCode: Int32
+    init(_ description: String, exitCode: Int32 = 1) {
+        self.description = description
+        self.exitCode = exitCode
+    }
 }
 
 /// Watches standard input on a thread of its own and calls back once it reaches EOF.

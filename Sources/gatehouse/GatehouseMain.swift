@@ -20,7 +20,7 @@ enum GatehouseMain {
             }
         } catch let error as CommandError {
             writeStandardError("gatehouse: error: \(error.description)\n")
-            exit(1)
+            exit(error.exitCode)
         } catch let error as ExitCode {
             exit(error.rawValue)
         } catch let exit as ProbeExit {

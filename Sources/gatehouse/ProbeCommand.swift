@@ -26,17 +26,21 @@ struct ProbeCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        // Usage errors exit 64, as the help says (and as ArgumentParser's own do).
         let timeout: TimeAmount
         do {
             timeout = try TimeAmount(parsing: self.timeout)
         } catch {
-            throw CommandError(error.description)
+            throw CommandError(error.description, exitCode: ProbeReport.ExitCode.usage.rawValue)
+        }
+        guard timeout.nanoseconds > 0 else {
+            throw CommandError("--timeout must be more than zero", exitCode: ProbeReport.ExitCode.usage.rawValue)
         }
         let probe: ProxyProbe
         do {
             probe = try ProxyProbe(proxy: self.proxy, url: self.url, timeout: timeout)
         } catch {
-            throw CommandError(error.description)
+            throw CommandError(error.description, exitCode: ProbeReport.ExitCode.usage.rawValue)
         }
         let report = await probe.run()
         print(self.json ? report.json : report.text, terminator: self.json ? "\n" : "")

@@ -170,6 +170,19 @@ public struct ProxyProbe: Sendable {
                 authenticated = response
                 report.add(.init(name: "credentials", outcome: .ok, summary: "accepted for user \"\(self.proxy.user ?? "")\"",
                                  milliseconds: authenticatedMs), failing: .credentials)
+            } catch ProbeClient.ProbeError.timedOut {
+                // The proxy refused the request without credentials at once. With them it said
+                // nothing for the whole timeout: no 407, so it went on to the destination, and
+                // that is what is slow. (This blamed the credentials, exit 4.)
+                report.add(.init(name: "credentials", outcome: .warning,
+                                 summary: "no 407 within \(Self.describe(self.timeout)): the proxy most likely accepted them and is waiting for the destination"),
+                           failing: .credentials)
+                report.add(.init(name: "connect", outcome: .skipped, summary: "not tried: the destination is not answering"), failing: .connect)
+                report.add(.init(name: "upstream", outcome: .failed,
+                                 summary: "no answer from \(self.destination) through the proxy within \(Self.describe(self.timeout))",
+                                 details: ["the destination is slow or unreachable and the proxy is still waiting; a longer --timeout shows which"]),
+                           failing: .upstream)
+                return report
             } catch {
                 report.add(.init(name: "credentials", outcome: .failed, summary: "no answer to the request with credentials",
                                  details: ["\(error)"]), failing: .credentials)
@@ -216,6 +229,12 @@ public struct ProxyProbe: Sendable {
         return "\(error)"
     }
 
+    /// `1500 ms`, `10 s`.
+    static func describe(_ amount: TimeAmount) -> String {
+        let ms = amount.nanoseconds / 1_000_000
+        return ms % 1000 == 0 ? "\(ms / 1000) s" : "\(ms) ms"
+    }
+
     static func ms(since start: NIODeadline) -> Int {
         Int((NIODeadline.now() - start).nanoseconds / 1_000_000)
     }
@@ -230,7 +249,10 @@ public struct ProxyProbe: Sendable {
         guard status == .proxyAuthenticationRequired else {
             return .init(name: "challenge", outcome: .warning,
                          summary: "the proxy answered \(status.code) \(status.reasonPhrase) without asking for credentials",
-                         details: ["it does not require authentication for this request (an open proxy, or authentication disabled)"])
+                         details: [
+                            "it does not require authentication for this request (an open proxy, or authentication disabled)",
+                            "or it is not a proxy at all: a web server at that address answers the same way",
+                         ])
         }
         let fields = response.head.headers["proxy-authenticate"]
         guard !fields.isEmpty else {

@@ -6,10 +6,10 @@ import Testing
 /// proxy whose challenge is malformed.
 @Suite("gatehouse probe")
 struct ProbeTests {
-    static func probe(_ arguments: [String]) throws -> (status: Int32, stdout: String) {
+    static func probe(_ arguments: [String], timeout: String = "5s") throws -> (status: Int32, stdout: String) {
         let process = Process()
         process.executableURL = CommandLineTests.executable
-        process.arguments = ["probe", "--timeout", "5s"] + arguments
+        process.arguments = ["probe", "--timeout", timeout] + arguments
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
@@ -92,6 +92,24 @@ struct ProbeTests {
             #expect(result.status == 6, "\(result.stdout)")
             #expect(result.stdout.contains("504 Gateway Timeout"))
         }
+    }
+
+    @Test("a destination slower than --timeout fails at upstream, exit 6, not at credentials")
+    func slowDestination() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let result = try Self.probe(["--proxy", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/slow?ms=3000"], timeout: "1s")
+            #expect(result.status == 6, "\(result.stdout)")
+            #expect(result.stdout.contains("[warn] credentials: no 407 within 1 s"), "\(result.stdout)")
+            #expect(result.stdout.contains("[FAIL] upstream: no answer from 127.0.0.1:\(origin.port) through the proxy within 1 s"), "\(result.stdout)")
+        }
+    }
+
+    @Test("usage errors exit 64: a duration without unit, a zero timeout, a proxy that is not http://, no --proxy", arguments: [
+        ["--proxy", "http://127.0.0.1:1", "--timeout", "5"], ["--proxy", "http://127.0.0.1:1", "--timeout", "0s"], ["--proxy", "ftp://x:1"], [],
+    ])
+    func usageErrors(arguments: [String]) throws {
+        let result = try Self.probe(arguments)
+        #expect(result.status == 64, "\(arguments): \(result.stdout)")
     }
 
     @Test("a proxy that sends `Basic; realm=` is called out as malformed, exit 3")
