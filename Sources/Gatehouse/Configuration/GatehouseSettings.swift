@@ -12,9 +12,18 @@ public struct GatehouseSettings: Sendable, Equatable {
     public struct Value<T: Sendable & Equatable>: Sendable, Equatable {
         public var value: T
         public var origin: String
-        public init(_ value: T, origin: String) {
+        /// For a YAML list: each item's own `file:line`, so a problem with one item points at
+        /// its line rather than the list's first.
+        public var itemOrigins: [String]
+        public init(_ value: T, origin: String, itemOrigins: [String] = []) {
             self.value = value
             self.origin = origin
+            self.itemOrigins = itemOrigins
+        }
+
+        /// Where item `index` of a list came from.
+        public func origin(ofItem index: Int) -> String {
+            index < self.itemOrigins.count ? self.itemOrigins[index] : self.origin
         }
     }
 
@@ -98,8 +107,8 @@ public struct GatehouseSettings: Sendable, Equatable {
         }
     }
 
-    mutating func set(key: String, list: [String], origin: String) {
-        let v = Value(list, origin: origin)
+    mutating func set(key: String, list: [String], origin: String, itemOrigins: [String] = []) {
+        let v = Value(list, origin: origin, itemOrigins: itemOrigins)
         switch key {
         case "listen": self.listen = v
         case "users": self.users = v
@@ -211,14 +220,16 @@ public struct GatehouseSettings: Sendable, Equatable {
             switch (key, valueNode) {
             case (_, .sequence(let items)) where Self.listKeys.contains(key):
                 var values: [String] = []
+                var origins: [String] = []
                 for item in items {
                     guard let s = item.string else {
                         problems.append(SettingsProblem(origin: Self.origin(path, item.mark), message: "\(key) entries must be strings"))
                         continue
                     }
                     values.append(s)
+                    origins.append(Self.origin(path, item.mark))
                 }
-                settings.set(key: key, list: values, origin: valueOrigin)
+                settings.set(key: key, list: values, origin: valueOrigin, itemOrigins: origins)
             case (_, .scalar(let scalar)) where scalar.style == .plain && Self.nullScalars.contains(scalar.string):
                 // `realm:` or `access_log: ~` is YAML's null, not the text "~" or "": taken
                 // literally it made a realm "~" and a log file named "~".

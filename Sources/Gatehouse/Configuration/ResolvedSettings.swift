@@ -48,11 +48,11 @@ extension GatehouseSettings {
 
         if let listen = self.listen {
             var addresses: [ListenAddress] = []
-            for item in listen.value {
+            for (index, item) in listen.value.enumerated() {
                 do {
                     addresses.append(try ListenAddress(parsing: item))
                 } catch {
-                    problems.append(SettingsProblem(origin: listen.origin, message: error.description))
+                    problems.append(SettingsProblem(origin: listen.origin(ofItem: index), message: error.description))
                 }
             }
             if addresses.isEmpty && problems.isEmpty {
@@ -60,7 +60,15 @@ extension GatehouseSettings {
             }
             configuration.listen = addresses
         }
-        if let realm = self.realm { configuration.realm = realm.value }
+        if let realm = self.realm {
+            // An empty realm (`GATEHOUSE_REALM=` from an unset shell variable, `--realm ""`)
+            // would go out as `realm=""`, which names nothing for the user to pick a password by.
+            if realm.value.allSatisfy(\.isWhitespace) {
+                problems.append(SettingsProblem(origin: realm.origin, message: "the realm is empty: give it a name, or leave it out for the default \"\(configuration.realm)\""))
+            } else {
+                configuration.realm = realm.value
+            }
+        }
         check(self.connectPorts, { try PortSet(parsing: $0) }) { configuration.connectPorts = $0 }
         /// A duration of at least `minimum`: a zero timeout would end every connection at once,
         /// and a zero poll interval would spin a core (the drain may be zero: close at once).
@@ -102,11 +110,11 @@ extension GatehouseSettings {
         for (list, apply) in [(self.denyDestination, { (b: CIDRBlock) in configuration.destinations.deny.append(b) }),
                               (self.allowDestination, { (b: CIDRBlock) in configuration.destinations.allow.append(b) })] {
             guard let list else { continue }
-            for item in list.value {
+            for (index, item) in list.value.enumerated() {
                 do {
                     apply(try CIDRBlock(parsing: item))
                 } catch {
-                    problems.append(SettingsProblem(origin: list.origin, message: error.description))
+                    problems.append(SettingsProblem(origin: list.origin(ofItem: index), message: error.description))
                 }
             }
         }
@@ -143,14 +151,14 @@ extension GatehouseSettings {
         }
         var inline: [String: String] = [:]
         if let users = self.users {
-            for entry in users.value {
+            for (index, entry) in users.value.enumerated() {
                 guard let colon = entry.firstIndex(of: ":"), colon != entry.startIndex else {
-                    problems.append(SettingsProblem(origin: users.origin, message: ConfigurationError.invalidInlineUser(entry).description))
+                    problems.append(SettingsProblem(origin: users.origin(ofItem: index), message: ConfigurationError.invalidInlineUser(entry).description))
                     continue
                 }
                 let name = String(entry[..<colon])
                 guard inline[name] == nil else {
-                    problems.append(SettingsProblem(origin: users.origin, message: ConfigurationError.duplicateInlineUser(name).description))
+                    problems.append(SettingsProblem(origin: users.origin(ofItem: index), message: ConfigurationError.duplicateInlineUser(name).description))
                     continue
                 }
                 inline[name] = String(entry[entry.index(after: colon)...])

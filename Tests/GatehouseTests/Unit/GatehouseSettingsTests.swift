@@ -22,6 +22,26 @@ struct GatehouseSettingsTests {
         #expect(resolved.inlineUsers == ["a": "b"])
     }
 
+    @Test("a problem with one item of a YAML list is reported at that item's line")
+    func listItemLines() {
+        let file = GatehouseSettings.parse(
+            yaml: "users:\n  - \"a:1\"\n  - \"a:2\"\n  - \"nocolon\"\ndeny_destination:\n  - 10.0.0.0/8\n  - nonsense\n", path: "u.yaml")
+        #expect(file.problems.isEmpty)
+        let problems = file.settings.resolve().problems
+        #expect(problems.map(\.origin).sorted() == ["u.yaml:3", "u.yaml:4", "u.yaml:7"], "\(problems)")
+    }
+
+    @Test("an empty realm is refused, from the environment or a flag")
+    func emptyRealm() {
+        var settings = GatehouseSettings.fromEnvironment(["GATEHOUSE_REALM": "", "GATEHOUSE_USERS": "a:b"])
+        var problems = settings.resolve().problems
+        #expect(problems.map(\.origin) == ["GATEHOUSE_REALM"])
+        #expect(problems.first?.message.contains("the realm is empty") == true)
+        settings.realm = .init("  ", origin: "--realm")
+        problems = settings.resolve().problems
+        #expect(problems.map(\.origin) == ["--realm"])
+    }
+
     @Test("a password with a comma fits in the YAML list form of users (the one-line form splits at commas)")
     func commaInPassword() throws {
         let list = GatehouseSettings.parse(yaml: "users:\n  - \"bob:pa,ss\"\n", path: "l.yaml")
