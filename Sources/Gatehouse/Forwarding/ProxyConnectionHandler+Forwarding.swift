@@ -43,7 +43,13 @@ extension ProxyConnectionHandler {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    let encoder = HTTPRequestEncoder()
+                    // Framing is the proxy's: the head says exactly how its body is framed (see
+                    // `upstreamRequestHead`). NIO's own framing stripped a TRACE's and let a
+                    // `Chunked` coding (not lower case) through unframed, so that either body
+                    // went out raw behind the head, and the origin ran it as a second request.
+                    var encoderConfiguration = HTTPRequestEncoder.Configuration()
+                    encoderConfiguration.automaticallySetFramingHeaders = false
+                    let encoder = HTTPRequestEncoder(configuration: encoderConfiguration)
                     let decoder = HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
                     try sync.addHandler(encoder)
                     try sync.addHandler(ByteToMessageHandler(decoder))
@@ -76,9 +82,19 @@ extension ProxyConnectionHandler {
         fields.reserveCapacity(head.headers.count + 3)
         fields.append(("Host", uri.hostHeader))
         var framed = false
+        var chunked = false
         head.headers.appendEndToEndFields(to: &fields) { kind, _ in
             if kind == .contentLength || kind == .transferEncoding { framed = true }
+            if kind == .transferEncoding { chunked = true }
             return kind != .host
+        }
+        if chunked {
+            // The only coding accepted is a lone `chunked`, in any case (RFC 9112 §7: codings
+            // are case-insensitive); NIO's encoder frames the body only if it reads exactly
+            // `chunked`.
+            for index in fields.indices where FieldKind(fields[index].0) == .transferEncoding {
+                fields[index].1 = "chunked"
+            }
         }
         fields.append(("Via", Self.viaValue(head.version, pseudonym: via)))
         if head.method == .TRACE || head.method == .OPTIONS {

@@ -56,6 +56,12 @@ extension ProxyConnectionHandler {
             self.exchange = exchange
             return self.answer(.badTransferEncoding, context: context, close: true)
         }
+        if head.method == .TRACE && (!codings.isEmpty || fields.contentLengths.contains { $0 != "0" }) {
+            // RFC 9110 §9.3.8: a client MUST NOT send content in a TRACE request. Its body
+            // could only reach the origin as a second request of its own.
+            self.exchange = exchange
+            return self.answer(.badRequest, context: context, close: true)
+        }
         if head.version == .http1_1 && fields.hostCount == 0 && !isConnect {
             // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
             // (Not enforced on CONNECT, whose target names the host: Python's http.client

@@ -321,4 +321,43 @@ struct ForwardingTests {
             #expect(!proxy.records.contains { $0.status == 400 }, "\(proxy.records.map(\.reason))")
         }
     }
+
+    @Test("a chunked body reaches the origin chunked, whatever the method and the coding's case (no raw body behind a head)", arguments: ["GET", "DELETE", "OPTIONS", "POST"])
+    func chunkedFramingUpstream(method: String) async throws {
+        let origin = try await RawOrigin.start(.captureUntil("\r\n0\r\n", then: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            // A body that is a request of its own: sent raw behind a head without framing, the
+            // origin would run it as a second request.
+            let inner = "GET /SMUGGLED HTTP/1.1\r\nHost: internal\r\n\r\n"
+            try await client.send(
+                "\(method) http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                    + String(inner.utf8.count, radix: 16) + "\r\n" + inner + "\r\n0\r\n\r\n")
+            _ = await client.waitFor { $0.hasSuffix("ok") }
+            let received = origin.received.first ?? ""
+            #expect(received.contains("\r\nTransfer-Encoding: chunked\r\n"), "\(received)")
+            #expect(received.hasSuffix("\r\n\r\n" + String(inner.utf8.count, radix: 16) + "\r\n" + inner + "\r\n0\r\n\r\n"), "\(received)")
+            #expect(statusCodes(in: client.text) == [200])
+            await client.close()
+        }
+    }
+
+    @Test("TRACE with a body is refused (RFC 9110 §9.3.8): NIO's encoder would strip its framing and send the body raw")
+    func traceWithBody() async throws {
+        let origin = try await RawOrigin.start(.captureUntil("\r\n\r\n", then: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let inner = "GET /SMUGGLED HTTP/1.1\r\nHost: internal\r\n\r\n"
+            for framing in ["Content-Length: \(inner.utf8.count)\r\n\r\n" + inner,
+                            "Transfer-Encoding: chunked\r\n\r\n" + String(inner.utf8.count, radix: 16) + "\r\n" + inner + "\r\n0\r\n\r\n"] {
+                let client = try await RawClient.connect(port: proxy.port)
+                try await client.send("TRACE http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n" + framing)
+                #expect(await client.waitForClose())
+                #expect(client.text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(client.text)")
+            }
+            #expect(origin.received.isEmpty, "\(origin.received)")
+            #expect(proxy.records.map(\.reason) == [.badRequest, .badRequest])
+        }
+    }
 }
