@@ -214,11 +214,13 @@ extension ProxyConnectionHandler {
         var hasCoding = false
         var contentType: String?
         var replacedBytes = false
+        var hasDate = false
         head.headers.appendEndToEndFields(to: &fields) { kind, value in
             switch kind {
             case .contentLength: hasLength = true
             case .transferEncoding: hasCoding = true
             case .contentType: if contentType == nil { contentType = value }
+            case .date: hasDate = true
             default: break
             }
             // A value with bytes that are not UTF-8 arrived altered (see ReasonCode.badFieldBytes).
@@ -251,6 +253,9 @@ extension ProxyConnectionHandler {
             }
         }
         fields.append(("Via", Self.viaValue(head.version, pseudonym: self.configuration.viaPseudonym)))
+        // RFC 9110 §6.6.1: a recipient with a clock MUST add `Date` to a response it forwards
+        // without one.
+        if !hasDate { fields.append(("Date", HTTPDate.now())) }
         if closeAfter {
             fields.append(("Connection", "close"))
         } else if exchange.version == .http1_0 {

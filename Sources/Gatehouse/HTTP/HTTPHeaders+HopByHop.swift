@@ -24,6 +24,8 @@ enum FieldKind: Equatable {
     case maxForwards
     /// Noted for the access log.
     case contentType
+    /// A forwarded response without one gets one (RFC 9110 §6.6.1).
+    case date
     case other
 
     init(_ name: String) {
@@ -36,7 +38,9 @@ enum FieldKind: Equatable {
         switch name.count {
         case 2: return name.equalsLowercased("te") ? .hopByHop : .other
         case 3: return name.equalsLowercased("via") ? .via : .other
-        case 4: return name.equalsLowercased("host") ? .host : .other
+        case 4:
+            if name.equalsLowercased("host") { return .host }
+            return name.equalsLowercased("date") ? .date : .other
         case 6: return name.equalsLowercased("expect") ? .expect : .other
         // `Trailer` is end-to-end: it announces the trailer fields (RFC 9110 §6.6.2), and is not
         // in §7.6.1's list of fields to remove (RFC 2616 listed a `Trailers` there by mistake).
@@ -67,7 +71,7 @@ enum FieldKind: Equatable {
     /// May pass on in a trailer section: not hop-by-hop, framing, routing or credentials
     /// (RFC 9110 §6.5.1), nor `Max-Forwards` or `Expect`, which only mean something in a head.
     var isAllowedInTrailer: Bool {
-        self == .other || self == .contentType
+        self == .other || self == .contentType || self == .date
     }
 
     /// Message framing and routing: a `Connection` option naming one of these is ignored

@@ -47,10 +47,15 @@ final class OwnResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler 
         }
         if let offered = self.offered {
             self.offered = nil
-            if case .head(let head) = self.unwrapOutboundIn(data), head.headers.count == offered.fieldCount {
-                self.replacing = offered.bytes
-                promise?.succeed(())
-                return
+            if case .head(var head) = self.unwrapOutboundIn(data) {
+                if head.headers.count == offered.fieldCount {
+                    self.replacing = offered.bytes
+                    promise?.succeed(())
+                    return
+                }
+                // A prebuilt head carries a placeholder `Date` (its stored bytes get the time).
+                head.headers.replaceOrAdd(name: "Date", value: HTTPDate.now())
+                return self.encoder.write(context: context, data: NIOAny(HTTPServerResponsePart.head(head)), promise: promise)
             }
         }
         self.encoder.write(context: context, data: data, promise: promise)

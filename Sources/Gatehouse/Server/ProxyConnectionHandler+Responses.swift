@@ -15,8 +15,10 @@ final class OwnResponse: Sendable {
     /// Its `Content-Type`, for the access log.
     let contentType: String
     /// A prebuilt response as it goes on the wire (see `OwnResponseEncoder`); its first
-    /// `headSize` bytes are the head alone, for HEAD requests.
+    /// `headSize` bytes are the head alone, for HEAD requests. Its `Date` is a placeholder
+    /// until it is written: the value's 29 bytes start at `dateOffset`.
     let encoded: ByteBuffer?
+    let dateOffset: Int
 
     /// The `Content-Type` of the reason's plain-text message.
     static let plainText = "text/plain; charset=utf-8"
@@ -29,7 +31,7 @@ final class OwnResponse: Sendable {
 
     init(
         reason: ReasonCode, challenges: [String], closing: Bool, version: HTTPVersion, retryAfter: Int?,
-        prebuilt: Bool = false, content: Content? = nil
+        prebuilt: Bool = false, content: Content? = nil, date: String = HTTPDate.placeholder
     ) {
         let message = content?.text ?? reason.message + "\n"
         var body = ByteBufferAllocator().buffer(capacity: message.utf8.count)
@@ -52,9 +54,13 @@ final class OwnResponse: Sendable {
         } else if version == .http1_0 {
             headers.add(name: "Connection", value: "keep-alive")
         }
+        // Last, so that its place in the stored bytes is found from the end of the head.
+        headers.add(name: "Date", value: date)
         self.head = HTTPResponseHead(version: .http1_1, status: reason.status, headers: headers)
         self.body = body
         self.headSize = self.head.wireSize
+        // The value, then CRLF ending the field and CRLF ending the head.
+        self.dateOffset = self.headSize - 4 - HTTPDate.placeholder.utf8.count
         if prebuilt {
             var whole = Self.encode(self.head)
             whole.writeImmutableBuffer(body)
@@ -62,6 +68,13 @@ final class OwnResponse: Sendable {
         } else {
             self.encoded = nil
         }
+    }
+
+    /// The stored bytes with the current time in their `Date` field.
+    func encoded(at date: String) -> ByteBuffer? {
+        guard var bytes = self.encoded else { return nil }
+        bytes.setString(date, at: bytes.readerIndex + self.dateOffset)
+        return bytes
     }
 
     /// The head as NIO's encoder writes it (`ResponseWireSizeTests` compares the two).
@@ -120,7 +133,7 @@ extension ProxyConnectionHandler {
         } else {
             response = OwnResponse(
                 reason: reason, challenges: self.settings.challenges, closing: closing, version: exchange.version,
-                retryAfter: retryAfter ?? reason.defaultRetryAfter, content: content)
+                retryAfter: retryAfter ?? reason.defaultRetryAfter, content: content, date: HTTPDate.now())
         }
         let head = response.head
         exchange.status = Int(status.code)
@@ -145,7 +158,7 @@ extension ProxyConnectionHandler {
         // re-entrantly, during the write below): swap only once it is through.
         let swapDecoderNow = action == .awaitNextRequest && exchange.isConnect
         if action == .none && exchange.isConnect { self.replaceDecoderOnRequestEnd = true }
-        if let encoded = response.encoded {
+        if let encoded = response.encoded(at: HTTPDate.now()) {
             let bytes = exchange.isHead ? encoded.getSlice(at: encoded.readerIndex, length: response.headSize) : encoded
             if let bytes { self.encoder.offerEncoded(bytes, fieldCount: head.headers.count) }
         }

@@ -189,4 +189,37 @@ struct MessageRuleTests {
         }
     }
 
+
+    /// The times in a response's Date fields.
+    static func dates(_ text: String) -> [Date] {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        return text.components(separatedBy: "\r\n").filter { $0.hasPrefix("Date: ") }.compactMap { formatter.date(from: String($0.dropFirst(6))) }
+    }
+
+    static func isNow(_ date: Date?) -> Bool { date.map { abs($0.timeIntervalSinceNow) < 10 } ?? false }
+
+    @Test("Date (RFC 9110 §6.6.1): added to a forwarded response without one, kept when the origin sent one, on Gatehouse's own answers too")
+    func dateField() async throws {
+        let dated = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"))
+        defer { Task { await dated.stop() } }
+        try await withProxyAndOrigin { proxy, origin in
+            // The test origin sends no Date.
+            let undated = try await Curl.run(["-s", "-D", "-", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(Self.dates(undated.body).count == 1 && Self.isNow(Self.dates(undated.body).first), "\(undated.body)")
+            let kept = try await Curl.run(["-s", "-D", "-", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(dated.port)/"])
+            #expect(kept.body.components(separatedBy: "\r\n").filter { $0.hasPrefix("Date: ") } == ["Date: Mon, 01 Jan 2024 00:00:00 GMT"], "\(kept.body)")
+            // Own answers: a prebuilt 407 (stored bytes), a HEAD one, one that closes (built anew).
+            for (method, extra) in [("GET", ""), ("HEAD", ""), ("GET", "Connection: close\r\n")] {
+                let client = try await RawClient.connect(port: proxy.port)
+                try await client.send("\(method) http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\n\(extra)\r\n")
+                let text = await client.waitFor { $0.contains("\r\n\r\n") }
+                #expect(text.hasPrefix("HTTP/1.1 407 "), "\(text)")
+                #expect(Self.dates(text).count == 1 && Self.isNow(Self.dates(text).first), "\(method) \(extra): \(text)")
+                await client.close()
+            }
+        }
+    }
 }

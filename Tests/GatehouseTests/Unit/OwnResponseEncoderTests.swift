@@ -98,5 +98,6 @@ struct OwnResponseEncoderTests {
         #expect(text.hasPrefix("HTTP/1.1 407 Proxy Authentication Required\r\n"))
         #expect(text.lowercased().contains("\r\nconnection: close\r\n"))
         #expect(text.hasSuffix("\r\n\r\n" + String(buffer: response.body)))
+        #expect(text.contains("\r\nDate: ") && !text.contains(HTTPDate.placeholder), "the time, not the stored placeholder")
     }
 }
