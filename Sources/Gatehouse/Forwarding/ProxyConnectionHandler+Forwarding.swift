@@ -37,7 +37,7 @@ extension ProxyConnectionHandler {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let isHead = head.method == .HEAD
         let started = NIODeadline.now()
-        let resolver = self.shared.resolver(on: context.eventLoop, configuration: configuration)
+        let resolver = self.shared.resolver(on: context.eventLoop)
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: configuration, halfClosure: false)
             .resolver(resolver)
             .channelInitializer { channel in
@@ -137,10 +137,17 @@ extension ProxyConnectionHandler {
 
     private func upstreamConnected(_ channel: Channel, head: HTTPRequestHead, context: ChannelHandlerContext) {
         if self.context != nil, case .connecting = self.machine.state,
-            let refusal = self.shared.refusal(remote: channel.remoteAddress, local: channel.localAddress, configuration: self.configuration)
+            let refusal = self.shared.refusal(remote: channel.remoteAddress, local: channel.localAddress)
         {
-            // Checked on the address actually connected to, so DNS rebinding cannot dodge it.
-            channel.close(promise: nil)
+            // Checked again on the connection itself: a pooled one may predate a reload that
+            // denies its address, and only a connected socket shows the local address a
+            // wildcard listener shares with a loop. Its handler lets go of this client before
+            // it closes; else the close answered 502 first and the refusal was logged twice.
+            if let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamHandler.self) {
+                handler.close()
+            } else {
+                channel.close(promise: nil)
+            }
             return self.answer(refusal, context: context)
         }
         guard self.context != nil, let complete = self.machine.upstreamConnected(),

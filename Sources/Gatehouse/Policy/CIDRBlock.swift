@@ -7,7 +7,7 @@ public struct CIDRBlock: Sendable, Hashable, CustomStringConvertible {
 
     public init(parsing text: String) throws(ConfigurationError) {
         let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
-        guard let bytes = Self.addressBytes(String(parts[0])) else { throw .invalidCIDR(text) }
+        guard var bytes = Self.addressBytes(String(parts[0])) else { throw .invalidCIDR(text) }
         let maximum = bytes.count * 8
         var prefix = maximum
         if parts.count == 2 {
@@ -16,6 +16,13 @@ public struct CIDRBlock: Sendable, Hashable, CustomStringConvertible {
             }
             prefix = parsed
         }
+        // An IPv4-mapped network (`::ffff:127.0.0.0/104`) is the IPv4 network it maps
+        // (`127.0.0.0/8`): addresses are checked in their IPv4 form, so as written it would
+        // never match.
+        if Self.isIPv4Mapped(bytes), prefix >= 96 {
+            bytes = Array(bytes[12..<16])
+            prefix -= 96
+        }
         self.network = Self.masked(bytes, prefix)
         self.prefixLength = prefix
     }
@@ -23,8 +30,8 @@ public struct CIDRBlock: Sendable, Hashable, CustomStringConvertible {
     /// Whether the address is in this network. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`)
     /// are checked as the IPv4 address they carry, so they cannot slip past an IPv4 rule.
     public func contains(_ address: SocketAddress) -> Bool {
-        guard let ip = address.ipAddress, var bytes = Self.addressBytes(ip) else { return false }
-        if bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
+        guard var bytes = Self.bytes(of: address) else { return false }
+        if Self.isIPv4Mapped(bytes) {
             bytes = Array(bytes[12..<16])
         }
         guard bytes.count == self.network.count else { return false }
@@ -50,6 +57,26 @@ public struct CIDRBlock: Sendable, Hashable, CustomStringConvertible {
     /// address, or the unspecified address (Linux connects `0.0.0.0` and `::` to the local host).
     static func isLocalHost(_ address: SocketAddress) -> Bool {
         Self.loopback.contains { $0.contains(address) } || Self.unspecified.contains { $0.contains(address) }
+    }
+
+    static func isIPv4Mapped(_ bytes: [UInt8]) -> Bool {
+        bytes.count == 16 && bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF
+    }
+
+    /// `address`'s IP as text, an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) as the IPv4
+    /// address it maps: a connection to one reaches the other.
+    static func unmappedIP(_ address: SocketAddress) -> String? {
+        guard let bytes = Self.bytes(of: address), Self.isIPv4Mapped(bytes) else { return address.ipAddress }
+        return bytes[12..<16].map(String.init).joined(separator: ".")
+    }
+
+    /// The address's 4 or 16 bytes, read from the socket address itself (no text round trip).
+    static func bytes(of address: SocketAddress) -> [UInt8]? {
+        switch address {
+        case .v4(let v4): return withUnsafeBytes(of: v4.address.sin_addr) { Array($0) }
+        case .v6(let v6): return withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+        default: return nil
+        }
     }
 
     static func masked(_ bytes: [UInt8], _ prefix: Int) -> [UInt8] {
@@ -99,6 +126,8 @@ public struct DestinationPolicy: Sendable, Equatable {
     /// is checked as the loopback address it connects to, so `--deny-destination 127.0.0.0/8`
     /// also stops `http://0.0.0.0:PORT/`.
     public func permits(_ address: SocketAddress) -> Bool {
+        // Checked for every request that reuses an origin connection: no rules, no work.
+        if self.deny.isEmpty && self.allow.isEmpty { return true }
         if CIDRBlock.unspecified.contains(where: { $0.contains(address) }) {
             let loopback = address.protocol == .inet6 && CIDRBlock.unspecified[1].contains(address) ? "::1" : "127.0.0.1"
             guard let local = try? SocketAddress(ipAddress: loopback, port: address.port ?? 0) else { return false }

@@ -69,13 +69,19 @@ final class ProxyContext: Sendable {
     /// `::`) is reached through any loopback address (`127.9.9.9` too), the unspecified
     /// address, and any of the host's own addresses, which only the connected socket's local
     /// address reveals.
-    func refusal(remote: SocketAddress?, local: SocketAddress?, configuration: ProxyConfiguration) -> ReasonCode? {
+    ///
+    /// The destination policy is the current one, not the one a connection opened under: a
+    /// reload that denies a network applies at once to every client connection (a kept-alive
+    /// client reached a newly denied address).
+    func refusal(remote: SocketAddress?, local: SocketAddress?) -> ReasonCode? {
         guard let remote else { return nil }
+        let configuration = self.configuration
         for listener in self.listeners.withLockedValue({ $0 }) where listener.port == remote.port {
-            let listenerIP = listener.ipAddress ?? ""
-            if listenerIP == remote.ipAddress { return .loopDetected }
+            let remoteIP = CIDRBlock.unmappedIP(remote)
+            let listenerIP = CIDRBlock.unmappedIP(listener) ?? ""
+            if listenerIP == remoteIP { return .loopDetected }
             if listenerIP == "0.0.0.0" || listenerIP == "::" {
-                if CIDRBlock.isLocalHost(remote) || (local != nil && remote.ipAddress == local?.ipAddress) { return .loopDetected }
+                if CIDRBlock.isLocalHost(remote) || (local != nil && remoteIP == local.flatMap(CIDRBlock.unmappedIP)) { return .loopDetected }
             } else if listener.protocol == remote.protocol, CIDRBlock.unspecified.contains(where: { $0.contains(remote) }),
                 CIDRBlock.isLocalHost(listener)
             {
@@ -86,10 +92,10 @@ final class ProxyContext: Sendable {
         return configuration.destinations.permits(remote) ? nil : .destinationDenied
     }
 
-    /// A resolver for a new origin connection that leaves out what ``refusal(remote:local:configuration:)`` refuses.
-    func resolver(on loop: EventLoop, configuration: ProxyConfiguration) -> PolicyResolver {
+    /// A resolver for a new origin connection that leaves out what ``refusal(remote:local:)`` refuses.
+    func resolver(on loop: EventLoop) -> PolicyResolver {
         PolicyResolver(loop: loop) { address in
-            self.refusal(remote: address, local: nil, configuration: configuration)
+            self.refusal(remote: address, local: nil)
         }
     }
 

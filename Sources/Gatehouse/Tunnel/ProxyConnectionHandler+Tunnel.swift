@@ -17,7 +17,7 @@ extension ProxyConnectionHandler {
 
     private func connectTunnel(to authority: Authority, context: ChannelHandlerContext) {
         let started = NIODeadline.now()
-        let resolver = self.shared.resolver(on: context.eventLoop, configuration: self.configuration)
+        let resolver = self.shared.resolver(on: context.eventLoop)
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: self.configuration, halfClosure: true)
             .resolver(resolver)
             .channelOption(.autoRead, value: false)
@@ -27,7 +27,7 @@ extension ProxyConnectionHandler {
             case .success(let channel):
                 self.shared.metrics.upstreamConnected(nanoseconds: (NIODeadline.now() - started).nanoseconds)
                 if self.context != nil, case .connecting = self.machine.state,
-                    let refusal = self.shared.refusal(remote: channel.remoteAddress, local: channel.localAddress, configuration: self.configuration)
+                    let refusal = self.shared.refusal(remote: channel.remoteAddress, local: channel.localAddress)
                 {
                     channel.close(promise: nil)
                     return self.answer(refusal, context: context)

@@ -278,6 +278,45 @@ struct HardeningTests {
         }
     }
 
+    @Test("a reload that denies a network applies at once to open client connections, pooled origin connections included")
+    func reloadedPolicy() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            let request = "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+            try await client.send(request)
+            _ = await client.waitFor { statusCodes(in: $0).count == 1 }
+            var configuration = proxy.server.configuration
+            configuration.destinations = DestinationPolicy(deny: [try CIDRBlock(parsing: "127.0.0.0/8")])
+            proxy.server.update(configuration: configuration)
+            // Same client connection (opened before the reload), and the origin connection
+            // from the first request waits in the pool.
+            try await client.send(request)
+            _ = await client.waitFor { statusCodes(in: $0).count == 2 }
+            #expect(statusCodes(in: client.text) == [200, 403], "\(client.text)")
+            let records = await proxy.waitForRecords(count: 2)
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(proxy.records.map(\.reason) == [.forwarded, .destinationDenied], "one line for the refusal, none for a 502")
+            #expect(records.last?.user == TestUser.name)
+            // A new origin connection is refused before connecting, on the old client connection.
+            let before = origin.connections
+            try await client.send(request.replacingOccurrences(of: "127.0.0.1:", with: "localhost:"))
+            _ = await client.waitFor { statusCodes(in: $0).count == 3 }
+            #expect(statusCodes(in: client.text) == [200, 403, 403])
+            #expect(origin.connections == before)
+            await client.close()
+        }
+    }
+
+    @Test("loops through an IPv4-mapped address of the listener get 508")
+    func mappedLoops() async throws {
+        try await withProxyAndOrigin(configure: { $0.connectPorts = PortSet([1...65535]) }) { proxy, _ in
+            let forward = try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://[::ffff:127.0.0.1]:\(proxy.port)/"])
+            #expect(forward.body == "508")
+            let tunnel = try await Curl.run(["-w", "%{http_connect}", "-o", "/dev/null", "-p", "-x", proxy.authenticatedURL, "http://[::ffff:127.0.0.1]:\(proxy.port)/"])
+            #expect(tunnel.body == "508")
+        }
+    }
+
     @Test("a wildcard listener detects loops through any loopback address and the unspecified address")
     func wildcardLoops() async throws {
         let proxy = try GatehouseProcess(["--listen", "0.0.0.0:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "1-65535"])
