@@ -105,7 +105,10 @@ extension ProxyConnectionHandler {
             // pick chunked for an empty upload.
             fields.append(("Content-Length", "0"))
         }
-        return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri.originForm, headers: HTTPHeaders(fields))
+        // RFC 9112 §3.2.4: the last proxy MUST send `*` for an OPTIONS whose target has an
+        // empty path (`OPTIONS http://host:8001`): it asks about the server, not a resource.
+        let target = head.method == .OPTIONS && uri.hadEmptyPath ? "*" : uri.originForm
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: target, headers: HTTPHeaders(fields))
     }
 
     /// A `TRACE` or `OPTIONS` goes on with one hop fewer in `Max-Forwards` (RFC 9110 §7.6.2:

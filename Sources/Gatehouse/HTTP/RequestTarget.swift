@@ -105,6 +105,7 @@ public enum RequestTarget: Sendable, Equatable {
         var originForm = String(decoding: path, as: UTF8.self)
         if path.isEmpty || path[0] == UInt8(ascii: "?") { originForm = "/" + originForm }
         var result = AbsoluteURI(authority: authority, originForm: originForm, hadUserinfo: hadUserinfo)
+        result.hadEmptyPath = path.isEmpty
         // Most targets are already written the way they are logged (lowercase scheme, no
         // userinfo or fragment, a path, no `:80`, no leading zeros in the port): keep the
         // text rather than rebuild it for every log line.
@@ -132,6 +133,9 @@ public struct AbsoluteURI: Sendable, Equatable {
     /// Path and query, the origin-form target sent upstream (RFC 9112 §3.2.1).
     public var originForm: String { didSet { self.canonicalText = nil } }
     public var hadUserinfo: Bool
+    /// Nothing followed the authority (`http://host:8001`): an `OPTIONS` for it goes upstream
+    /// as `OPTIONS *` (RFC 9112 §3.2.4).
+    public var hadEmptyPath = false
     /// The target as received, when that is exactly ``logDescription``.
     fileprivate(set) var canonicalText: String?
 

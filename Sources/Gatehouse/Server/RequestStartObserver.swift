@@ -113,7 +113,8 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
         // target may be the start of a userinfo that is not recognisable as one.
         let whole = !self.lineStillOpen && line.utf8.count == self.firstLine.length
             && parts.count == 3 && parts[2].hasPrefix("HTTP/")
-        return (String(method), whole ? Self.loggableTarget(parts[1]) : "-")
+        let loggedMethod = method.utf8.count > 64 ? String(method.prefix(64)) + "…" : String(method)
+        return (loggedMethod, whole ? Self.loggableTarget(parts[1]) : "-")
     }
 
     /// A request target as logged for an unparsed request: redacted (see

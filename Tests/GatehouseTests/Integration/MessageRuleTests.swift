@@ -23,6 +23,12 @@ struct MessageRuleTests {
             #expect(proxy.records.map(\.status) == [501])
             #expect(proxy.records.map(\.reason) == [.unknownMethod])
             #expect(origin.connections == 0)
+            // A long one is logged cut to 64 characters, as the target is.
+            let long = try await RawClient.connect(port: proxy.port)
+            try await long.send(String(repeating: "X", count: 200) + " http://127.0.0.1:\(origin.port)/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(await long.waitForClose(timeout: .seconds(5)))
+            let records = await proxy.waitForRecords(count: 2)
+            #expect(records.last?.method == String(repeating: "X", count: 64) + "…", "\(records.last?.method ?? "")")
         }
     }
 
@@ -64,6 +70,22 @@ struct MessageRuleTests {
             #expect(statusCodes(in: text) == [200, 200, 200, 407])
             #expect(proxy.records.map(\.reason) == [.maxForwards, .forwarded, .forwarded, .authMissing])
             await client.close()
+        }
+    }
+
+    @Test("OPTIONS for a target with an empty path goes upstream as OPTIONS * (RFC 9112 §3.2.4); with a path or query it keeps them")
+    func optionsAsterisk() async throws {
+        let origin = try await RawOrigin.start(.captureUntil(" HTTP/1.1\r\n", then: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            for target in ["http://127.0.0.1:\(origin.port)", "http://127.0.0.1:\(origin.port)?x", "http://127.0.0.1:\(origin.port)/"] {
+                let client = try await RawClient.connect(port: proxy.port)
+                try await client.send("OPTIONS \(target) HTTP/1.1\r\nHost: x\r\n\(auth)\r\n")
+                _ = await client.waitFor { statusCodes(in: $0).count == 1 }
+                await client.close()
+            }
+            let lines = origin.received.map { $0.components(separatedBy: "\r\n").first ?? "" }
+            #expect(lines == ["OPTIONS * HTTP/1.1", "OPTIONS /?x HTTP/1.1", "OPTIONS / HTTP/1.1"], "\(lines)")
         }
     }
 
