@@ -247,13 +247,14 @@ public final class GatehouseServer: Service, Sendable {
         try sync.addHandler(observer)
         let encoder = OwnResponseEncoder(configuration: encoderConfiguration)
         try sync.addHandler(encoder)
-        try sync.addHandler(
-            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: shared.snapshot.decoderLimits)))
+        let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: shared.snapshot.decoderLimits))
+        try sync.addHandler(decoder)
         try sync.addHandler(HTTPServerPipelineHandler())
         // No NIOHTTPResponseHeadersValidator: every header Gatehouse writes is either its own
         // (constant, or the realm with control characters removed) or relayed from an origin
         // whose response NIO's parser already refused if a field held CR, LF or NUL.
         let handler = ProxyConnectionHandler(shared: shared, observer: observer, encoder: encoder, eventLoop: channel.eventLoop)
+        handler.requestDecoder = decoder
         handler.clientIP = clientIP
         handler.clientAddress = clientAddress
         let configuration = handler.configuration

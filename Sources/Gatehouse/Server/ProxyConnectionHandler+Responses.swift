@@ -194,17 +194,36 @@ extension ProxyConnectionHandler {
     /// NIO's parser treats CONNECT as a protocol switch and stops parsing after its head
     /// (RFC 9112 §3.2.3). When Gatehouse refuses the CONNECT (407, 403, 502…) the connection
     /// is still HTTP, so a fresh decoder takes over; the old one hands it the bytes it held.
+    ///
+    /// Handing over the bytes parses them at once: if they hold another refused CONNECT,
+    /// this is asked for again while the old decoder is still being removed. That request is
+    /// carried out after the current replacement, not inside it: nested, the second replacement
+    /// took the old decoder (looked up by type) for the current one and left two decoders in a
+    /// row, and the next request head reached the second as a decoded part where it expected
+    /// bytes, a fatal error (two refused CONNECTs in one packet, then any request: a crash
+    /// without credentials).
     func replaceDecoderAfterConnect(context: ChannelHandlerContext) {
-        let pipeline = context.pipeline.syncOperations
-        do {
-            let old = try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            let decoder = ByteToMessageHandler(
-                HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: self.settings.decoderLimits))
-            try pipeline.addHandler(decoder, position: .after(old.handler))
-            pipeline.removeHandler(context: old, promise: nil)
-        } catch {
-            context.close(promise: nil)
+        if self.replacingDecoder {
+            self.replaceDecoderAgain = true
+            return
         }
+        self.replacingDecoder = true
+        defer { self.replacingDecoder = false }
+        let pipeline = context.pipeline.syncOperations
+        repeat {
+            self.replaceDecoderAgain = false
+            do {
+                guard let current = self.requestDecoder else { return context.close(promise: nil) }
+                let old = try pipeline.context(handler: current)
+                let decoder = ByteToMessageHandler(
+                    HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: self.settings.decoderLimits))
+                try pipeline.addHandler(decoder, position: .after(old.handler))
+                self.requestDecoder = decoder
+                pipeline.removeHandler(context: old, promise: nil)
+            } catch {
+                return context.close(promise: nil)
+            }
+        } while self.replaceDecoderAgain && context.channel.isActive
     }
 
     /// The answer to a `TRACE` or `OPTIONS` whose `Max-Forwards` reached zero (RFC 9110

@@ -62,6 +62,11 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var closeAfterResponse = false
     /// A refused CONNECT's `.end` is still due; swap in a fresh HTTP decoder once it arrives.
     var replaceDecoderOnRequestEnd = false
+    /// The HTTP decoder in front of this handler now (a refused CONNECT replaces it).
+    var requestDecoder: ByteToMessageHandler<HTTPRequestDecoder>?
+    /// A replacement is under way; another asked for meanwhile follows it.
+    var replacingDecoder = false
+    var replaceDecoderAgain = false
     /// Set when the connection is over a connection limit: it gets a 503 and is closed.
     var rejection: ReasonCode?
     /// The settings this connection runs under, fixed when it opened.

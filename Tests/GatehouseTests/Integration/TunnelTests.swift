@@ -1,3 +1,4 @@
+import Foundation
 import Gatehouse
 import GatehouseTesting
 import NIOSSL
@@ -150,5 +151,27 @@ struct TunnelTests {
             let records = await proxy.waitForRecords(count: 1, timeout: .seconds(5))
             #expect(records.map(\.reason) == [.tunnel])
         }
+    }
+
+    @Test("refused CONNECTs pipelined in one packet are each answered, and so is what follows them (it crashed the proxy)")
+    func pipelinedRefusedConnects() async throws {
+        // A separate process: the fault was a fatal error that ended the whole proxy, without
+        // credentials (two refused CONNECTs in one packet, then any request).
+        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
+        defer { Task { await proxy.stop() } }
+        let connect = "CONNECT x:443 HTTP/1.1\r\n\r\n"
+        let get = "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        for (writes, answers) in [([connect + connect, connect], 3), ([connect + connect + get], 3), ([String(repeating: connect, count: 5)], 5),
+                                  ([connect + connect, connect + connect, get], 5)] {
+            let client = try await RawClient.connect(port: proxy.port)
+            for write in writes {
+                try await client.send(write)
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            let text = await client.waitFor(timeout: .seconds(5)) { statusCodes(in: $0).count == answers }
+            #expect(statusCodes(in: text) == Array(repeating: 407, count: answers), "\(writes.count) writes: \(text.prefix(300))")
+            await client.close()
+        }
+        #expect(kill(proxy.pid, 0) == 0, "the proxy is still running")
     }
 }
