@@ -41,7 +41,9 @@ public enum HtpasswdEditor {
     public static func setUser(_ user: String, hash: PasswordHash, path: String) throws(EditError) -> Change {
         try Self.validate(user)
         var lines = try Self.readLines(path: path, missingIsEmpty: true)
-        let entry = "\(user):\(hash.fieldValue)"
+        // A file written with CRLF line ends keeps them.
+        let lineEnd = lines.contains { $0.utf8.last == UInt8(ascii: "\r") } ? "\r" : ""
+        let entry = "\(user):\(hash.fieldValue)" + lineEnd
         if let index = lines.firstIndex(where: { Self.user(of: $0) == user }) {
             lines[index] = entry
             try Self.write(lines, path: path)
@@ -87,7 +89,12 @@ public enum HtpasswdEditor {
         } catch {
             throw .unreadable(path: path, reason: error.localizedDescription)
         }
-        var lines = text.components(separatedBy: "\n")
+        // Split at LF bytes, not Characters: in Swift "\r\n" is one Character, so a file with
+        // CRLF line ends was one line, and an edit kept only the user it changed (the others
+        // were lost, or a later user was "not found" and added twice). A CR stays at the end
+        // of its line (see `user(of:)`), so the file keeps its line ends.
+        var lines = text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+            .map { String(decoding: $0, as: UTF8.self) }
         if lines.last == "" { lines.removeLast() }
         return lines
     }
