@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 
 /// Slows down password guessing: failed authentications are counted per client IP, and per
 /// user name, over a sliding window (429 `auth_throttled` with `Retry-After` above the limit).
@@ -31,10 +32,15 @@ public final class AuthThrottle: Sendable {
         /// The same by user name, with the address of each.
         var runningByUser: [String: [String]] = [:]
         var operations = 0
+        /// When everything out of the window was last dropped.
+        var pruned = NIODeadline.uptimeNanoseconds(0)
     }
 
     let limits: Limits
     private let state = NIOLockedValueBox(State())
+    /// Whether any failure may be on record: checked without the lock by logins the cache
+    /// answers, which must stay as cheap as a cache hit while nobody is guessing.
+    private let failuresOnRecord = Atomic<Bool>(false)
     /// Bounds memory under a flood of distinct addresses or names.
     private let maximumKeys = 100_000
 
@@ -47,6 +53,20 @@ public final class AuthThrottle: Sendable {
     /// verification already running, which costs no guess.
     public func retryAfter(client: String, user: String?, countingRunning: Bool = true, now: NIODeadline = .now()) -> Int? {
         self.state.withLockedValue { self.retryAfter(&$0, client: client, user: user, countingRunning: countingRunning, now: now) }
+    }
+
+    /// For a login the credential cache answers: refused while `client` is over a limit, as
+    /// an unchecked guess is. A cached password that still got 200 from a throttled address
+    /// told a guesser which guess was right, at thousands of guesses a second (429s cost no
+    /// hashing) while the user's credentials were cached.
+    public func retryAfterCachedLogin(client: String, user: String, now: NIODeadline = .now()) -> Int? {
+        guard self.failuresOnRecord.load(ordering: .relaxed) else { return nil }
+        return self.state.withLockedValue { state in
+            // Until old failures are all dropped, every cached login takes the lock: drop them
+            // once a window has passed, so the unlocked check applies again.
+            if now - state.pruned > self.limits.window { self.prune(&state, now: now) }
+            return self.retryAfter(&state, client: client, user: user, countingRunning: false, now: now)
+        }
     }
 
     /// Admits one password verification for `user` from `client`, or says how long to wait.
@@ -85,6 +105,7 @@ public final class AuthThrottle: Sendable {
         }
         state.byClient[client, default: []].append(now)
         if let user { state.byUser[user, default: []].append((now, client)) }
+        self.failuresOnRecord.store(true, ordering: .relaxed)
     }
 
     private func retryAfter(_ state: inout State, client: String, user: String?, countingRunning: Bool, now: NIODeadline) -> Int? {
@@ -110,11 +131,13 @@ public final class AuthThrottle: Sendable {
                 waits.append(entries.count >= self.limits.failuresPerUser ? entries[0].time + self.limits.window : now + .seconds(1))
             }
         }
+        if state.byClient.isEmpty && state.byUser.isEmpty { self.failuresOnRecord.store(false, ordering: .relaxed) }
         guard let until = waits.max() else { return nil }
         return max(1, Int((until - now).nanoseconds / 1_000_000_000) + 1)
     }
 
     private func prune(_ state: inout State, now: NIODeadline) {
+        state.pruned = now
         let cutoff = now - self.limits.window
         state.byClient = state.byClient.compactMapValues { times in
             let kept = times.filter { $0 >= cutoff }
@@ -126,5 +149,6 @@ public final class AuthThrottle: Sendable {
         }
         if state.byClient.count > self.maximumKeys { state.byClient.removeAll() }
         if state.byUser.count > self.maximumKeys { state.byUser.removeAll() }
+        if state.byClient.isEmpty && state.byUser.isEmpty { self.failuresOnRecord.store(false, ordering: .relaxed) }
     }
 }

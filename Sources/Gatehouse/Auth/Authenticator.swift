@@ -82,6 +82,9 @@ public final class Authenticator: Sendable {
         guard values.count == 1 else { return .immediate(.rejected(.authMalformed, user: nil)) }
         let key = self.cache.key(for: value)
         if let user = self.cache.user(forKey: key) {
+            if let wait = self.throttle.retryAfterCachedLogin(client: client, user: user) {
+                return .immediate(.refused(.authThrottled, retryAfter: wait, user: user))
+            }
             return .cached(user: user)
         }
 

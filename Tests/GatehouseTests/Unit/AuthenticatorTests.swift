@@ -124,6 +124,38 @@ struct AuthenticatorTests {
         #expect(try await Self.outcome(authenticator, [good]) == .rejected(.authInvalid, user: "bcrypt-user"))
     }
 
+    @Test("a throttled address gets 429 for a cached password too; the user's own address is not affected")
+    func throttleCoversCache() async throws {
+        let authenticator = Authenticator(
+            store: CredentialStore(inlineUsers: ["alice": "right"]), cacheTTL: .minutes(5), threadPool: .singleton,
+            throttle: AuthThrottle.Limits(window: .seconds(60), failuresPerClient: 3, failuresPerUser: 10))
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        func outcome(_ credentials: String, from client: String) async throws -> Authenticator.Outcome {
+            switch authenticator.authenticate([Self.header(credentials)], client: client, on: loop) {
+            case .immediate(let outcome): return outcome
+            case .cached(let user): return .authenticated(user: user)
+            case .pending(let future): return try await future.get()
+            }
+        }
+        // Alice logs in from her address: her credentials are now cached.
+        #expect(try await outcome("alice:right", from: "10.0.0.1") == .authenticated(user: "alice"))
+        // A guesser elsewhere reaches the limit; its next guesses are not checked...
+        for guess in 0..<3 {
+            #expect(try await outcome("alice:wrong\(guess)", from: "10.0.0.66") == .rejected(.authInvalid, user: "alice"))
+        }
+        guard case .refused(.authThrottled, _, _) = try await outcome("alice:wrong9", from: "10.0.0.66") else {
+            Issue.record("a throttled guess must get 429")
+            return
+        }
+        // ...and the right one, answered by the cache, gets the same 429: a 200 told the
+        // guesser which guess was right.
+        guard case .refused(.authThrottled, _, _) = try await outcome("alice:right", from: "10.0.0.66") else {
+            Issue.record("a cached password from a throttled address must get 429 too")
+            return
+        }
+        #expect(try await outcome("alice:right", from: "10.0.0.1") == .authenticated(user: "alice"))
+    }
+
     @Test("a reload during a running verification: a removed user or old password is refused, cached nowhere, joined by no one")
     func reloadDuringVerification() async throws {
         let hash = try #require(PasswordHash.makeBcrypt(password: "oldpw", cost: 4))
