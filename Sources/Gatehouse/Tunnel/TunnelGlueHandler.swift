@@ -61,6 +61,18 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.lingerTimeout = lingerTimeout
     }
 
+    /// Bytes this side's peer had acknowledged at the last idle check.
+    private var ackedSample: UInt64?
+
+    /// Whether bytes are still on their way to this side's peer and it acknowledged more of
+    /// them since the last idle check.
+    private func stillTaking() -> Bool {
+        guard let channel = self.context?.channel, let queue = PeerProgress.sendQueue(of: channel) else { return false }
+        let decision = PeerProgress.idleDecision(draining: queue.draining, acked: queue.acked, previous: self.ackedSample)
+        self.ackedSample = decision.sample
+        return decision.keepOpen
+    }
+
     static func matchedPair(
         record: TunnelRecord, lingerTimeout: TimeAmount
     ) -> (client: TunnelGlueHandler, upstream: TunnelGlueHandler) {
@@ -188,6 +200,15 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         if event is IdleStateHandler.IdleStateEvent {
+            // Nothing read or written on the client side for the idle timeout. A side that is
+            // still taking bytes, slowly, is not idle: NIO's writes to it complete only when the
+            // kernel reports the socket writable again, once a third of a send buffer of
+            // megabytes has drained, which a slow reader takes longer than the timeout for. Its
+            // TCP acknowledgements show it is reading (a 100 KB/s download lost everything after
+            // its first 6 MB at a 15 s timeout, with the log counting it all).
+            let clientTakes = self.stillTaking()
+            let originTakes = self.partner?.stillTaking() ?? false
+            if clientTakes || originTakes { return }
             context.close(promise: nil)
             return
         }

@@ -52,7 +52,7 @@ struct AptTests {
 
     /// Runs apt-get with its state, cache and sources under `directory` (downloads land in
     /// `directory/dl`).
-    static func aptGet(_ arguments: [String], in directory: URL, origin: Int, proxy: String, depth: Int = 10) throws -> (status: Int32, output: String) {
+    static func aptGet(_ arguments: [String], in directory: URL, origin: Int, proxy: String, depth: Int = 10) async throws -> (status: Int32, output: String) {
         let manager = FileManager.default
         for sub in ["state/lists/partial", "cache/archives/partial", "dl"] {
             try manager.createDirectory(at: directory.appendingPathComponent(sub), withIntermediateDirectories: true)
@@ -78,8 +78,11 @@ struct AptTests {
         process.standardOutput = pipe
         process.standardError = pipe
         try process.run()
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        let output = try await onOwnThread {
+            let output = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return output
+        }
         return (process.terminationStatus, String(decoding: output, as: UTF8.self))
     }
 
@@ -101,10 +104,10 @@ struct AptTests {
     @Test("apt-get update and a pipelined download of 20 packages: every file byte-exact, one log line per request, no password")
     func updateAndDownload() async throws {
         try await Self.withRepository(count: 20) { proxy, origin, directory, packages in
-            let update = try Self.aptGet(["update"], in: directory, origin: origin.port, proxy: proxy.authenticatedURL + "/")
+            let update = try await Self.aptGet(["update"], in: directory, origin: origin.port, proxy: proxy.authenticatedURL + "/")
             #expect(update.status == 0, "\(update.output)")
             let names = packages.keys.sorted().map { String($0.prefix { $0 != "_" }) }
-            let download = try Self.aptGet(["download"] + names, in: directory, origin: origin.port, proxy: proxy.authenticatedURL + "/")
+            let download = try await Self.aptGet(["download"] + names, in: directory, origin: origin.port, proxy: proxy.authenticatedURL + "/")
             #expect(download.status == 0, "\(download.output)")
             for (file, bytes) in packages {
                 let got = FileManager.default.contents(atPath: directory.appendingPathComponent("dl/\(file)").path)
@@ -126,7 +129,7 @@ struct AptTests {
     func wrongPassword() async throws {
         try await Self.withRepository(count: 1) { proxy, origin, directory, _ in
             let url = proxy.proxyURL(user: TestUser.name, password: "wrong") + "/"
-            let update = try Self.aptGet(["update"], in: directory, origin: origin.port, proxy: url)
+            let update = try await Self.aptGet(["update"], in: directory, origin: origin.port, proxy: url)
             #expect(update.status != 0)
             #expect(update.output.contains("407  Proxy Authentication Required"), "\(update.output)")
             #expect(proxy.records.allSatisfy { $0.status == 407 && $0.reason == .authInvalid })

@@ -15,7 +15,11 @@ struct CommandLineTests {
         var stderr: String
     }
 
-    static func run(_ arguments: [String], input: String? = nil) throws -> Run {
+    static func run(_ arguments: [String], input: String? = nil) async throws -> Run {
+        try await onOwnThread { try Self.runBlocking(arguments, input: input) }
+    }
+
+    static func runBlocking(_ arguments: [String], input: String?) throws -> Run {
         let process = Process()
         process.executableURL = Self.executable
         process.arguments = arguments
@@ -46,8 +50,8 @@ struct CommandLineTests {
         (["--user", "a:b", "--log-format", "xml"], "--log-format: invalid log format \"xml\""),
         (["--user", "nocolon"], "invalid --user"),
     ])
-    func badInput(arguments: [String], message: String) throws {
-        let result = try Self.run(arguments)
+    func badInput(arguments: [String], message: String) async throws {
+        let result = try await Self.run(arguments)
         #expect(result.status != 0)
         let lines = result.stderr.split(separator: "\n")
         #expect(lines.count == 1, "\(result.stderr)")
@@ -56,25 +60,25 @@ struct CommandLineTests {
     }
 
     @Test("check refuses an access log serve could not open, as serve does")
-    func checkAccessLog() throws {
-        let checked = try Self.run(["check", "--user", "a:b", "--access-log", "/nonexistent-dir/access.log"])
+    func checkAccessLog() async throws {
+        let checked = try await Self.run(["check", "--user", "a:b", "--access-log", "/nonexistent-dir/access.log"])
         #expect(checked.status == 1)
         #expect(checked.stdout.contains("access_log: cannot create access log /nonexistent-dir/access.log: No such file or directory"), "\(checked.stdout)")
-        let served = try Self.run(["--user", "a:b", "--listen", "127.0.0.1:0", "--access-log", "/nonexistent-dir/access.log"])
+        let served = try await Self.run(["--user", "a:b", "--listen", "127.0.0.1:0", "--access-log", "/nonexistent-dir/access.log"])
         #expect(served.status == 1)
-        let directory = try Self.run(["check", "--user", "a:b", "--access-log", "/tmp"])
+        let directory = try await Self.run(["check", "--user", "a:b", "--access-log", "/tmp"])
         #expect(directory.status == 1)
         #expect(directory.stdout.contains("cannot open access log /tmp: Is a directory"), "\(directory.stdout)")
-        let config = try Self.run(["check", "--config", "/tmp"])
+        let config = try await Self.run(["check", "--config", "/tmp"])
         #expect(config.stdout.contains("/tmp: cannot read the config file: it is a directory"), "\(config.stdout)")
     }
 
     @Test("a malformed htpasswd line is reported as file:line")
-    func malformedHtpasswd() throws {
+    func malformedHtpasswd() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("gh-\(UUID().uuidString).htpasswd").path
         try "# users\nalice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\nthis line has no separator\n".write(toFile: path, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let result = try Self.run(["--htpasswd", path])
+        let result = try await Self.run(["--htpasswd", path])
         #expect(result.status != 0)
         #expect(result.stderr.hasPrefix("gatehouse: error: \(path):3: "), "\(result.stderr)")
         #expect(!result.stderr.contains("W6ph5"), "the hash must not be echoed")

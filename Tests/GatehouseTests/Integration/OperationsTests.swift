@@ -309,7 +309,7 @@ struct OperationsTests {
         defer { Task { await first.stop() } }
         #expect(try Self.listenBacklog(port: first.port) == 1024)
         // With stdin closed at once, a second instance that did start exits again (no hang).
-        let second = try CommandLineTests.run(
+        let second = try await CommandLineTests.run(
             ["--listen", "127.0.0.1:\(first.port)", "--user", "u:p", "--access-log", "off", "--exit-on-stdin-eof"], input: "")
         #expect(second.status == 1)
         #expect(second.stderr.contains("gatehouse: error: cannot listen on 127.0.0.1:\(first.port): address already in use"), "\(second.stderr)")
@@ -358,26 +358,26 @@ struct OperationsTests {
     }
 
     @Test("gatehouse check: file:line for every problem, exit 1; ok and exit 0 for a good config")
-    func check() throws {
+    func check() async throws {
         let htpasswd = try Self.makeHtpasswd(["u": "p"])
         let good = Self.temporaryPath("good.yaml")
         let bad = Self.temporaryPath("bad.yaml")
         try "htpasswd: \(htpasswd)\nlisten:\n  - 127.0.0.1:3128\nconnect_ports: \"443,8443\"\n".write(toFile: good, atomically: true, encoding: .utf8)
         try "htpasswd: \(htpasswd)\nconect_ports: 443\nidle_timeout: 60\nlisten: [nonsense]\n".write(toFile: bad, atomically: true, encoding: .utf8)
-        let ok = try CommandLineTests.run(["check", "--config", good])
+        let ok = try await CommandLineTests.run(["check", "--config", good])
         #expect(ok.status == 0, "\(ok.stdout)")
         #expect(ok.stdout.hasPrefix("ok: 1 user, listening on 127.0.0.1:3128"))
-        let failed = try CommandLineTests.run(["check", "--config", bad])
+        let failed = try await CommandLineTests.run(["check", "--config", bad])
         #expect(failed.status == 1)
         #expect(failed.stdout.contains("\(bad):2: unknown key \"conect_ports\"; did you mean \"connect_ports\"?"), "\(failed.stdout)")
         #expect(failed.stdout.contains("\(bad):3: invalid duration \"60\""))
         #expect(failed.stdout.contains("\(bad):4: invalid --listen address \"nonsense\""))
         // Precedence: a flag beats the environment, which beats the file.
-        let overridden = try CommandLineTests.run(["check", "--config", good, "--listen", "127.0.0.1:9999"])
+        let overridden = try await CommandLineTests.run(["check", "--config", good, "--listen", "127.0.0.1:9999"])
         #expect(overridden.stdout.contains("listening on 127.0.0.1:9999"))
         let brokenUsers = try Self.makeHtpasswd(["u": "p"])
         try String(contentsOfFile: brokenUsers, encoding: .utf8).appending("no-colon-here\n").write(toFile: brokenUsers, atomically: true, encoding: .utf8)
-        let badUsers = try CommandLineTests.run(["check", "--htpasswd", brokenUsers])
+        let badUsers = try await CommandLineTests.run(["check", "--htpasswd", brokenUsers])
         #expect(badUsers.status == 1)
         #expect(badUsers.stdout.contains("\(brokenUsers):2: "))
         // No usable user left: each line's own problem is printed, then why that is fatal.
@@ -385,7 +385,7 @@ struct OperationsTests {
         defer { try? FileManager.default.removeItem(atPath: unusable) }
         try Data(Array("bad:$2y$10$short\nsha:{SHA}notbase64!!\nb".utf8) + [0xFF] + Array("d:{SHA}x\n".utf8))
             .write(to: URL(fileURLWithPath: unusable))
-        let none = try CommandLineTests.run(["check", "--htpasswd", unusable])
+        let none = try await CommandLineTests.run(["check", "--htpasswd", unusable])
         #expect(none.status == 1)
         for line in 1...3 { #expect(none.stdout.contains("\(unusable):\(line): "), "\(none.stdout)") }
         #expect(none.stdout.contains("no usable users"))
@@ -395,43 +395,43 @@ struct OperationsTests {
         defer { try? FileManager.default.removeItem(atPath: spaced) }
         try String(contentsOfFile: htpasswd, encoding: .utf8).replacingOccurrences(of: "u:", with: "sp ace:")
             .appending("t\u{1}b:{SHA}F/WZ9PxtuIpP2yyadrWdU4eK0og=\n").write(toFile: spaced, atomically: true, encoding: .utf8)
-        let usable = try CommandLineTests.run(["check", "--htpasswd", spaced])
+        let usable = try await CommandLineTests.run(["check", "--htpasswd", spaced])
         #expect(usable.status == 0, "\(usable.stdout)")
         #expect(usable.stdout.contains("\(spaced):2: warning: user name contains control characters; this user cannot log in"), "\(usable.stdout)")
         #expect(usable.stdout.contains("ok: 1 user"))
         // A fatal line does not hide the others' warnings.
         try String(contentsOfFile: spaced, encoding: .utf8).appending("nocolon\n").write(toFile: spaced, atomically: true, encoding: .utf8)
-        let mixed = try CommandLineTests.run(["check", "--htpasswd", spaced])
+        let mixed = try await CommandLineTests.run(["check", "--htpasswd", spaced])
         #expect(mixed.status == 1)
         #expect(mixed.stdout.contains("\(spaced):2: warning: ") && mixed.stdout.contains("\(spaced):3: "), "\(mixed.stdout)")
         // serve refuses the same file, saying the same on stderr.
-        let serve = try CommandLineTests.run(["serve", "--htpasswd", spaced, "--listen", "127.0.0.1:0"])
+        let serve = try await CommandLineTests.run(["serve", "--htpasswd", spaced, "--listen", "127.0.0.1:0"])
         #expect(serve.status != 0)
         #expect(serve.stderr.contains("\(spaced):2: warning: user name contains control characters"), "\(serve.stderr)")
         #expect(serve.stderr.contains("\(spaced):3: "), "\(serve.stderr)")
         // A user both in the file and inline would silently log in with the inline password only.
-        let both = try CommandLineTests.run(["check", "--htpasswd", htpasswd, "--user", "u:other"])
+        let both = try await CommandLineTests.run(["check", "--htpasswd", htpasswd, "--user", "u:other"])
         #expect(both.status == 1)
         #expect(both.stdout.contains("user \"u\" is both in this file and given with --user"), "\(both.stdout)")
         #expect(!both.stdout.contains("other"))
     }
 
     @Test("gatehouse passwd: add, update, verify, delete; Apache's htpasswd reads the result")
-    func passwd() throws {
+    func passwd() async throws {
         let path = Self.temporaryPath("users")
         defer { try? FileManager.default.removeItem(atPath: path) }
-        func run(_ arguments: [String], input: String) throws -> (Int32, String) {
-            let result = try CommandLineTests.run(["passwd"] + arguments, input: input)
+        func run(_ arguments: [String], input: String) async throws -> (Int32, String) {
+            let result = try await CommandLineTests.run(["passwd"] + arguments, input: input)
             return (result.status, result.stdout)
         }
-        #expect(try run(["--stdin", "--cost", "5", path, "alice"], input: "first\n") == (0, "Adding password for user alice\n"))
+        #expect(try await run(["--stdin", "--cost", "5", path, "alice"], input: "first\n") == (0, "Adding password for user alice\n"))
         chmod(path, 0o644)
-        #expect(try run(["--stdin", "--cost", "5", path, "alice"], input: "second\n") == (0, "Updating password for user alice\n"))
+        #expect(try await run(["--stdin", "--cost", "5", path, "alice"], input: "second\n") == (0, "Updating password for user alice\n"))
         var info = stat()
         stat(path, &info)
         #expect(info.st_mode & 0o777 == 0o644, "the rewrite keeps the file's mode")
-        #expect(try run(["--stdin", "--verify", path, "alice"], input: "second\n").0 == 0)
-        #expect(try run(["--stdin", "--verify", path, "alice"], input: "first\n").0 == 3)
+        #expect(try await run(["--stdin", "--verify", path, "alice"], input: "second\n").0 == 0)
+        #expect(try await run(["--stdin", "--verify", path, "alice"], input: "first\n").0 == 3)
         let line = try String(contentsOfFile: path, encoding: .utf8)
         #expect(line.hasPrefix("alice:$2y$05$"))
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/htpasswd") {
@@ -444,13 +444,13 @@ struct OperationsTests {
             apache.waitUntilExit()
             #expect(apache.terminationStatus == 0, "Apache's htpasswd accepts our bcrypt line")
         }
-        #expect(try run(["--delete", path, "alice"], input: "").0 == 0)
-        #expect(try run(["--delete", path, "alice"], input: "").0 == 1)
+        #expect(try await run(["--delete", path, "alice"], input: "").0 == 0)
+        #expect(try await run(["--delete", path, "alice"], input: "").0 == 1)
         #expect(try String(contentsOfFile: path, encoding: .utf8).isEmpty)
     }
 
     @Test("gatehouse passwd writes through a symbolic link, creates files as Apache does (0666 less the umask), takes names with spaces")
-    func passwdLinksAndModes() throws {
+    func passwdLinksAndModes() async throws {
         let target = Self.temporaryPath("target")
         let link = Self.temporaryPath("link")
         let fresh = Self.temporaryPath("fresh")
@@ -458,7 +458,7 @@ struct OperationsTests {
         try "bob:{SHA}F/WZ9PxtuIpP2yyadrWdU4eK0og=\n".write(toFile: target, atomically: true, encoding: .utf8)
         chmod(target, 0o640)
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
-        let added = try CommandLineTests.run(["passwd", "--stdin", "--cost", "4", link, "sp ace"], input: "pw\n")
+        let added = try await CommandLineTests.run(["passwd", "--stdin", "--cost", "4", link, "sp ace"], input: "pw\n")
         #expect(added.status == 0, "\(added.stdout)")
         // The link is still a link, and the file it points to has both users, with its mode.
         #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == target)
@@ -470,25 +470,25 @@ struct OperationsTests {
         // A new file: the test process's umask (set by the harness; 022 on most machines).
         let mask = umask(0)
         umask(mask)
-        #expect(try CommandLineTests.run(["passwd", "--stdin", "--cost", "4", fresh, "alice"], input: "pw\n").status == 0)
+        #expect(try await CommandLineTests.run(["passwd", "--stdin", "--cost", "4", fresh, "alice"], input: "pw\n").status == 0)
         stat(fresh, &info)
         #expect(info.st_mode & 0o777 == 0o666 & ~mask)
-        let refused = try CommandLineTests.run(["passwd", "--stdin", fresh, "bad\u{1B}name"], input: "pw\n")
+        let refused = try await CommandLineTests.run(["passwd", "--stdin", fresh, "bad\u{1B}name"], input: "pw\n")
         #expect(refused.status != 0)
         #expect(!(refused.stdout + refused.stderr).contains("\u{1B}"), "a control character is shown escaped")
-        #expect(try CommandLineTests.run(["passwd", "--stdin", fresh, "bad\u{FFFD}name"], input: "pw\n").status != 0)
+        #expect(try await CommandLineTests.run(["passwd", "--stdin", fresh, "bad\u{FFFD}name"], input: "pw\n").status != 0)
         // A dangling link: its target is created, and the link stays.
         let dangling = Self.temporaryPath("dangling")
         let missing = Self.temporaryPath("missing")
         defer { for path in [dangling, missing] { try? FileManager.default.removeItem(atPath: path) } }
         try FileManager.default.createSymbolicLink(atPath: dangling, withDestinationPath: (missing as NSString).lastPathComponent)
-        #expect(try CommandLineTests.run(["passwd", "--stdin", "--cost", "4", dangling, "carol"], input: "pw\n").status == 0)
+        #expect(try await CommandLineTests.run(["passwd", "--stdin", "--cost", "4", dangling, "carol"], input: "pw\n").status == 0)
         #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: dangling)) == (missing as NSString).lastPathComponent)
         #expect((try? String(contentsOfFile: missing, encoding: .utf8))?.hasPrefix("carol:$2y$04$") == true)
     }
 
     @Test("install.sh into a DESTDIR lays out the binary, units, config and htpasswd")
-    func install() throws {
+    func install() async throws {
         let destination = Self.temporaryPath("root")
         defer { try? FileManager.default.removeItem(atPath: destination) }
         let process = Process()
@@ -512,7 +512,7 @@ struct OperationsTests {
         #expect(unit.contains("ExecStart=/opt/gh/bin/gatehouse"))
         #expect(unit.contains("Type=notify"))
         #expect(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"))
-        let check = try CommandLineTests.run(["check", "--config", GatehouseProcess.repositoryRoot.appendingPathComponent("Config/gatehouse.yaml").path,
+        let check = try await CommandLineTests.run(["check", "--config", GatehouseProcess.repositoryRoot.appendingPathComponent("Config/gatehouse.yaml").path,
                                               "--htpasswd", GatehouseProcess.repositoryRoot.appendingPathComponent("Config/demo.htpasswd").path])
         #expect(check.status == 0, "the shipped example config is valid: \(check.stdout)")
     }

@@ -6,7 +6,11 @@ import Testing
 /// proxy whose challenge is malformed.
 @Suite("gatehouse probe")
 struct ProbeTests {
-    static func probe(_ arguments: [String], timeout: String = "5s") throws -> (status: Int32, stdout: String) {
+    static func probe(_ arguments: [String], timeout: String = "5s") async throws -> (status: Int32, stdout: String) {
+        try await onOwnThread { try Self.probeBlocking(arguments, timeout: timeout) }
+    }
+
+    static func probeBlocking(_ arguments: [String], timeout: String) throws -> (status: Int32, stdout: String) {
         let process = Process()
         process.executableURL = CommandLineTests.executable
         process.arguments = ["probe", "--timeout", timeout] + arguments
@@ -26,7 +30,7 @@ struct ProbeTests {
     @Test("a healthy proxy and the right credentials: every step passes, exit 0")
     func healthy() async throws {
         try await withProxyAndOrigin(configure: { $0.connectPorts = PortSet([1...65535]) }) { proxy, origin in
-            let result = try Self.probe(["--proxy", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
+            let result = try await Self.probe(["--proxy", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
             #expect(result.status == 0, "\(result.stdout)")
             #expect(result.stdout.contains("[ok  ] challenge: 407 with a valid Basic challenge"))
             #expect(result.stdout.contains("offers Basic, realm \"Gatehouse\", charset UTF-8"))
@@ -37,7 +41,7 @@ struct ProbeTests {
     @Test("a wrong password fails at credentials, exit 4, in JSON too")
     func wrongPassword() async throws {
         try await withProxyAndOrigin { proxy, origin in
-            let result = try Self.probe(["--json", "--proxy", proxy.proxyURL(user: TestUser.name, password: "nope"), "http://127.0.0.1:\(origin.port)/hello"])
+            let result = try await Self.probe(["--json", "--proxy", proxy.proxyURL(user: TestUser.name, password: "nope"), "http://127.0.0.1:\(origin.port)/hello"])
             #expect(result.status == 4)
             let object = try Self.json(result.stdout)
             #expect(object["failed_step"] as? String == "credentials")
@@ -49,8 +53,8 @@ struct ProbeTests {
     func throttled() async throws {
         try await withProxyAndOrigin(configure: { $0.authThrottle = .init(failuresPerClient: 30, failuresPerUser: 2) }) { proxy, origin in
             let wrong = proxy.proxyURL(user: TestUser.name, password: "nope")
-            for _ in 0..<3 { _ = try Self.probe(["--proxy", wrong, "http://127.0.0.1:\(origin.port)/hello"]) }
-            let result = try Self.probe(["--proxy", wrong, "http://127.0.0.1:\(origin.port)/hello"])
+            for _ in 0..<3 { _ = try await Self.probe(["--proxy", wrong, "http://127.0.0.1:\(origin.port)/hello"]) }
+            let result = try await Self.probe(["--proxy", wrong, "http://127.0.0.1:\(origin.port)/hello"])
             #expect(result.status == 4, "\(result.stdout)")
             #expect(result.stdout.contains("the proxy did not check the credentials: 429"), "\(result.stdout)")
             #expect(!result.stdout.contains("all steps passed"))
@@ -60,7 +64,7 @@ struct ProbeTests {
     @Test("no credentials given to a proxy that needs them: exit 4 with advice")
     func missingCredentials() async throws {
         try await withProxyAndOrigin { proxy, origin in
-            let result = try Self.probe(["--proxy", proxy.proxyURL, "http://127.0.0.1:\(origin.port)/hello"])
+            let result = try await Self.probe(["--proxy", proxy.proxyURL, "http://127.0.0.1:\(origin.port)/hello"])
             #expect(result.status == 4)
             #expect(result.stdout.contains("none were given"))
         }
@@ -69,7 +73,7 @@ struct ProbeTests {
     @Test("https to a port outside --connect-ports fails at connect, exit 5")
     func connectDenied() async throws {
         try await withProxyAndOrigin { proxy, origin in
-            let result = try Self.probe(["--proxy", proxy.authenticatedURL, "https://127.0.0.1:\(origin.port)/"])
+            let result = try await Self.probe(["--proxy", proxy.authenticatedURL, "https://127.0.0.1:\(origin.port)/"])
             #expect(result.status == 5, "\(result.stdout)")
             #expect(result.stdout.contains("refused by the proxy's policy (403)"))
             #expect(result.stdout.contains("[skip] upstream"))
@@ -80,7 +84,7 @@ struct ProbeTests {
     func unreachable() async throws {
         // Port 1, where nothing listens (as the other tests' refused destinations): a port
         // freed by the test could be taken at once by a server of a test running alongside.
-        let result = try Self.probe(["--proxy", "http://u:p@127.0.0.1:1", "http://127.0.0.1:1/"])
+        let result = try await Self.probe(["--proxy", "http://u:p@127.0.0.1:1", "http://127.0.0.1:1/"])
         #expect(result.status == 2)
         #expect(result.stdout.contains("Connection refused"))
     }
@@ -88,7 +92,7 @@ struct ProbeTests {
     @Test("a destination the proxy cannot reach fails at upstream, exit 6")
     func upstreamDown() async throws {
         try await GatehouseFixture.withProxy(users: ["u": "p"], behaviours: TestingBehaviours(upstreamFailure: .upstreamTimeout)) { proxy in
-            let result = try Self.probe(["--proxy", proxy.proxyURL(user: "u", password: "p"), "http://127.0.0.1:1/"])
+            let result = try await Self.probe(["--proxy", proxy.proxyURL(user: "u", password: "p"), "http://127.0.0.1:1/"])
             #expect(result.status == 6, "\(result.stdout)")
             #expect(result.stdout.contains("504 Gateway Timeout"))
         }
@@ -97,7 +101,7 @@ struct ProbeTests {
     @Test("a destination slower than --timeout fails at upstream, exit 6, not at credentials")
     func slowDestination() async throws {
         try await withProxyAndOrigin { proxy, origin in
-            let result = try Self.probe(["--proxy", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/slow?ms=3000"], timeout: "1s")
+            let result = try await Self.probe(["--proxy", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/slow?ms=3000"], timeout: "1s")
             #expect(result.status == 6, "\(result.stdout)")
             #expect(result.stdout.contains("[warn] credentials: no 407 within 1 s"), "\(result.stdout)")
             #expect(result.stdout.contains("[FAIL] upstream: no answer from 127.0.0.1:\(origin.port) through the proxy within 1 s"), "\(result.stdout)")
@@ -107,8 +111,8 @@ struct ProbeTests {
     @Test("usage errors exit 64: a duration without unit, a zero timeout, a proxy that is not http://, no --proxy", arguments: [
         ["--proxy", "http://127.0.0.1:1", "--timeout", "5"], ["--proxy", "http://127.0.0.1:1", "--timeout", "0s"], ["--proxy", "ftp://x:1"], [],
     ])
-    func usageErrors(arguments: [String]) throws {
-        let result = try Self.probe(arguments)
+    func usageErrors(arguments: [String]) async throws {
+        let result = try await Self.probe(arguments)
         #expect(result.status == 64, "\(arguments): \(result.stdout)")
     }
 
@@ -117,7 +121,7 @@ struct ProbeTests {
         let fake = try await RawOrigin.start(.respondAndClose(
             "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic; realm=\"corp\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
         defer { Task { await fake.stop() } }
-        let result = try Self.probe(["--proxy", "http://u:p@127.0.0.1:\(fake.port)", "http://127.0.0.1:1/"])
+        let result = try await Self.probe(["--proxy", "http://u:p@127.0.0.1:\(fake.port)", "http://127.0.0.1:1/"])
         #expect(result.status == 3, "\(result.stdout)")
         #expect(result.stdout.contains("is not valid RFC 9110 §11.3 syntax"))
         #expect(result.stdout.contains("\";\" after the scheme Basic is not allowed"))
@@ -129,7 +133,7 @@ struct ProbeTests {
         defer { Task { await origin.stop() } }
         let behaviours = TestingBehaviours(extraChallenges: ["Negotiate", "Digest realm=\"x\", nonce=\"n\""])
         try await GatehouseFixture.withProxy(users: ["u": "p"], behaviours: behaviours) { proxy in
-            let result = try Self.probe(["--proxy", proxy.proxyURL(user: "u", password: "p"), "http://127.0.0.1:\(origin.port)/hello"])
+            let result = try await Self.probe(["--proxy", proxy.proxyURL(user: "u", password: "p"), "http://127.0.0.1:\(origin.port)/hello"])
             #expect(result.status == 0, "\(result.stdout)")
             #expect(result.stdout.contains("offers Negotiate"))
             #expect(result.stdout.contains("offers Digest, realm \"x\""))
@@ -142,7 +146,7 @@ struct ProbeTests {
         let origin = try await TestOrigin.start()
         defer { Task { await origin.stop() } }
         try await GatehouseFixture.withProxy(users: ["u": "p"], behaviours: TestingBehaviours(authenticateConnectOnly: true)) { proxy in
-            let result = try Self.probe(["--proxy", proxy.proxyURL, "http://127.0.0.1:\(origin.port)/hello"])
+            let result = try await Self.probe(["--proxy", proxy.proxyURL, "http://127.0.0.1:\(origin.port)/hello"])
             #expect(result.stdout.contains("[warn] challenge: the proxy answered 200 OK without asking for credentials"), "\(result.stdout)")
             #expect(result.stdout.contains("[skip] credentials"))
         }

@@ -141,7 +141,7 @@ struct TunnelTests {
         configuration.tunnelIdleTimeout = .seconds(30)
         let frozen = configuration
         try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen) { proxy in
-            let client = try await RawClient.connect(port: proxy.port, reading: false)
+            let client = try await RawClient.connect(port: proxy.port, reading: false, readSize: 16_384)
             try await client.send("CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
             try await Task.sleep(for: .milliseconds(200))
             client.queue(bytes: [UInt8](repeating: 0x61, count: 16 * 1024 * 1024))
@@ -173,5 +173,58 @@ struct TunnelTests {
             await client.close()
         }
         #expect(kill(proxy.pid, 0) == 0, "the proxy is still running")
+    }
+
+    @Test("a tunnel to a slow but steady reader outlives --tunnel-idle-timeout with every byte (it was cut, the tail lost)")
+    func slowReaderKeepsTunnel() async throws {
+        let proxy = try GatehouseProcess([
+            "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "1-65535", "--tunnel-idle-timeout", "1s",
+        ])
+        defer { Task { await proxy.stop() } }
+        // An origin that sends 8 MiB at once and then nothing, and a client reading about
+        // 1 MB/s through the tunnel: after some 4 MB the proxy's writes to the client stopped
+        // completing for longer than the idle timeout (NIO writes again only once a third of
+        // the kernel's grown send buffer has drained), and the tunnel was closed with the rest
+        // undelivered. Past 6 MB the client reads as fast as it can.
+        let script = """
+            import base64, socket, sys, threading, time
+            port, size = int(sys.argv[1]), 8 * 1024 * 1024
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            def serve():
+                conn, _ = listener.accept()
+                conn.sendall(b"b" * size)
+                time.sleep(30)
+            threading.Thread(target=serve, daemon=True).start()
+            s = socket.create_connection(("127.0.0.1", port), timeout=20)
+            auth = base64.b64encode(b"u:p").decode()
+            s.sendall(("CONNECT 127.0.0.1:%d HTTP/1.1\\r\\nProxy-Authorization: Basic %s\\r\\n\\r\\n" % (listener.getsockname()[1], auth)).encode())
+            head = b""
+            while b"\\r\\n\\r\\n" not in head:
+                head += s.recv(1)
+            got = 0
+            while got < size:
+                data = s.recv(100000)
+                if not data:
+                    break
+                got += len(data)
+                if got < 6 * 1024 * 1024:
+                    time.sleep(0.1)
+            print(got)
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script, "\(proxy.port)"]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let data = try await onOwnThread {
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return data
+        }
+        let received = Int(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(received == 8 * 1024 * 1024, "received \(received.map(String.init) ?? "?") of 8 MiB")
     }
 }

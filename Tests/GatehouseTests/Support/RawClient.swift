@@ -73,6 +73,11 @@ final class RawClient: Sendable {
 
     /// Everything received so far, as text (lossy for binary).
     var text: String { String(decoding: self.state.withLockedValue { $0.bytes }, as: UTF8.self) }
+
+    /// The first `count` bytes received, as text.
+    func text(prefix count: Int) -> String {
+        String(decoding: self.state.withLockedValue { Array($0.bytes.prefix(count)) }, as: UTF8.self)
+    }
     var isClosed: Bool { self.state.withLockedValue { $0.closed } }
 
     /// Waits until the received text satisfies `condition` or the peer closed, up to `timeout`.
