@@ -61,7 +61,9 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
         bytes.append(UInt8(ascii: " "))
         appendEscaped(e.target, keepingPercent: true, to: &bytes)
         bytes.append(UInt8(ascii: " "))
-        if let user = e.user { appendEscaped(user, keepingPercent: false, to: &bytes) } else { bytes.append(UInt8(ascii: "-")) }
+        // An empty name (credentials `:password`) would leave an empty field and shift the
+        // fields after it for tools that split on spaces: `-`, as for no name.
+        if let user = e.user, !user.isEmpty { appendEscaped(user, keepingPercent: false, to: &bytes) } else { bytes.append(UInt8(ascii: "-")) }
         if let upstream = e.upstream {
             appendStatic(" HIER_DIRECT/", to: &bytes)
             bytes.append(contentsOf: upstream.utf8)
@@ -167,7 +169,7 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
     }
 
     private static func commonLine(_ e: AccessLogEntry) -> String {
-        "\(clientHost(e.client)) - \(e.user.map { escaped($0, keepingPercent: false) } ?? "-") [\(commonTime(e.timestamp))] "
+        "\(clientHost(e.client)) - \(e.user.flatMap { $0.isEmpty ? nil : escaped($0, keepingPercent: false) } ?? "-") [\(commonTime(e.timestamp))] "
             + "\"\(e.method) \(escaped(e.target, keepingPercent: true)) \(e.version)\" "
             + "\(e.status) \(e.bytesOut) reason=\(e.reason.rawValue)"
     }

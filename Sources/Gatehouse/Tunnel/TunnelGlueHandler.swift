@@ -24,7 +24,9 @@ final class TunnelRecord {
         self.openSides -= 1
         if self.openSides == 0 {
             self.shared.metrics.tunnelClosed()
-            self.shared.record(self.exchange.logEntry(client: self.client, status: 200, reason: .tunnel), counts: self.counts)
+            // Closed by the proxy itself (the drain timed out, or a second SIGTERM): said so.
+            let reason: ReasonCode = self.shared.connections.isClosingAll ? .shutdown : .tunnel
+            self.shared.record(self.exchange.logEntry(client: self.client, status: 200, reason: reason), counts: self.counts)
         }
     }
 }

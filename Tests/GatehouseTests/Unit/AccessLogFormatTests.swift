@@ -22,6 +22,14 @@ struct AccessLogFormatTests {
         #expect(AccessLogFormat.squid.format(denied).contains(" - HIER_NONE/- - reason=auth_missing"))
     }
 
+    @Test("an empty user name (credentials \":password\") is logged as -, keeping the fields in place")
+    func emptyUser() {
+        var entry = Self.entry
+        entry.user = ""
+        #expect(AccessLogFormat.squid.format(entry).contains(" GET http://example.com/ - HIER_DIRECT/"))
+        #expect(AccessLogFormat.common.format(entry).hasPrefix("127.0.0.1 - - ["))
+    }
+
     @Test("squid: the response's content type in Squid's column, escaped like the other fields")
     func squidContentType() {
         var entry = Self.entry
