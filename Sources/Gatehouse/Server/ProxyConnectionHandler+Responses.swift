@@ -158,7 +158,7 @@ extension ProxyConnectionHandler {
         // re-entrantly, during the write below): swap only once it is through.
         let swapDecoderNow = action == .awaitNextRequest && exchange.isConnect
         if action == .none && exchange.isConnect { self.replaceDecoderOnRequestEnd = true }
-        if let encoded = response.encoded(at: HTTPDate.now()) {
+        if let encoded = self.datedBytes(of: response) {
             let bytes = exchange.isHead ? encoded.getSlice(at: encoded.readerIndex, length: response.headSize) : encoded
             if let bytes { self.encoder.offerEncoded(bytes, fieldCount: head.headers.count) }
         }
@@ -175,6 +175,18 @@ extension ProxyConnectionHandler {
             if swapDecoderNow { self.replaceDecoderAfterConnect(context: context) }
         }
         self.resumeReadingIfPossible()
+    }
+
+    /// A prebuilt answer's stored bytes with the time in their `Date`. The last one is kept
+    /// for the rest of its second: a client that keeps getting the same answer (a 407 to each
+    /// request, S7) gets the same bytes, without the clock's lock or a copy per answer.
+    func datedBytes(of response: OwnResponse) -> ByteBuffer? {
+        guard response.encoded != nil else { return nil }
+        let second = Int(time(nil))
+        if let last = self.lastDatedAnswer, last.second == second, last.response === response { return last.bytes }
+        let bytes = response.encoded(at: HTTPDate.now())
+        self.lastDatedAnswer = bytes.map { (second, response, $0) }
+        return bytes
     }
 
     /// Closes the connection once `written` completes: in stages if the client may still be

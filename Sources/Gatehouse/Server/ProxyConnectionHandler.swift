@@ -62,6 +62,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var closeAfterResponse = false
     /// A refused CONNECT's `.end` is still due; swap in a fresh HTTP decoder once it arrives.
     var replaceDecoderOnRequestEnd = false
+    /// The last prebuilt answer written, dated (see `datedBytes(of:)`).
+    var lastDatedAnswer: (second: Int, response: OwnResponse, bytes: ByteBuffer)?
     /// The HTTP decoder in front of this handler now (a refused CONNECT replaces it).
     var requestDecoder: ByteToMessageHandler<HTTPRequestDecoder>?
     /// A replacement is under way; another asked for meanwhile follows it.
