@@ -85,7 +85,7 @@ struct CommandLineTests {
     }
 
     @Test("--listen repeats, takes [IPv6]:port, and --print-address prints every bound address")
-    func multipleListeners() throws {
+    func multipleListeners() async throws {
         let process = Process()
         process.executableURL = Self.executable
         process.arguments = ["--listen", "127.0.0.1:0", "--listen", "[::1]:0", "--user", "u:p", "--print-address", "--exit-on-stdin-eof"]
@@ -95,14 +95,17 @@ struct CommandLineTests {
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
-        var text = ""
-        while text.split(separator: "\n").count < 2 {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            text += String(decoding: chunk, as: UTF8.self)
+        let text = try await onOwnThread {
+            var text = ""
+            while text.split(separator: "\n").count < 2 {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                text += String(decoding: chunk, as: UTF8.self)
+            }
+            try stdin.fileHandleForWriting.close()
+            process.waitUntilExit()
+            return text
         }
-        try stdin.fileHandleForWriting.close()
-        process.waitUntilExit()
         let lines = text.split(separator: "\n")
         #expect(lines.count == 2, "\(text)")
         #expect(lines.first?.hasPrefix("127.0.0.1:") == true)
@@ -127,11 +130,14 @@ struct CommandLineTests {
         process.standardError = FileHandle.nullDevice
         try process.run()
         // The first line on stdout is the bound address.
-        var buffer = Data()
-        while !buffer.contains(UInt8(ascii: "\n")) {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            buffer.append(chunk)
+        let buffer = try await onOwnThread {
+            var buffer = Data()
+            while !buffer.contains(UInt8(ascii: "\n")) {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                buffer.append(chunk)
+            }
+            return buffer
         }
         let address = String(decoding: buffer, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
         #expect(address.hasPrefix("127.0.0.1:"))

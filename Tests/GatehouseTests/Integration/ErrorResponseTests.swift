@@ -109,8 +109,7 @@ struct ErrorResponseTests {
             $0.headerTimeout = .seconds(2)
             $0.idleTimeout = .seconds(8)
         }) { proxy, _ in
-            let slow = try await RawClient.connect(port: proxy.port)
-            try await slow.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHo")
+            let slow = try await RawClient.connect(port: proxy.port, sending: "GET http://127.0.0.1:1/ HTTP/1.1\r\nHo")
             #expect(await slow.waitForClose())
             #expect(slow.text.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"))
             #expect(slow.text.contains("Connection: close\r\n"))
@@ -220,8 +219,8 @@ struct ErrorResponseTests {
             $0.headerTimeout = .seconds(2)
             $0.idleTimeout = .seconds(6)
         }) { proxy, origin in
-            let client = try await RawClient.connect(port: proxy.port)
-            try await client.send("GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            let client = try await RawClient.connect(
+                port: proxy.port, sending: "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
             let text = await client.waitFor { $0.hasSuffix("hello\n") }
             #expect(text.hasSuffix("hello\n"))
             #expect(!(await client.waitForClose(timeout: .seconds(3))), "still open after 3 s (past the header timeout)")

@@ -319,7 +319,7 @@ struct HardeningTests {
 
     @Test("a wildcard listener detects loops through any loopback address and the unspecified address")
     func wildcardLoops() async throws {
-        let proxy = try GatehouseProcess(["--listen", "0.0.0.0:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "1-65535"])
+        let proxy = try await GatehouseProcess.start(["--listen", "0.0.0.0:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "1-65535"])
         defer { Task { await proxy.stop() } }
         let port = proxy.port
         #expect(port > 0)
@@ -367,7 +367,7 @@ struct HardeningTests {
         // other test running alongside.
         let origin = try await TestOrigin.start()
         defer { Task { await origin.stop() } }
-        let proxy = try GatehouseProcess([
+        let proxy = try await GatehouseProcess.start([
             "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--header-timeout", "30s",
             "--max-connections-per-client", "5000",
         ])

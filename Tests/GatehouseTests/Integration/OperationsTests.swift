@@ -33,7 +33,7 @@ struct OperationsTests {
         defer { Task { await origin.stop() } }
         let path = try Self.makeHtpasswd(["u1": "one"])
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let proxy = try GatehouseProcess(
+        let proxy = try await GatehouseProcess.start(
             ["--listen", "127.0.0.1:0", "--htpasswd", path, "--access-log", "off", "--connect-ports", "\(origin.port)"],
             environment: ["GATEHOUSE_HTPASSWD_POLL_INTERVAL": "1h"])
         defer { Task { await proxy.stop() } }
@@ -77,7 +77,7 @@ struct OperationsTests {
         defer { Task { await origin.stop() } }
         let path = try Self.makeHtpasswd(["u1": "one"])
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let proxy = try GatehouseProcess(
+        let proxy = try await GatehouseProcess.start(
             ["--listen", "127.0.0.1:0", "--htpasswd", path, "--access-log", "off"],
             environment: ["GATEHOUSE_HTPASSWD_POLL_INTERVAL": "100ms"])
         defer { Task { await proxy.stop() } }
@@ -107,7 +107,7 @@ struct OperationsTests {
         // Like a mounted Secret: htpasswd -> ..data/htpasswd, ..data -> v1; an update swaps ..data.
         symlink("v1", directory + "/..data")
         symlink("..data/htpasswd", directory + "/htpasswd")
-        let proxy = try GatehouseProcess(
+        let proxy = try await GatehouseProcess.start(
             ["--listen", "127.0.0.1:0", "--htpasswd", directory + "/htpasswd", "--access-log", "off"],
             environment: ["GATEHOUSE_HTPASSWD_POLL_INTERVAL": "100ms"])
         defer { Task { await proxy.stop() } }
@@ -127,7 +127,7 @@ struct OperationsTests {
         let htpasswd = try Self.makeHtpasswd(["u": "p"])
         let config = Self.temporaryPath("gatehouse.yaml")
         try "htpasswd: \(htpasswd)\nlisten: [127.0.0.1:0]\nrealm: Before\naccess_log: \"off\"\n".write(toFile: config, atomically: true, encoding: .utf8)
-        let proxy = try GatehouseProcess(["--config", config])
+        let proxy = try await GatehouseProcess.start(["--config", config])
         defer { Task { await proxy.stop() } }
         try "htpasswd: \(htpasswd)\nlisten: [127.0.0.1:1]\nrealm: After\naccess_log: \"off\"\n".write(toFile: config, atomically: true, encoding: .utf8)
         proxy.signal(SIGHUP)
@@ -144,7 +144,7 @@ struct OperationsTests {
         let origin = try await TestOrigin.start()
         defer { Task { await origin.stop() } }
         let log = Self.temporaryPath("access.log")
-        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", log])
+        let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", log])
         defer { Task { await proxy.stop() } }
         _ = try await Curl.run(["-x", "http://u:p@127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(origin.port)/hello"])
         try await Task.sleep(for: .milliseconds(200))
@@ -164,7 +164,7 @@ struct OperationsTests {
     func drainOnTerm() async throws {
         let origin = try await TestOrigin.start()
         defer { Task { await origin.stop() } }
-        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
+        let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
         defer { Task { await proxy.stop() } }
         let size = 30 * 1024 * 1024
         async let download = Curl.run([
@@ -195,7 +195,7 @@ struct OperationsTests {
         defer { Task { await origin.stop() } }
         let log = Self.temporaryPath("second-term.log")
         defer { try? FileManager.default.removeItem(atPath: log) }
-        let proxy = try GatehouseProcess([
+        let proxy = try await GatehouseProcess.start([
             "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", log, "--connect-ports", "\(origin.port)", "--drain-timeout", "60s",
         ])
         defer { Task { await proxy.stop() } }
@@ -229,7 +229,7 @@ struct OperationsTests {
         let config = FileManager.default.temporaryDirectory.appendingPathComponent("gh-\(UUID().uuidString).yaml").path
         try "users: [\"u:p\"]\n".write(toFile: config, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: config) }
-        let proxy = try GatehouseProcess(
+        let proxy = try await GatehouseProcess.start(
             ["--listen", "127.0.0.1:0", "--config", config, "--access-log", "off"],
             environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"])
         defer { Task { await proxy.stop() } }
@@ -265,7 +265,7 @@ struct OperationsTests {
             os.environ["LISTEN_FDS"] = "1"; os.environ["LISTEN_PID"] = str(os.getpid())
             os.execv(sys.argv[1], sys.argv[1:])
             """
-        let proxy = try GatehouseProcess(
+        let proxy = try await GatehouseProcess.start(
             ["--listen", "127.0.0.1:1", "--user", "u:p", "--access-log", "off"], launcher: ["/usr/bin/env", "python3", "-c", launcher])
         defer { Task { await proxy.stop() } }
         let announced = proxy.stderr.split(separator: "\n").first { $0.hasPrefix("activated on ") }.map { String($0.dropFirst(13)) }
@@ -305,7 +305,7 @@ struct OperationsTests {
 
     @Test("a second Gatehouse on a port the first listens on is refused (its listeners share a port with SO_REUSEPORT, which would let it join silently)")
     func portTaken() async throws {
-        let first = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
+        let first = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
         defer { Task { await first.stop() } }
         #expect(try Self.listenBacklog(port: first.port) == 1024)
         // With stdin closed at once, a second instance that did start exits again (no hang).
@@ -319,7 +319,7 @@ struct OperationsTests {
     func metrics() async throws {
         let origin = try await TestOrigin.start()
         defer { Task { await origin.stop() } }
-        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--admin-listen", "127.0.0.1:0"])
+        let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--admin-listen", "127.0.0.1:0"])
         defer { Task { await proxy.stop() } }
         #expect(await proxy.waitForLog("admin endpoints listening"))
         let line = try #require(proxy.stderr.split(separator: "\n").first { $0.contains("admin endpoints listening") })
@@ -352,7 +352,7 @@ struct OperationsTests {
 
     @Test("under journald, stderr lines carry syslog priorities and no timestamp")
     func journaldFormat() async throws {
-        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"], environment: ["JOURNAL_STREAM": "8:12345"])
+        let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"], environment: ["JOURNAL_STREAM": "8:12345"])
         defer { Task { await proxy.stop() } }
         #expect(await proxy.waitForLog("<6>listening address=127.0.0.1:"), "\(proxy.stderr)")
     }

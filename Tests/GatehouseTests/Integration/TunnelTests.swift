@@ -157,7 +157,7 @@ struct TunnelTests {
     func pipelinedRefusedConnects() async throws {
         // A separate process: the fault was a fatal error that ended the whole proxy, without
         // credentials (two refused CONNECTs in one packet, then any request).
-        let proxy = try GatehouseProcess(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
+        let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
         defer { Task { await proxy.stop() } }
         let connect = "CONNECT x:443 HTTP/1.1\r\n\r\n"
         let get = "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -177,7 +177,7 @@ struct TunnelTests {
 
     @Test("a tunnel to a slow but steady reader outlives --tunnel-idle-timeout with every byte (it was cut, the tail lost)")
     func slowReaderKeepsTunnel() async throws {
-        let proxy = try GatehouseProcess([
+        let proxy = try await GatehouseProcess.start([
             "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "1-65535", "--tunnel-idle-timeout", "1s",
         ])
         defer { Task { await proxy.stop() } }

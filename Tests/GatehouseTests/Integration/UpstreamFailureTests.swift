@@ -76,8 +76,7 @@ struct UpstreamFailureTests {
             let head = "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\n"
                 + "Proxy-Authorization: \(TestUser.basic)\r\nContent-Length: 100\r\n\r\n"
             // Steady: 100 bytes in five parts, 200 ms apart (each gap far shorter than the timeout).
-            let steady = try await RawClient.connect(port: proxy.port)
-            try await steady.send(head)
+            let steady = try await RawClient.connect(port: proxy.port, sending: head)
             for _ in 0..<5 {
                 try await Task.sleep(for: .milliseconds(200))
                 try await steady.send(String(repeating: "a", count: 20))
@@ -124,13 +123,14 @@ struct UpstreamFailureTests {
     func stalledReader() async throws {
         // The upstream timeout is the longer one: before client_stalled existed, the paused
         // origin read ran into it and the exchange was blamed on the origin (upstream_truncated).
+        // 3 s and 5 s: with 1.5 s, a loaded test machine that did not run the reading task
+        // for that long made the proxy see a reader that had stopped (client_stalled early).
         try await withProxyAndOrigin(configure: {
-            $0.idleTimeout = .milliseconds(1_500)
-            $0.upstreamTimeout = .seconds(3)
+            $0.idleTimeout = .seconds(3)
+            $0.upstreamTimeout = .seconds(5)
         }) { proxy, origin in
             let size = 256 * 1024 * 1024
-            let client = try await RawClient.connect(port: proxy.port, reading: false)
-            try await client.send(bytesRequest(size, origin: origin))
+            let client = try await RawClient.connect(port: proxy.port, reading: false, sending: bytesRequest(size, origin: origin))
             let clock = ContinuousClock()
             let started = clock.now
             // Fast at first, so the kernel grows the proxy's send buffer to megabytes.
@@ -145,7 +145,7 @@ struct UpstreamFailureTests {
             // show it is still reading.
             let slowFrom = client.byteCount
             let fastTook = clock.now - started
-            deadline = clock.now + .seconds(5)
+            deadline = clock.now + .seconds(7)
             while clock.now < deadline {
                 client.readSome()
                 try await Task.sleep(for: .milliseconds(100))
@@ -156,7 +156,7 @@ struct UpstreamFailureTests {
             #expect(proxy.records.isEmpty, "\(proxy.records); \(progress)")
 
             // Then nothing at all.
-            let records = await proxy.waitForRecords(count: 1, timeout: .seconds(10))
+            let records = await proxy.waitForRecords(count: 1, timeout: .seconds(15))
             #expect(records.map(\.reason) == [.clientStalled], "\(records); \(progress)")
             #expect(records.first?.status == 200)
             #expect((records.first?.bytesOut ?? size) < size)
@@ -177,8 +177,7 @@ struct UpstreamFailureTests {
         // long let the proxy close a client that, in effect, had stopped reading.
         try await withProxyAndOrigin(configure: { $0.idleTimeout = .milliseconds(2_500) }) { proxy, origin in
             let size = 28 * 1024 * 1024
-            let client = try await RawClient.connect(port: proxy.port, reading: false)
-            try await client.send(bytesRequest(size, origin: origin))
+            let client = try await RawClient.connect(port: proxy.port, reading: false, sending: bytesRequest(size, origin: origin))
             let clock = ContinuousClock()
             func read(every pause: Duration, for limit: Duration, while condition: () -> Bool) async throws {
                 let deadline = clock.now + limit

@@ -47,6 +47,16 @@ final class GatehouseProcess: @unchecked Sendable {
         self.addresses = text.split(separator: "\n").map(String.init)
     }
 
+    /// Starts it on a thread of its own: waiting for the addresses blocks, and on the
+    /// cooperative pool (two threads here) that delayed every other test's clients.
+    static func start(
+        _ arguments: [String], environment: [String: String] = [:], listeners: Int = 1, executable: URL? = nil, launcher: [String]? = nil
+    ) async throws -> GatehouseProcess {
+        try await onOwnThread {
+            try GatehouseProcess(arguments, environment: environment, listeners: listeners, executable: executable, launcher: launcher)
+        }
+    }
+
     var port: Int { Int(self.addresses.first?.split(separator: ":").last ?? "") ?? 0 }
     var pid: Int32 { self.process.processIdentifier }
     var stderr: String { (try? String(contentsOfFile: self.stderrPath, encoding: .utf8)) ?? "" }

@@ -16,8 +16,13 @@ final class RawClient: Sendable {
     /// Connects to 127.0.0.1:`port`, optionally from another loopback address (127.0.0.2, …),
     /// which the proxy sees as a different client. With `reading: false` nothing is read
     /// unless ``readSome()`` asks: a client that stopped taking its response, or a slow one.
+    ///
+    /// `sending` goes out from the event loop the moment the connection is up. A test that
+    /// connects and then sends waits for its task to be scheduled in between, which on a
+    /// loaded machine took longer than the short idle timeouts some tests set: the proxy then
+    /// closed the silent connection, as it should, and the test saw an empty close.
     static func connect(
-        port: Int, from source: String? = nil, reading: Bool = true, readSize: Int = 65_536
+        port: Int, from source: String? = nil, reading: Bool = true, readSize: Int = 65_536, sending first: String? = nil
     ) async throws -> RawClient {
         let state = NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>(([], false))
         var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -33,6 +38,10 @@ final class RawClient: Sendable {
                 }
             }
             .connect(host: "127.0.0.1", port: port)
+            .flatMap { channel in
+                guard let first else { return channel.eventLoop.makeSucceededFuture(channel) }
+                return channel.writeAndFlush(ByteBuffer(string: first)).map { channel }
+            }
             .get()
         return RawClient(channel: channel, state: state)
     }
