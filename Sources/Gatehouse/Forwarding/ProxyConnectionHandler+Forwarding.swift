@@ -224,13 +224,17 @@ extension ProxyConnectionHandler {
         var hasCoding = false
         var contentType: String?
         var replacedBytes = false
-        var hasDate = false
+        var dates = 0
         head.headers.appendEndToEndFields(to: &fields) { kind, value in
             switch kind {
             case .contentLength: hasLength = true
             case .transferEncoding: hasCoding = true
             case .contentType: if contentType == nil { contentType = value }
-            case .date: hasDate = true
+            case .date:
+                // One, and not empty: the origin's stands. Two, or an empty one, are replaced
+                // by the proxy's below (a recipient sees one valid Date, RFC 9110 §6.6.1).
+                dates += 1
+                if value.isEmpty { dates += 1 }
             default: break
             }
             // A value with bytes that are not UTF-8 arrived altered (see ReasonCode.badFieldBytes).
@@ -265,7 +269,10 @@ extension ProxyConnectionHandler {
         fields.append(("Via", Self.viaValue(head.version, pseudonym: self.configuration.viaPseudonym)))
         // RFC 9110 §6.6.1: a recipient with a clock MUST add `Date` to a response it forwards
         // without one.
-        if !hasDate { fields.append(("Date", HTTPDate.now())) }
+        if dates != 1 {
+            if dates > 1 { fields.removeAll { FieldKind($0.0) == .date } }
+            fields.append(("Date", HTTPDate.now()))
+        }
         if closeAfter {
             fields.append(("Connection", "close"))
         } else if exchange.version == .http1_0 {

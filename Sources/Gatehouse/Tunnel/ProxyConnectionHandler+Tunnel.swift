@@ -58,7 +58,7 @@ extension ProxyConnectionHandler {
         self.tunnelUpstream = nil
         self.exchange = nil
         let head = HTTPResponseHead(
-            version: .http1_1, status: .custom(code: 200, reasonPhrase: "Connection established"), headers: [:])
+            version: .http1_1, status: .custom(code: 200, reasonPhrase: "Connection established"), headers: ["Date": HTTPDate.now()])
         exchange.status = 200
         exchange.bytesOut += head.wireSize
         exchange.bytesIn = 0

@@ -226,13 +226,22 @@ struct MessageRuleTests {
     @Test("Date (RFC 9110 §6.6.1): added to a forwarded response without one, kept when the origin sent one, on Gatehouse's own answers too")
     func dateField() async throws {
         let dated = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"))
-        defer { Task { await dated.stop() } }
+        let twice = try await RawOrigin.start(.respondAndClose(
+            "HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nDate: Tue, 02 Jan 2024 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"))
+        let empty = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nDate:\r\nContent-Length: 2\r\n\r\nok"))
+        defer { Task { await dated.stop(); await twice.stop(); await empty.stop() } }
         try await withProxyAndOrigin { proxy, origin in
             // The test origin sends no Date.
             let undated = try await Curl.run(["-s", "-D", "-", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
             #expect(Self.dates(undated.body).count == 1 && Self.isNow(Self.dates(undated.body).first), "\(undated.body)")
             let kept = try await Curl.run(["-s", "-D", "-", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(dated.port)/"])
             #expect(kept.body.components(separatedBy: "\r\n").filter { $0.hasPrefix("Date: ") } == ["Date: Mon, 01 Jan 2024 00:00:00 GMT"], "\(kept.body)")
+            // Two, or an empty one: replaced by one of the proxy's.
+            for origin in [twice, empty] {
+                let replaced = try await Curl.run(["-s", "-D", "-", "-o", "/dev/null", "-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/"])
+                #expect(replaced.body.lowercased().components(separatedBy: "date:").count == 2, "\(replaced.body)")
+                #expect(Self.dates(replaced.body).count == 1 && Self.isNow(Self.dates(replaced.body).first), "\(replaced.body)")
+            }
             // Own answers: a prebuilt 407 (stored bytes), a HEAD one, one that closes (built anew).
             for (method, extra) in [("GET", ""), ("HEAD", ""), ("GET", "Connection: close\r\n")] {
                 let client = try await RawClient.connect(port: proxy.port)
