@@ -119,9 +119,10 @@ extension ProxyConnectionHandler {
         // A request that could not be parsed may have more on its way.
         let unparsed = self.exchange == nil
         let exchange = self.exchange ?? self.unparsedExchange()
-        // A refused CONNECT leaves an HTTP connection: an EOF held for the tunnel counts now
-        // (it arrives here re-entrantly and makes this answer the last one).
-        if exchange.isConnect { self.observer.releaseEndOfInput() }
+        // A refused CONNECT leaves an HTTP connection. The client's EOF, held for the tunnel,
+        // stays held until a fresh decoder has taken the bytes that followed the CONNECT (see
+        // `replaceDecoderAfterConnect`): let go here, it overtook them, and requests pipelined
+        // behind the CONNECT by a client that then half-closed went unanswered.
         let closing = close || !exchange.clientKeepAlive || self.clientInputClosed
             || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)
         let status = reason.status
@@ -231,7 +232,15 @@ extension ProxyConnectionHandler {
                     HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: self.settings.decoderLimits))
                 try pipeline.addHandler(decoder, position: .after(old.handler))
                 self.requestDecoder = decoder
-                pipeline.removeHandler(context: old, promise: nil)
+                // The old decoder hands over its bytes once its removal completes (later, if
+                // it is still delivering the CONNECT's end): only then may the EOF follow.
+                self.decoderRemovalsPending += 1
+                let removed = context.eventLoop.makePromise(of: Void.self)
+                removed.futureResult.assumeIsolated().whenComplete { _ in
+                    self.decoderRemovalsPending -= 1
+                    if self.decoderRemovalsPending == 0 { self.observer.releaseEndOfInput() }
+                }
+                pipeline.removeHandler(context: old, promise: removed)
             } catch {
                 return context.close(promise: nil)
             }

@@ -69,6 +69,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// A replacement is under way; another asked for meanwhile follows it.
     var replacingDecoder = false
     var replaceDecoderAgain = false
+    /// Old decoders whose removal (and hand-over of their bytes) has not completed.
+    var decoderRemovalsPending = 0
     /// Set when the connection is over a connection limit: it gets a 503 and is closed.
     var rejection: ReasonCode?
     /// The settings this connection runs under, fixed when it opened.

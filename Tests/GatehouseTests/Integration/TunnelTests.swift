@@ -178,6 +178,22 @@ struct TunnelTests {
         #expect(kill(proxy.pid, 0) == 0, "the proxy is still running")
     }
 
+    @Test("requests pipelined behind refused CONNECTs are answered when the client then half-closes (they went unanswered)")
+    func refusedConnectThenHalfClose() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let connect = "CONNECT x:443 HTTP/1.1\r\n\r\n"
+            let get = "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+            for (writes, expected) in [(connect + get, [407, 200]), (connect + connect + get, [407, 407, 200]), (connect + get + get, [407, 200, 200])] {
+                let client = try await RawClient.connect(port: proxy.port, sending: writes)
+                try await client.closeOutput()
+                #expect(await client.waitForClose())
+                #expect(statusCodes(in: client.text) == expected, "\(client.text.prefix(400))")
+                #expect(client.text.hasSuffix("hello\n"))
+                await client.close()
+            }
+        }
+    }
+
     @Test("a tunnel to a slow but steady reader outlives --tunnel-idle-timeout with every byte (it was cut, the tail lost)")
     func slowReaderKeepsTunnel() async throws {
         let proxy = try await GatehouseProcess.start([
