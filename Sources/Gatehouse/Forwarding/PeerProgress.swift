@@ -91,6 +91,22 @@ enum PeerProgress {
         return (previous.map { $0 != acked } ?? true, acked)
     }
 
+    /// The idle check of one connection: what its peer had acknowledged at the last look.
+    /// Used by a client connection's idle timer and by each side of a tunnel.
+    struct IdleWatch {
+        private var sample: UInt64?
+
+        /// Whether bytes are still on their way to `channel`'s peer (NIO's queue or the
+        /// kernel's send buffer) and it acknowledged more since the last look (see
+        /// ``idleDecision(draining:acked:previous:)``). On the channel's event loop only.
+        mutating func peerStillTaking(_ channel: Channel) -> Bool {
+            let queue = PeerProgress.sendQueue(of: channel)
+            let decision = PeerProgress.idleDecision(draining: queue?.draining ?? false, acked: queue?.acked, previous: self.sample)
+            self.sample = decision.sample
+            return decision.keepOpen
+        }
+    }
+
     /// Bytes the peer of `channel` has acknowledged, or nil where TCP_INFO is unavailable.
     /// Must be called on the channel's event loop (the answer is then immediate).
     static func bytesAcknowledged(by channel: Channel) -> UInt64? {

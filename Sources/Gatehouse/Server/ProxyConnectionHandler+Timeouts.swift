@@ -108,10 +108,7 @@ extension ProxyConnectionHandler {
     /// orphaned socket, which the kernel resets after a few unanswered zero-window probes. A
     /// slow reader lost the tail of its response that way (`UpstreamFailureTests.slowReaderTail`).
     func clientStillReading(context: ChannelHandlerContext) -> Bool {
-        let queue = PeerProgress.sendQueue(of: context.channel)
-        let decision = PeerProgress.idleDecision(draining: queue?.draining ?? false, acked: queue?.acked, previous: self.idleAcked)
-        self.idleAcked = decision.sample
-        return decision.keepOpen
+        self.idleWatch.peerStillTaking(context.channel)
     }
 
     /// RFC 9110 §15.5.9: 408 tells the client the server closed an unfinished request.

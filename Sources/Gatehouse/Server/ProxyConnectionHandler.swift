@@ -49,9 +49,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// When the current timeout expires (`.distantFuture`: no timeout is running).
     var timerDeadline = NIODeadline.distantFuture
     var timerKind = TimerKind.idle
-    /// What the client had acknowledged when the idle timer last found a response tail still
-    /// queued for it (see ``clientStillReading(context:)``).
-    var idleAcked: UInt64?
+    /// The idle timer's look at the client's progress (see ``clientStillReading(context:)``).
+    var idleWatch = PeerProgress.IdleWatch()
     /// The client half-closed its side; answer what is in flight, then close.
     var clientInputClosed = false
     /// When the connection's current head started to arrive (for parser-error log lines).

@@ -63,16 +63,14 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.lingerTimeout = lingerTimeout
     }
 
-    /// Bytes this side's peer had acknowledged at the last idle check.
-    private var ackedSample: UInt64?
+    /// The idle check's look at this side's peer.
+    private var idleWatch = PeerProgress.IdleWatch()
 
     /// Whether bytes are still on their way to this side's peer and it acknowledged more of
     /// them since the last idle check.
     private func stillTaking() -> Bool {
-        guard let channel = self.context?.channel, let queue = PeerProgress.sendQueue(of: channel) else { return false }
-        let decision = PeerProgress.idleDecision(draining: queue.draining, acked: queue.acked, previous: self.ackedSample)
-        self.ackedSample = decision.sample
-        return decision.keepOpen
+        guard let channel = self.context?.channel else { return false }
+        return self.idleWatch.peerStillTaking(channel)
     }
 
     static func matchedPair(
