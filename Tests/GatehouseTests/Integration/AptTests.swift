@@ -78,11 +78,7 @@ struct AptTests {
         process.standardOutput = pipe
         process.standardError = pipe
         try process.run()
-        let output = try await onOwnThread {
-            let output = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return output
-        }
+        let output = try await outputToEnd(of: process, from: pipe)
         return (process.terminationStatus, String(decoding: output, as: UTF8.self))
     }
 

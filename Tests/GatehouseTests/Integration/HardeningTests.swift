@@ -410,11 +410,7 @@ struct HardeningTests {
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
-        let data = try await onOwnThread {
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return data
-        }
+        let data = try await outputToEnd(of: process, from: out)
         let result = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any], "\(String(decoding: data, as: UTF8.self))")
         #expect(result["ok"] as? Bool == true, "every normal request was served")
         #expect((result["max_seconds"] as? Double ?? 99) < 5)

@@ -238,11 +238,7 @@ struct TunnelTests {
         let out = Pipe()
         process.standardOutput = out
         try process.run()
-        let data = try await onOwnThread {
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return data
-        }
+        let data = try await outputToEnd(of: process, from: out)
         let received = Int(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
         #expect(received == 8 * 1024 * 1024, "received \(received.map(String.init) ?? "?") of 8 MiB")
     }

@@ -14,3 +14,12 @@ func onOwnThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async 
         }
     }
 }
+
+/// Everything `process` writes to `pipe` until it exits, read on a thread of its own.
+func outputToEnd(of process: Process, from pipe: Pipe) async throws -> Data {
+    try await onOwnThread {
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return data
+    }
+}
