@@ -92,9 +92,9 @@ public enum HtpasswdEditor {
         // Split at LF bytes, not Characters: in Swift "\r\n" is one Character, so a file with
         // CRLF line ends was one line, and an edit kept only the user it changed (the others
         // were lost, or a later user was "not found" and added twice). A CR stays at the end
-        // of its line (see `user(of:)`), so the file keeps its line ends.
-        var lines = text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
-            .map { String(decoding: $0, as: UTF8.self) }
+        // of its line (see `user(of:)`), so the file keeps its line ends. A file with CR-only
+        // line ends is split as the proxy reads it, and written back with LF.
+        var lines = HtpasswdFile.lines(of: Array(text.utf8)[...]).map { String(decoding: $0, as: UTF8.self) }
         if lines.last == "" { lines.removeLast() }
         return lines
     }

@@ -60,7 +60,8 @@ public struct HtpasswdFile: Sendable {
     /// Rules:
     /// * A leading UTF-8 byte order mark is skipped.
     /// * Lines end with LF; a trailing CR (CRLF files written on Windows) and trailing SP/HTAB
-    ///   are stripped, as Apache's config line reader does.
+    ///   are stripped, as Apache's config line reader does. A CR on its own (classic Mac OS
+    ///   line ends) also ends a line (see ``lines(of:)``).
     /// * Blank lines and lines whose first non-blank character is `#` are ignored.
     /// * Other lines are split at the *first* `:`; everything after it is the hash. (Hashes
     ///   never contain `:`, so a second colon makes the hash unrecognisable rather than being
@@ -76,6 +77,27 @@ public struct HtpasswdFile: Sendable {
         self.init(bytes: Array(contents.utf8), path: path)
     }
 
+    /// The lines of htpasswd bytes. A line ends at LF, or at a CR that an LF does not follow
+    /// (a file with classic Mac OS line ends was otherwise one line: its first user's "hash"
+    /// ran to the end of the file, and no one could log in). The CR of a CRLF stays at the end
+    /// of its line, for the reader to strip and the editor to keep.
+    static func lines(of bytes: ArraySlice<UInt8>) -> [ArraySlice<UInt8>] {
+        var lines: [ArraySlice<UInt8>] = []
+        var start = bytes.startIndex
+        var index = bytes.startIndex
+        while index < bytes.endIndex {
+            let byte = bytes[index]
+            let next = bytes.index(after: index)
+            if byte == UInt8(ascii: "\n") || (byte == UInt8(ascii: "\r") && (next == bytes.endIndex || bytes[next] != UInt8(ascii: "\n"))) {
+                lines.append(bytes[start..<index])
+                start = next
+            }
+            index = next
+        }
+        lines.append(bytes[start..<bytes.endIndex])
+        return lines
+    }
+
     /// Parses htpasswd bytes, which need not all be UTF-8 (see ``init(contents:path:)``).
     public init(bytes: [UInt8], path: String) {
         self.path = path
@@ -88,7 +110,7 @@ public struct HtpasswdFile: Sendable {
 
         var firstDefinition: [String: Int] = [:]
         var lineNumber = 0
-        for rawLine in body.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+        for rawLine in Self.lines(of: body) {
             lineNumber += 1
             var line = rawLine[...]
             while let last = line.last,

@@ -219,6 +219,10 @@ struct RequestFields {
     /// Whether the request says it has a body (RFC 9112 §6.3).
     var isFramed: Bool { !self.contentLengths.isEmpty || !self.transferEncodings.isEmpty }
 
+    /// Whether the request announces content: any transfer coding, or a length other than 0.
+    /// (`Content-Length: 0`, which some clients send on every request, announces none.)
+    var announcesContent: Bool { !self.transferEncodings.isEmpty || self.contentLengths.contains { $0 != "0" } }
+
     /// The hops a `TRACE` or `OPTIONS` request may still take: `Max-Forwards` as a number
     /// (RFC 9110 §7.6.2, `1*DIGIT`), nil for any other method, or when the field is absent or
     /// not a number (then the request is forwarded as it is).

@@ -44,8 +44,15 @@ final class Exchange {
         // connection closes after the answer: NIO's parser stops parsing after such a request,
         // so a next request on the connection would never be read (it waited for the header
         // timeout and got 408).
+        //
+        // A `CONNECT` that announces content closes after a refusal, for a like reason: "A
+        // CONNECT request message does not have content" (RFC 9110 §9.3.6), NIO's parser stops
+        // after its head, and where such content would end is anyone's guess. Read as the next
+        // request, it got a 400 and the requests pipelined behind it were lost without a word;
+        // now the refusal says `Connection: close`, and the client knows to start again.
         self.clientKeepAlive =
             (head.isKeepAlive || (head.version == .http1_0 && fields.proxyConnectionKeepAlive)) && !fields.upgrade
+            && !(head.method == .CONNECT && fields.announcesContent)
         self.expectsContinue = fields.expectsContinue
         self.started = .now()
         self.timestamp = wallClockSeconds()

@@ -56,7 +56,7 @@ extension ProxyConnectionHandler {
             self.exchange = exchange
             return self.answer(.badTransferEncoding, context: context, close: true)
         }
-        if head.method == .TRACE && (!codings.isEmpty || fields.contentLengths.contains { $0 != "0" }) {
+        if head.method == .TRACE && fields.announcesContent {
             // RFC 9110 §9.3.8: a client MUST NOT send content in a TRACE request. Its body
             // could only reach the origin as a second request of its own.
             self.exchange = exchange

@@ -148,8 +148,9 @@ extension ProxyConnectionHandler {
         self.tunnelUpstream?.close(promise: nil)
         self.tunnelUpstream = nil
         // A request still arriving means the client may still be sending when this answer
-        // closes the connection.
-        let clientMaySend = unparsed || !self.machine.requestComplete
+        // closes the connection; so may a refused CONNECT's client (its announced content, or
+        // tunnel bytes sent before the answer).
+        let clientMaySend = unparsed || !self.machine.requestComplete || exchange.isConnect
         // Decide the connection's next state before writing `.end`: writing it lets
         // HTTPServerPipelineHandler deliver the next pipelined request, re-entrantly.
         let action = self.machine.answered(close: closing)

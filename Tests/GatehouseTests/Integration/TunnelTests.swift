@@ -194,6 +194,33 @@ struct TunnelTests {
         }
     }
 
+    @Test("a refused CONNECT that announces content closes after its 407 (its content was read as a next request: 400, and the requests behind it lost)")
+    func refusedConnectWithContent() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let get = "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+            // Announced content, in the same packet and arriving later: one 407 that says it closes.
+            for (first, later) in [("CONNECT x:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello" + get, nil),
+                                   ("CONNECT x:443 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "5\r\nhello\r\n0\r\n\r\n" + get)] {
+                let client = try await RawClient.connect(port: proxy.port, sending: first)
+                if let later {
+                    try await Task.sleep(for: .milliseconds(100))
+                    try await client.send(later)
+                }
+                #expect(await client.waitForClose())
+                #expect(statusCodes(in: client.text) == [407], "\(client.text.prefix(400))")
+                #expect(client.text.lowercased().contains("\r\nconnection: close\r\n"))
+                await client.close()
+            }
+            // `Content-Length: 0` announces nothing: the connection stays and the GET is answered.
+            let client = try await RawClient.connect(port: proxy.port, sending: "CONNECT x:443 HTTP/1.1\r\nContent-Length: 0\r\n\r\n" + get)
+            let text = await client.waitFor(timeout: .seconds(5)) { statusCodes(in: $0).count == 2 }
+            #expect(statusCodes(in: text) == [407, 200], "\(text.prefix(400))")
+            await client.close()
+            let records = await proxy.waitForRecords(count: 4, timeout: .seconds(5))
+            #expect(records.map(\.status) == [407, 407, 407, 200])
+        }
+    }
+
     @Test("a tunnel to a slow but steady reader outlives --tunnel-idle-timeout with every byte (it was cut, the tail lost)")
     func slowReaderKeepsTunnel() async throws {
         let proxy = try await GatehouseProcess.start([

@@ -21,4 +21,15 @@ struct HtpasswdEditorTests {
         try HtpasswdEditor.deleteUser("alice", path: path)
         #expect(try String(contentsOfFile: path, encoding: .utf8) == "carol:\(new.fieldValue)\r\ndave:\(new.fieldValue)\r\n")
     }
+
+    @Test("a file with CR-only line ends is edited line by line and written back with LF (it was one line)")
+    func crOnlyFile() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("cr-\(UUID().uuidString.prefix(8)).htpasswd").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let old = try #require(PasswordHash.makeBcrypt(password: "old", cost: 4))
+        try Data("alice:\(old.fieldValue)\rbob:\(old.fieldValue)\r".utf8).write(to: URL(fileURLWithPath: path))
+        let new = try #require(PasswordHash.makeBcrypt(password: "new", cost: 4))
+        #expect(try HtpasswdEditor.setUser("bob", hash: new, path: path) == .updated)
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "alice:\(old.fieldValue)\nbob:\(new.fieldValue)\n")
+    }
 }

@@ -21,6 +21,16 @@ struct HtpasswdFileTests {
         #expect(file.hash(for: "Alice") == nil, "user names are case-sensitive")
     }
 
+    @Test("CR-only line ends (classic Mac OS) end lines too; the file was one line and no one could log in")
+    func crOnlyLineEnds() throws {
+        let file = HtpasswdFile(contents: "# users\ralice:\(Self.bcrypt)\r\rbob:\(Self.apr1)\rcarol:x\r", path: "p")
+        #expect(file.users.count == 2)
+        #expect(file.hash(for: "alice") == .bcrypt(Self.bcrypt))
+        #expect(try #require(file.hash(for: "bob")).verify("apr1-secret"))
+        #expect(file.problems.map(\.line) == [5], "carol's hash is unrecognised, on her own line")
+        #expect(HtpasswdFile.lines(of: Array("a\r\nb\rc\r".utf8)[...]).map { String(decoding: $0, as: UTF8.self) } == ["a\r", "b", "c", ""])
+    }
+
     @Test func noTrailingNewlineAndByteOrderMark() {
         let file = HtpasswdFile(contents: "\u{FEFF}alice:\(Self.sha1)", path: "p")
         #expect(file.problems.isEmpty)
