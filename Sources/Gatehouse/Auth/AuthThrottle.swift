@@ -9,6 +9,13 @@ import Synchronization
 /// user in the window, so an attacker hammering `alice` from one address never locks `alice`
 /// out when she connects from another (nor does a botnet, each of whose addresses must fail
 /// first). Only `auth_invalid` counts: a first request without credentials is normal.
+///
+/// Guesses are what it counts, not requests: the same wrong credentials sent again from the
+/// same address (apt sends them with each of the nine or so index files of a source line) are
+/// remembered for the window and refused at once, without hashing and without counting again.
+/// Counted each time, one `apt-get update` with a typo used up the user's limit, and the
+/// corrected password then got 429 for the rest of the window. A repeat tells a guesser
+/// nothing new.
 public final class AuthThrottle: Sendable {
     public struct Limits: Sendable, Equatable {
         public var window: TimeAmount
@@ -31,9 +38,17 @@ public final class AuthThrottle: Sendable {
         var runningByClient: [String: Int] = [:]
         /// The same by user name, with the address of each.
         var runningByUser: [String: [String]] = [:]
+        /// Credentials that failed, by their cache key and address, with when and against
+        /// which user list (a reload may have made them right).
+        var failedCredentials: [FailedCredential: (time: NIODeadline, generation: Int)] = [:]
         var operations = 0
         /// When everything out of the window was last dropped.
         var pruned = NIODeadline.uptimeNanoseconds(0)
+    }
+
+    private struct FailedCredential: Hashable {
+        var key: CredentialCache.Key
+        var client: String
     }
 
     let limits: Limits
@@ -84,9 +99,30 @@ public final class AuthThrottle: Sendable {
         }
     }
 
-    /// Ends a verification ``admit`` let through; a failed one is counted in the window.
+    /// Whether these credentials (by their cache key) already failed from `client` within the
+    /// window, against the user list of `generation`.
+    func failedBefore(_ key: CredentialCache.Key, client: String, generation: Int, now: NIODeadline = .now()) -> Bool {
+        guard self.failuresOnRecord.load(ordering: .relaxed) else { return false }
+        return self.state.withLockedValue { state in
+            guard let failure = state.failedCredentials[FailedCredential(key: key, client: client)] else { return false }
+            return failure.generation == generation && now - failure.time <= self.limits.window
+        }
+    }
+
+    /// Ends a verification ``admit`` let through; a failed one is counted in the window, and
+    /// its credentials (`key`, verified against the user list of `generation`) remembered.
     public func finish(client: String, user: String?, failed: Bool, now: NIODeadline = .now()) {
+        self.finish(client: client, user: user, failed: failed, credentials: nil, now: now)
+    }
+
+    func finish(
+        client: String, user: String?, failed: Bool, credentials: (key: CredentialCache.Key, generation: Int)?,
+        now: NIODeadline = .now()
+    ) {
         self.state.withLockedValue { state in
+            if failed, let credentials {
+                state.failedCredentials[FailedCredential(key: credentials.key, client: client)] = (now, credentials.generation)
+            }
             if let running = state.runningByClient[client] {
                 state.runningByClient[client] = running > 1 ? running - 1 : nil
             }
@@ -100,7 +136,9 @@ public final class AuthThrottle: Sendable {
 
     private func recordFailure(_ state: inout State, client: String, user: String?, now: NIODeadline) {
         state.operations += 1
-        if state.operations % 1024 == 0 || state.byClient.count > self.maximumKeys || state.byUser.count > self.maximumKeys {
+        if state.operations % 1024 == 0 || state.byClient.count > self.maximumKeys || state.byUser.count > self.maximumKeys
+            || state.failedCredentials.count > self.maximumKeys
+        {
             self.prune(&state, now: now)
         }
         state.byClient[client, default: []].append(now)
@@ -147,6 +185,8 @@ public final class AuthThrottle: Sendable {
             let kept = entries.filter { $0.time >= cutoff }
             return kept.isEmpty ? nil : kept
         }
+        state.failedCredentials = state.failedCredentials.filter { $0.value.time >= cutoff }
+        if state.failedCredentials.count > self.maximumKeys { state.failedCredentials.removeAll() }
         if state.byClient.count > self.maximumKeys { state.byClient.removeAll() }
         if state.byUser.count > self.maximumKeys { state.byUser.removeAll() }
         if state.byClient.isEmpty && state.byUser.isEmpty { self.failuresOnRecord.store(false, ordering: .relaxed) }

@@ -107,6 +107,11 @@ public final class Authenticator: Sendable {
         let cache = self.cache
         let throttle = self.throttle
         let user = credentials.user
+        // The same wrong credentials again from this address: refused as before, without
+        // hashing, and not counted again (see `AuthThrottle`).
+        if throttle.failedBefore(key, client: client, generation: store.generation) {
+            return .immediate(.rejected(.authInvalid, user: user))
+        }
         // One verification; it ends the throttle's admission (see `AuthThrottle.admit`).
         let check: @Sendable () -> Outcome = {
             var list = store
@@ -119,7 +124,7 @@ public final class Authenticator: Sendable {
                     list = now
                     continue
                 }
-                throttle.finish(client: client, user: user, failed: !verified)
+                throttle.finish(client: client, user: user, failed: !verified, credentials: (key, list.generation))
                 if verified {
                     cache.insert(headerValue: value, user: user, generation: list.generation)
                     return .authenticated(user: user)

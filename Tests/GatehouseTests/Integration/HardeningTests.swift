@@ -184,9 +184,11 @@ struct HardeningTests {
             $0.authThrottle = .init(window: .seconds(60), failuresPerClient: 4, failuresPerUser: 3)
         }) { proxy, origin in
             let url = "http://127.0.0.1:\(origin.port)/hello"
-            let wrong = "Proxy-Authorization: Basic \(Data("\(TestUser.name):guess".utf8).base64EncodedString())\r\n"
+            func wrong(_ guess: Int) -> String {
+                "Proxy-Authorization: Basic \(Data("\(TestUser.name):guess\(guess)".utf8).base64EncodedString())\r\n"
+            }
             let attacker = try await RawClient.connect(port: proxy.port, from: "127.0.0.2")
-            for _ in 0..<4 { try await attacker.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(wrong)\r\n") }
+            for guess in 0..<4 { try await attacker.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(wrong(guess))\r\n") }
             var text = await attacker.waitFor { statusCodes(in: $0).count == 4 }
             #expect(statusCodes(in: text) == [407, 407, 407, 429], "per-user limit (3) hits on the 4th try")
             #expect(text.contains("Retry-After: "))
@@ -199,14 +201,43 @@ struct HardeningTests {
             try await user.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(Self.auth)\r\n")
             #expect(await user.waitFor { $0.hasSuffix("hello\n") }.hasSuffix("hello\n"))
             // Another user name from the attacker's address fails on the per-address limit.
-            let other = "Proxy-Authorization: Basic \(Data("bob:guess".utf8).base64EncodedString())\r\n"
-            try await attacker.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(other)\r\n")
-            try await attacker.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(other)\r\n")
+            for guess in 0..<2 {
+                let other = "Proxy-Authorization: Basic \(Data("bob:guess\(guess)".utf8).base64EncodedString())\r\n"
+                try await attacker.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(other)\r\n")
+            }
             text = await attacker.waitFor { statusCodes(in: $0).count == 7 }
             #expect(Array(statusCodes(in: text).suffix(2)) == [407, 429])
             #expect(proxy.records.filter { $0.reason == .authThrottled }.count == 3)
             await attacker.close()
             await user.close()
+        }
+    }
+
+    @Test("the same wrong credentials sent again count once (apt sends them per index file): the corrected password then gets in (it got 429)")
+    func repeatedWrongCredentials() async throws {
+        try await withProxyAndOrigin(configure: {
+            $0.authThrottle = .init(window: .seconds(60), failuresPerClient: 4, failuresPerUser: 3)
+        }) { proxy, origin in
+            let url = "http://127.0.0.1:\(origin.port)/hello"
+            let typo = "Proxy-Authorization: Basic \(Data("\(TestUser.name):typo".utf8).base64EncodedString())\r\n"
+            let client = try await RawClient.connect(port: proxy.port)
+            for _ in 0..<9 { try await client.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(typo)\r\n") }
+            var text = await client.waitFor { statusCodes(in: $0).count == 9 }
+            #expect(statusCodes(in: text) == Array(repeating: 407, count: 9), "one guess, however often it is sent")
+            try await client.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(Self.auth)\r\n")
+            text = await client.waitFor { $0.hasSuffix("hello\n") }
+            #expect(statusCodes(in: text).last == 200)
+            // Different guesses still count: the third fills the per-user limit (3).
+            for guess in 0..<3 {
+                let wrong = "Proxy-Authorization: Basic \(Data("\(TestUser.name):guess\(guess)".utf8).base64EncodedString())\r\n"
+                try await client.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(wrong)\r\n")
+            }
+            text = await client.waitFor { statusCodes(in: $0).count == 13 }
+            #expect(Array(statusCodes(in: text).suffix(3)) == [407, 407, 429])
+            let reasons = proxy.records.map(\.reason)
+            #expect(reasons.filter { $0 == .authInvalid }.count == 11)
+            #expect(reasons.filter { $0 == .authThrottled }.count == 1)
+            await client.close()
         }
     }
 

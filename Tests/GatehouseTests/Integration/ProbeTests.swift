@@ -52,9 +52,9 @@ struct ProbeTests {
     @Test("a throttled login (429) is a failure at credentials, not a pass")
     func throttled() async throws {
         try await withProxyAndOrigin(configure: { $0.authThrottle = .init(failuresPerClient: 30, failuresPerUser: 2) }) { proxy, origin in
-            let wrong = proxy.proxyURL(user: TestUser.name, password: "nope")
-            for _ in 0..<3 { _ = try await Self.probe(["--proxy", wrong, "http://127.0.0.1:\(origin.port)/hello"]) }
-            let result = try await Self.probe(["--proxy", wrong, "http://127.0.0.1:\(origin.port)/hello"])
+            // Different guesses: the same wrong password again counts once.
+            for guess in 0..<3 { _ = try await Self.probe(["--proxy", proxy.proxyURL(user: TestUser.name, password: "nope\(guess)"), "http://127.0.0.1:\(origin.port)/hello"]) }
+            let result = try await Self.probe(["--proxy", proxy.proxyURL(user: TestUser.name, password: "nope9"), "http://127.0.0.1:\(origin.port)/hello"])
             #expect(result.status == 4, "\(result.stdout)")
             #expect(result.stdout.contains("the proxy did not check the credentials: 429"), "\(result.stdout)")
             #expect(!result.stdout.contains("all steps passed"))

@@ -156,6 +156,43 @@ struct AuthenticatorTests {
         #expect(try await outcome("alice:right", from: "10.0.0.1") == .authenticated(user: "alice"))
     }
 
+    @Test("a repeat of credentials that failed from the same address is refused unhashed and uncounted, until the users are replaced")
+    func repeatedFailure() async throws {
+        let hash = try #require(PasswordHash.makeBcrypt(password: "right", cost: 6))
+        let authenticator = Authenticator(
+            store: CredentialStore(htpasswd: HtpasswdFile(contents: "alice:\(hash.fieldValue)\n", path: "t")), cacheTTL: .minutes(5),
+            threadPool: .singleton, throttle: AuthThrottle.Limits(window: .seconds(60), failuresPerClient: 3, failuresPerUser: 3))
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        guard case .pending(let first) = authenticator.authenticate([Self.header("alice:typo")], client: "10.0.0.1", on: loop) else {
+            Issue.record("a bcrypt check runs on the pool")
+            return
+        }
+        #expect(try await first.get() == .rejected(.authInvalid, user: "alice"))
+        for _ in 0..<5 {
+            guard case .immediate(.rejected(.authInvalid, user: "alice")) =
+                authenticator.authenticate([Self.header("alice:typo")], client: "10.0.0.1", on: loop)
+            else {
+                Issue.record("a repeated failure is answered at once")
+                return
+            }
+        }
+        #expect(authenticator.throttle.retryAfter(client: "10.0.0.1", user: "alice") == nil, "one failure on record, not six")
+        // From another address the same credentials are a guess of their own: hashed.
+        guard case .pending(let elsewhere) = authenticator.authenticate([Self.header("alice:typo")], client: "10.0.0.2", on: loop) else {
+            Issue.record("another address's attempt is verified")
+            return
+        }
+        #expect(try await elsewhere.get() == .rejected(.authInvalid, user: "alice"))
+        // A reload may have made them right: "typo" is now alice's password.
+        let typo = try #require(PasswordHash.makeBcrypt(password: "typo", cost: 4))
+        authenticator.replaceStore(CredentialStore(htpasswd: HtpasswdFile(contents: "alice:\(typo.fieldValue)\n", path: "t")))
+        switch authenticator.authenticate([Self.header("alice:typo")], client: "10.0.0.1", on: loop) {
+        case .pending(let again): #expect(try await again.get() == .authenticated(user: "alice"))
+        case .immediate(let outcome): #expect(outcome == .authenticated(user: "alice"), "after a reload the credentials are verified again")
+        case .cached: Issue.record("nothing was cached")
+        }
+    }
+
     @Test("a reload during a running verification: a removed user or old password is refused, cached nowhere, joined by no one")
     func reloadDuringVerification() async throws {
         let hash = try #require(PasswordHash.makeBcrypt(password: "oldpw", cost: 4))
