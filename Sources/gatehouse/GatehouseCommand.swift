@@ -29,6 +29,9 @@ struct SettingsOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Apache htpasswd file with the users allowed through.", valueName: "PATH"))
     var htpasswd: String?
 
+    @Option(name: .long, help: ArgumentHelp("How often the htpasswd file is checked for changes (default 2s, at least 100ms).", valueName: "DUR"))
+    var htpasswdPollInterval: String?
+
     @Option(name: .long, help: ArgumentHelp("An inline user (repeatable), for tests and fixtures.", valueName: "NAME:PASSWORD"))
     var user: [String] = []
 
@@ -110,6 +113,7 @@ struct SettingsOptions: ParsableArguments {
         if !self.listen.isEmpty { s.listen = .init(self.listen, origin: "--listen") }
         if !self.user.isEmpty { s.users = .init(self.user, origin: "--user") }
         s.htpasswd = v(self.htpasswd, "htpasswd")
+        s.htpasswdPollInterval = v(self.htpasswdPollInterval, "htpasswd-poll-interval")
         s.realm = v(self.realm, "realm")
         s.accessLog = v(self.accessLog, "access-log")
         s.logFormat = v(self.logFormat, "log-format")
@@ -159,11 +163,8 @@ struct ServeCommand: AsyncParsableCommand {
     var exitOnStdinEof = false
 
     func run() async throws {
-        // SIGHUP and SIGUSR1 terminate by default: ignored from the first moment, not only once
-        // their handlers are in place after the settings are loaded (a logrotate's SIGUSR1 or
-        // a reload during a restart would otherwise kill the new process).
-        signal(SIGHUP, SIG_IGN)
-        signal(SIGUSR1, SIG_IGN)
+        // SIGHUP and SIGUSR1 are already ignored (see `GatehouseMain.main`) until their
+        // handlers are in place, after the settings are loaded.
         let environment = ProcessInfo.processInfo.environment
         let sources = self.options.sources(environment: environment)
         let (loaded, problems) = GatehouseReloader.load(sources)

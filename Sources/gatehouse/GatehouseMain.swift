@@ -11,6 +11,13 @@ import Darwin
 @main
 enum GatehouseMain {
     static func main() async {
+        // SIGHUP and SIGUSR1 terminate by default: ignored before anything else (argument
+        // parsing, loading the settings) for every subcommand, so that a logrotate's SIGUSR1 or
+        // a reload sent while a new proxy starts does not kill it. (Before `main`, the dynamic
+        // loader and the Swift runtime take most of the ~25 ms after exec; nothing can run
+        // sooner.) `serve` installs its handlers once the settings are loaded.
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGUSR1, SIG_IGN)
         do {
             var command = try GatehouseCommand.parseAsRoot()
             if var asyncCommand = command as? AsyncParsableCommand {

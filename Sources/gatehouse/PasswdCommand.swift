@@ -47,6 +47,9 @@ struct PasswdCommand: AsyncParsableCommand {
                 throw CommandError(error.description)
             }
             print("Deleting password for user \(self.user)")
+            if let left = try? HtpasswdFile.load(path: self.file), left.users.isEmpty {
+                FileHandle.standardError.write(Data("gatehouse passwd: warning: \(self.file) has no users left; a running Gatehouse now refuses every request (407)\n".utf8))
+            }
             return
         }
         if self.verify {

@@ -13,7 +13,8 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
     case noCredentialSource
     case htpasswd(String)
     case invalidCIDR(String)
-    case invalidLimit(String)
+    case invalidLimit(String, minimum: Int)
+    case limitTooSmall(String, minimum: Int)
     /// Another socket already listens on this address (see `GatehouseServer.refuseIfTaken`).
     case listenAddressInUse(String)
 
@@ -38,8 +39,10 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
             return message
         case .invalidCIDR(let value):
             return "invalid CIDR \"\(value)\": expected an address with an optional prefix length, such as 10.0.0.0/8 or fd00::/8"
-        case .invalidLimit(let value):
-            return "invalid limit \"\(value)\": expected a positive whole number (sizes may end in K, M or G)"
+        case .invalidLimit(let value, _):
+            return "invalid limit \"\(value)\": expected a positive whole number (sizes may end in K, M or G) of at most 12 digits that fits in 64 bits"
+        case .limitTooSmall(let value, let minimum):
+            return "limit \"\(value)\" is too small: the least this one allows is \(minimum)"
         case .listenAddressInUse(let address):
             return "cannot listen on \(address): address already in use (is another Gatehouse or proxy running there?)"
         }

@@ -25,7 +25,10 @@ public struct ResolvedSettings: Sendable {
             digits = digits.dropLast()
         }
         guard !digits.isEmpty, digits.count <= 12, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(digits) else { return nil }
-        return n * multiplier
+        // Twelve digits times 2^30 overflows: `max_body: 9999999999G` stopped the process, and
+        // on a reload the running proxy (a bad file must only be refused).
+        let (size, overflow) = n.multipliedReportingOverflow(by: multiplier)
+        return overflow ? nil : size
     }
 }
 
@@ -65,6 +68,10 @@ extension GatehouseSettings {
             // would go out as `realm=""`, which names nothing for the user to pick a password by.
             if realm.value.allSatisfy(\.isWhitespace) {
                 problems.append(SettingsProblem(origin: realm.origin, message: "the realm is empty: give it a name, or leave it out for the default \"\(configuration.realm)\""))
+            } else if realm.value.unicodeScalars.contains(where: { $0.properties.generalCategory == .control && $0 != "\t" }) {
+                // A field value cannot carry them (RFC 9110 §5.5); they were dropped without a
+                // word, so the realm users saw was not the one configured.
+                problems.append(SettingsProblem(origin: realm.origin, message: "the realm contains control characters (such as a line break): give it on one line"))
             } else {
                 configuration.realm = realm.value
             }
@@ -94,7 +101,8 @@ extension GatehouseSettings {
         duration(self.drainTimeout, minimum: .zero) { configuration.drainTimeout = $0 }
         func count(_ value: Value<String>?, minimum: Int = 1, _ apply: (Int) -> Void) {
             check(value, { text throws(ConfigurationError) -> Int in
-                guard let n = ResolvedSettings.parseSize(text), n >= minimum else { throw .invalidLimit(text) }
+                guard let n = ResolvedSettings.parseSize(text) else { throw .invalidLimit(text, minimum: minimum) }
+                guard n >= minimum else { throw .limitTooSmall(text, minimum: minimum) }
                 return n
             }, apply)
         }

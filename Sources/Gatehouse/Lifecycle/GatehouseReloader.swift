@@ -7,7 +7,8 @@ import NIOCore
 /// htpasswd file changes.
 ///
 /// A reload is all or nothing: if the new config or htpasswd file has any error, the old
-/// settings and users stay in force and the error is logged. Open connections and tunnels are
+/// settings and users stay in force and the error is logged. (A file without users is no
+/// error then: see `loadCredentials`.) Open connections and tunnels are
 /// untouched; new connections get the new settings; the credential cache is cleared.
 public final class GatehouseReloader: Sendable {
     /// Where settings come from. Flags and environment are fixed at start-up; the file is re-read.
@@ -32,8 +33,8 @@ public final class GatehouseReloader: Sendable {
     }
 
     /// Reads and validates everything. Returns either what to run with, or every problem found
-    /// (each as `file:line: message` where it has a line).
-    public static func load(_ sources: Sources) -> (loaded: Loaded?, problems: [SettingsProblem]) {
+    /// (each as `file:line: message` where it has a line). `reloading`: see `loadCredentials`.
+    public static func load(_ sources: Sources, reloading: Bool = false) -> (loaded: Loaded?, problems: [SettingsProblem]) {
         var problems: [SettingsProblem] = []
         var file = GatehouseSettings()
         if let path = sources.configPath {
@@ -48,7 +49,7 @@ public final class GatehouseReloader: Sendable {
         let resolved = merged.resolve()
         problems += resolved.problems
         guard let settings = resolved.settings, problems.isEmpty else { return (nil, problems) }
-        switch Self.loadCredentials(settings) {
+        switch Self.loadCredentials(settings, reloading: reloading) {
         case .success(let (store, identity, credentialWarnings)):
             let warnings = Self.relativePathWarnings(merged) + credentialWarnings
             return (Loaded(settings: settings, credentials: store, htpasswdIdentity: identity, warnings: warnings), warnings)
@@ -76,7 +77,13 @@ public final class GatehouseReloader: Sendable {
         return warnings
     }
 
-    static func loadCredentials(_ settings: ResolvedSettings) -> Result<(CredentialStore, FileIdentity?, [SettingsProblem]), CredentialProblems> {
+    /// The users. Without any usable user, start-up fails (a proxy that can only refuse is a
+    /// mistake to report at once). A reload applies such a file, with a warning: every request
+    /// then gets 407. Refused, it kept the previous users in force, so deleting the last user
+    /// (`gatehouse passwd FILE NAME --delete`) left that user able to log in, with no end.
+    static func loadCredentials(
+        _ settings: ResolvedSettings, reloading: Bool = false
+    ) -> Result<(CredentialStore, FileIdentity?, [SettingsProblem]), CredentialProblems> {
         var file: HtpasswdFile?
         var identity: FileIdentity?
         var warnings: [SettingsProblem] = []
@@ -105,6 +112,11 @@ public final class GatehouseReloader: Sendable {
             }
         }
         let store = CredentialStore(htpasswd: file, inlineUsers: settings.inlineUsers)
+        if store.isEmpty && reloading {
+            return .success((store, identity, warnings + [SettingsProblem(
+                origin: settings.htpasswdPath ?? "settings",
+                message: "no usable users left: every request is refused (407) until a user is added", isWarning: true)]))
+        }
         if store.isEmpty {
             // Every line's own problem first: they are why no user is left.
             return .failure(CredentialProblems(problems: warnings + [SettingsProblem(
@@ -130,7 +142,7 @@ public final class GatehouseReloader: Sendable {
     /// Re-reads the config and the htpasswd file (SIGHUP). Returns whether anything was applied.
     @discardableResult
     public func reload() -> Bool {
-        let (loaded, problems) = Self.load(self.sources)
+        let (loaded, problems) = Self.load(self.sources, reloading: true)
         guard let loaded else {
             for problem in problems {
                 self.logger.error("reload rejected; the previous settings and users stay in force", metadata: ["problem": "\(problem)"])
@@ -159,7 +171,7 @@ public final class GatehouseReloader: Sendable {
     public func reloadCredentialsIfChanged() -> Bool {
         let (settings, identity) = self.current.withLockedValue { ($0.settings, $0.htpasswdIdentity) }
         guard let path = settings.htpasswdPath, FileIdentity(path: path) != identity else { return false }
-        switch Self.loadCredentials(settings) {
+        switch Self.loadCredentials(settings, reloading: true) {
         case .success(let (store, newIdentity, warnings)):
             for warning in warnings { self.logger.warning("\(warning)") }
             self.current.withLockedValue {

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -6,15 +7,31 @@ import NIOPosix
 /// `/metrics` (Prometheus text format), `/healthz` (the process is up) and `/readyz` (it
 /// accepts proxy connections; 503 while starting or draining, so a load balancer stops
 /// sending new clients before the drain ends).
+///
+/// Its connections are bounded like the proxy's: at most ``maximumConnections`` at once (more
+/// are closed at once) and ``idleTimeout`` without a request. Unbounded, idle connections to
+/// it used up the process's file descriptors, and the proxy port stopped accepting.
 enum AdminServer {
+    static let maximumConnections = 64
+    static let idleTimeout = TimeAmount.seconds(10)
+
     static func bind(_ address: ListenAddress, group: EventLoopGroup, server: GatehouseServer) async throws -> Channel {
         // Said as plainly as for the proxy's own port (NIO's bind error is cryptic).
         try GatehouseServer.refuseIfTaken(address)
+        let open = NIOLockedValueBox(0)
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                let admitted = open.withLockedValue { count -> Bool in
+                    guard count < Self.maximumConnections else { return false }
+                    count += 1
+                    return true
+                }
+                guard admitted else { return channel.close() }
+                channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: Self.idleTimeout))
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(server: server))
                 }
             }
@@ -30,6 +47,14 @@ enum AdminServer {
         var head: HTTPRequestHead?
 
         init(server: GatehouseServer) { self.server = server }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if event is IdleStateHandler.IdleStateEvent {
+                context.close(promise: nil)
+            } else {
+                context.fireUserInboundEventTriggered(event)
+            }
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch self.unwrapInboundIn(data) {
@@ -55,16 +80,23 @@ enum AdminServer {
                     } else {
                         self.respond(context, head, .serviceUnavailable, "not ready\n")
                     }
+                case (_, "/metrics"), (_, "/healthz"), (_, "/readyz"):
+                    self.respond(context, head, .methodNotAllowed, "method not allowed: use GET or HEAD\n", allow: true)
                 default:
                     self.respond(context, head, .notFound, "not found: try /metrics, /healthz or /readyz\n")
                 }
             }
         }
 
-        private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, _ body: String, type: String = "text/plain; charset=utf-8") {
+        private func respond(
+            _ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, _ body: String,
+            type: String = "text/plain; charset=utf-8", allow: Bool = false
+        ) {
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: type)
             headers.add(name: "Content-Length", value: String(body.utf8.count))
+            headers.add(name: "Date", value: HTTPDate.now())
+            if allow { headers.add(name: "Allow", value: "GET, HEAD") }
             context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
             if request.method != .HEAD {
                 context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)

@@ -333,7 +333,8 @@ extension ProxyConnectionHandler {
         let message = reason.message + "\n"
         var text = "HTTP/1.1 \(status)\r\nContent-Type: \(OwnResponse.plainText)\r\n"
         if let retry = reason.defaultRetryAfter { text += "Retry-After: \(retry)\r\n" }
-        text += "Content-Length: \(message.utf8.count)\r\nConnection: close\r\n\r\n" + message
+        // Like every answer of the proxy's own, with `Date` (RFC 9110 §6.6.1).
+        text += "Content-Length: \(message.utf8.count)\r\nConnection: close\r\nDate: \(HTTPDate.now())\r\n\r\n" + message
         var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
         buffer.writeString(text)
         let exchange = self.unparsedExchange()

@@ -47,7 +47,19 @@ private func modelLines(_ contents: String) -> [ModelLine] {
     if body.starts(with: [0xEF, 0xBB, 0xBF]) { body = body.dropFirst(3) }
     var result: [ModelLine] = []
     var number = 0
-    for raw in body.split(separator: 0x0A, omittingEmptySubsequences: false) {
+    // Lines end at LF, and at a CR that no LF follows (classic Mac OS line ends); the CR of a
+    // CRLF stays on its line and is stripped below.
+    var raws: [ArraySlice<UInt8>] = []
+    var start = body.startIndex
+    for index in body.indices {
+        let next = index + 1
+        if body[index] == 0x0A || (body[index] == 0x0D && (next == body.endIndex || body[next] != 0x0A)) {
+            raws.append(body[start..<index])
+            start = next
+        }
+    }
+    raws.append(body[start...])
+    for raw in raws {
         number += 1
         var line = raw
         while let last = line.last, last == 0x0D || last == 0x20 || last == 0x09 { line = line.dropLast() }

@@ -112,6 +112,7 @@ struct ErrorResponseTests {
             let slow = try await RawClient.connect(port: proxy.port, sending: "GET http://127.0.0.1:1/ HTTP/1.1\r\nHo")
             #expect(await slow.waitForClose())
             #expect(slow.text.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"))
+            #expect(slow.text.contains("\r\nDate: "))
             #expect(slow.text.contains("Connection: close\r\n"))
 
             // A new connection that sends nothing gets the header timeout, not the idle one: it

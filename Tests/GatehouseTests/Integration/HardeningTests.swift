@@ -149,6 +149,7 @@ struct HardeningTests {
             #expect(await third.waitForClose())
             #expect(third.text.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"), "\(third.text)")
             #expect(third.text.contains("Retry-After: 5\r\n"))
+            #expect(third.text.contains("\r\nDate: "), "every answer of the proxy's own carries Date (it had none)")
             #expect(!first.isClosed && !second.isClosed)
             #expect(proxy.records.map(\.reason) == [.tooManyConnections])
             await first.close()

@@ -92,6 +92,14 @@ struct OperationsTests {
         rename(broken, path)
         #expect(await proxy.waitForLog("htpasswd change rejected"))
         #expect(try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", proxyURL, "http://127.0.0.1:\(origin.port)/hello"]).body == "200")
+        // The last user deleted: applied, everyone refused (it was rejected as "no usable
+        // users", and the deleted user kept logging in).
+        try "u3:\(try #require(PasswordHash.makeBcrypt(password: "three", cost: 4)).fieldValue)\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let deleted = try await CommandLineTests.run(["passwd", path, "u3", "--delete"])
+        #expect(deleted.status == 0)
+        #expect(deleted.stderr.contains("has no users left; a running Gatehouse now refuses every request (407)"), "\(deleted.stderr)")
+        #expect(await proxy.waitForLog("no usable users left: every request is refused (407) until a user is added"))
+        #expect(try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-x", proxyURL, "http://127.0.0.1:\(origin.port)/hello"]).body == "407")
     }
 
     @Test("a Kubernetes-style symlink swap of the htpasswd file is seen without a signal")
@@ -348,6 +356,21 @@ struct OperationsTests {
         #expect(try await Curl.run(["http://\(admin)/readyz"]).body == "ready\n")
         #expect(try await Curl.run(["-w", "%{http_code}", "-o", "/dev/null", "http://127.0.0.1:\(proxy.port)/metrics"]).body == "400",
                 "the proxy port does not serve metrics")
+        let post = try await Curl.run(["-s", "-D", "-", "-o", "/dev/null", "-X", "POST", "http://\(admin)/metrics"]).body
+        #expect(post.hasPrefix("HTTP/1.1 405 Method Not Allowed\r\n") && post.contains("Allow: GET, HEAD\r\n") && post.contains("Date: "), "\(post)")
+
+        // Connections are capped: idle ones used up the process's file descriptors, and the
+        // proxy port stopped accepting.
+        let adminPort = try #require(Int(admin.split(separator: ":").last ?? ""))
+        var idle: [RawClient] = []
+        for _ in 0..<64 { idle.append(try await RawClient.connect(port: adminPort)) }  // AdminServer.maximumConnections
+        try await Task.sleep(for: .milliseconds(300))
+        let over = try await RawClient.connect(port: adminPort)
+        #expect(await over.waitForClose(), "the connection over the cap is closed at once")
+        #expect(idle.allSatisfy { !$0.isClosed })
+        for client in idle { await client.close() }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await Curl.run(["http://\(admin)/healthz"]).body == "ok\n", "slots are freed when connections close")
     }
 
     @Test("under journald, stderr lines carry syslog priorities and no timestamp")

@@ -42,6 +42,27 @@ struct GatehouseSettingsTests {
         #expect(problems.map(\.origin) == ["--realm"])
     }
 
+    @Test("limits: a size too large for 64 bits is a problem (it stopped the process, on a reload too), one too small names the least allowed")
+    func limitBounds() {
+        let file = GatehouseSettings.parse(
+            yaml: "users: [\"a:b\"]\nmax_body: 9999999999G\nmax_connections: 999999999999G\nmax_uri_length: 10\nmax_header_bytes: 8G\n", path: "l.yaml")
+        let problems = file.settings.resolve().problems
+        #expect(problems.map(\.origin) == ["l.yaml:2", "l.yaml:3", "l.yaml:4"], "\(problems)")
+        #expect(problems.first?.message.contains("fits in 64 bits") == true)
+        #expect(problems.last?.message == "limit \"10\" is too small: the least this one allows is 16")
+        #expect(ResolvedSettings.parseSize("8589934591G") == 8_589_934_591 << 30)
+        #expect(ResolvedSettings.parseSize("8589934592G") == nil)
+    }
+
+    @Test("a realm with control characters (a line break) is refused; they were dropped without a word")
+    func realmControlCharacters() {
+        var settings = GatehouseSettings.fromEnvironment(["GATEHOUSE_USERS": "a:b"])
+        settings.realm = .init("a\r\nX-Injected: yes", origin: "--realm")
+        #expect(settings.resolve().problems.map(\.message) == ["the realm contains control characters (such as a line break): give it on one line"])
+        settings.realm = .init("tab\tand ünïcode", origin: "--realm")
+        #expect(settings.resolve().problems.isEmpty)
+    }
+
     @Test("a password with a comma fits in the YAML list form of users (the one-line form splits at commas)")
     func commaInPassword() throws {
         let list = GatehouseSettings.parse(yaml: "users:\n  - \"bob:pa,ss\"\n", path: "l.yaml")
