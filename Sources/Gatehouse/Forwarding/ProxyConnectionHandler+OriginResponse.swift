@@ -187,6 +187,10 @@ extension ProxyConnectionHandler {
         }
     }
 
+    /// Whether the client's channel takes more writes now (its outbound buffer is below the
+    /// high-water mark).
+    var isClientWritable: Bool { self.context?.channel.isWritable ?? true }
+
     /// Bytes of its responses the client's TCP has acknowledged so far (see ``PeerProgress``).
     func bytesAcknowledgedByClient() -> UInt64? {
         self.context.flatMap { PeerProgress.bytesAcknowledged(by: $0.channel) }

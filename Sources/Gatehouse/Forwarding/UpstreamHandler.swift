@@ -202,8 +202,17 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.originAcked = nil
         self.finished = false
         self.responseKeepsAlive = false
+        // The client's socket may be full already: the previous responses of a client that
+        // pipelines and does not read. Reading this origin's answer regardless queued it too,
+        // and each completed answer let the next pipelined request through: a client that sent
+        // thousands of requests and read nothing grew the proxy by every response (1.5 GB for
+        // two million 1 KB GETs), and its idle timeout never struck. Paused here, the answer
+        // waits for the client, which takes it or is closed as `client_stalled`.
+        let clientWritable = client.isClientWritable
         self.readsPaused = false
-        if self.readPending, let context = self.context {
+        if !clientWritable {
+            self.clientWritabilityChanged(false)
+        } else if self.readPending, let context = self.context {
             self.readPending = false
             context.read()
         }

@@ -83,7 +83,10 @@ extension ProxyConnectionHandler {
             return
         }
         self.timerDeadline = .distantFuture
-        switch self.timerKind {
+        // A request held for a client whose socket is full (see `channelRead`) arrived whole:
+        // what times out is the client not reading, as on an idle connection.
+        let kind = self.heldInbound != nil ? TimerKind.idle : self.timerKind
+        switch kind {
         case .idle:
             if self.clientStillReading(context: context) {
                 self.schedule(.idle, in: self.configuration.idleTimeout, context: context)

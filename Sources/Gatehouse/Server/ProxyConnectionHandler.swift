@@ -36,6 +36,17 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var tunnelUpstream: Channel?
     /// Raw bytes that arrived after a `CONNECT` head, kept for the tunnel.
     var tunnelPendingReads: [NIOAny] = []
+    /// A pipelined request (and what followed it), held while the client's socket is full:
+    /// see ``channelRead(context:data:)``. Nil when nothing is held.
+    var heldInbound: CircularBuffer<HeldInbound>?
+    /// `releaseHeld` is running: what arrives meanwhile queues behind what it still holds.
+    var releasingHeld = false
+
+    enum HeldInbound {
+        case read(NIOAny)
+        case inputClosed
+        case error(Error)
+    }
     var clientAddress = "-"
     /// The client's IP alone (the throttle's key), worked out once per connection.
     var clientIP = "-"
@@ -157,13 +168,56 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                               reason: .clientClosed), counts: self.counts)
     }
 
+    /// A request is not started while the client's socket is full (the channel is not
+    /// writable): it is held, with whatever follows it, until the client has taken enough of
+    /// the earlier responses.
+    ///
+    /// `HTTPServerPipelineHandler` hands over the next pipelined request as soon as a response
+    /// is written, not once it is sent. A client that pipelined requests and read nothing had
+    /// every one of them answered into memory: 407s without credentials (about 165 MB for
+    /// three million), forwarded responses with them. Held, the answers stop at the channel's
+    /// write watermark, reads stop too, and the idle timeout closes a client that never reads.
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .tunnelling = self.machine.state {
             // After CONNECT the HTTP decoder forwards the bytes that followed the head verbatim.
             self.tunnelPendingReads.append(data)
             return
         }
-        switch self.unwrapInboundIn(data) {
+        if self.heldInbound != nil {
+            self.heldInbound?.append(.read(data))
+            return
+        }
+        let part = self.unwrapInboundIn(data)
+        if case .head = part, !context.channel.isWritable {
+            self.heldInbound = [.read(data)]
+            return
+        }
+        self.process(part, context: context)
+    }
+
+    /// The client's socket took enough: what was held goes through in order, up to the next
+    /// request that finds it full again. What arrives meanwhile (the pipeline handler hands
+    /// over the next request as an answer is written) queues behind it: taken at once, it
+    /// overtook the end of the request just answered, and the connection was closed.
+    func releaseHeld(context: ChannelHandlerContext) {
+        guard !self.releasingHeld else { return }
+        self.releasingHeld = true
+        defer { self.releasingHeld = false }
+        while let next = self.heldInbound?.first, self.context != nil {
+            if case .read(let data) = next, case .head = self.unwrapInboundIn(data), !context.channel.isWritable { return }
+            self.heldInbound?.removeFirst()
+            switch next {
+            case .read(let data): self.process(self.unwrapInboundIn(data), context: context)
+            case .inputClosed: self.inputClosed(context: context)
+            case .error(let error): self.handleError(error, context: context)
+            }
+        }
+        if self.heldInbound?.isEmpty == true { self.heldInbound = nil }
+        self.resumeReadingIfPossible()
+    }
+
+    private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
             self.requestHead(head, context: context)
         case .body(let buffer):
@@ -236,7 +290,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func read(context: ChannelHandlerContext) {
-        if self.machine.clientReadsAllowed && (self.upstream?.isWritable ?? true) {
+        if self.machine.clientReadsAllowed && (self.upstream?.isWritable ?? true) && self.heldInbound == nil {
             context.read()
             if self.machine.awaitingResponse && !self.observer.sawPipelinedBytes && self.exchange?.isConnect == false {
                 self.observer.readThrough()
@@ -249,7 +303,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// Issues a read that was held back, once the reason for holding it has gone.
     func resumeReadingIfPossible() {
         guard self.readPending, let context = self.context else { return }
-        if self.machine.clientReadsAllowed && (self.upstream?.isWritable ?? true) {
+        if self.machine.clientReadsAllowed && (self.upstream?.isWritable ?? true) && self.heldInbound == nil {
             self.readPending = false
             context.read()
         }
@@ -259,19 +313,37 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         // Backpressure from the client to the origin: stop reading the origin while the
         // client's socket buffer is full.
         self.upstream?.clientWritabilityChanged(context.channel.isWritable)
+        if context.channel.isWritable && self.heldInbound != nil { self.releaseHeld(context: context) }
         context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
-            self.clientInputClosed = true
-            if self.machine.isIdle { context.close(promise: nil) }
+            if self.heldInbound != nil {
+                self.heldInbound?.append(.inputClosed)
+            } else {
+                self.inputClosed(context: context)
+            }
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
+    private func inputClosed(context: ChannelHandlerContext) {
+        self.clientInputClosed = true
+        if self.machine.isIdle { context.close(promise: nil) }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if self.heldInbound != nil {
+            // After the requests held before it (a parse error in bytes that followed them).
+            self.heldInbound?.append(.error(error))
+            return
+        }
+        self.handleError(error, context: context)
+    }
+
+    private func handleError(_ error: Error, context: ChannelHandlerContext) {
         if let parserError = error as? HTTPParserError {
             self.parserError(parserError, context: context)
             return

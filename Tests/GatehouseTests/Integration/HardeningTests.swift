@@ -242,6 +242,43 @@ struct HardeningTests {
         }
     }
 
+    @Test("a client that pipelines and reads nothing gets no more answers than its socket holds; once it reads, every one, in order")
+    func pipelinedNonReader() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            // Without credentials: 20,000 requests (5.7 MB of 407s, more than the sockets of
+            // both ends hold), each answered 407. All were answered into memory before, every
+            // answer queued for a client that took none.
+            let count = 20_000
+            let request = "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\n\r\n"
+            let client = try await RawClient.connect(port: proxy.port, reading: false)
+            client.queue(bytes: Array(String(repeating: request, count: count).utf8))
+            try await Task.sleep(for: .milliseconds(1_500))
+            let answered = proxy.records.count
+            #expect(answered > 0 && answered < count, "\(answered) answered for a client that read nothing")
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(proxy.records.count == answered, "no more answers while the client reads nothing")
+            try await client.startReading()
+            let records = await proxy.waitForRecords(count: count, timeout: .seconds(30))
+            #expect(records.count == count)
+            #expect(records.allSatisfy { $0.status == 407 })
+            let sent = records.reduce(0) { $0 + $1.bytesOut }
+            let text = await client.waitFor(timeout: .seconds(10)) { _ in client.byteCount >= sent }
+            #expect(client.byteCount == sent, "every answer reached the client")
+            #expect(text.hasPrefix("HTTP/1.1 407 "))
+            await client.close()
+
+            // With credentials, 64 KiB responses: the origin's answers wait for the client too.
+            let authenticated = "GET http://127.0.0.1:\(origin.port)/bytes/65536 HTTP/1.1\r\nHost: x\r\n\(Self.auth)\r\n"
+            let before = proxy.records.count
+            let reader = try await RawClient.connect(port: proxy.port, reading: false)
+            reader.queue(bytes: Array(String(repeating: authenticated, count: 2_000).utf8))
+            try await Task.sleep(for: .milliseconds(1_500))
+            let forwarded = proxy.records.count - before
+            #expect(forwarded < 500, "\(forwarded) of 2,000 responses (128 MB) forwarded to a client that read nothing")
+            await reader.close()
+        }
+    }
+
     @Test("a saturated hashing queue answers 503 auth_busy; cached credentials never wait")
     func hashingQueue() async throws {
         let origin = try await TestOrigin.start()

@@ -59,6 +59,12 @@ final class RawClient: Sendable {
         self.channel.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil)
     }
 
+    /// With `reading: false`: reads everything from now on.
+    func startReading() async throws {
+        try await self.channel.setOption(.autoRead, value: true)
+        self.channel.read()
+    }
+
     /// With `reading: false`: takes what the socket holds now, up to `readSize` bytes.
     func readSome() {
         self.channel.read()
