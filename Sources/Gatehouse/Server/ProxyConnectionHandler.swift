@@ -41,6 +41,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var heldInbound: CircularBuffer<HeldInbound>?
     /// `releaseHeld` is running: what arrives meanwhile queues behind what it still holds.
     var releasingHeld = false
+    /// A request part is being handled (see `channelRead`).
+    var processing = false
+    /// A request arrived while another was being handled, and was held for after it.
+    var releaseWhenProcessed = false
 
     enum HeldInbound {
         case read(NIOAny)
@@ -177,6 +181,13 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// every one of them answered into memory: 407s without credentials (about 165 MB for
     /// three million), forwarded responses with them. Held, the answers stop at the channel's
     /// write watermark, reads stop too, and the idle timeout closes a client that never reads.
+    ///
+    /// A request handed over while another is being handled (the pipeline handler hands over
+    /// the next one inside the write of an answer's end) is held too, and taken once that
+    /// returns: handled at once, each answer handed over the next inside it, one stack frame
+    /// deeper each time. After a request answered later (a bcrypt check, an origin), thousands
+    /// of pipelined requests were answered that way in one chain, and the stack overflowed: a
+    /// wrong password and a few thousand requests in one packet crashed the proxy.
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .tunnelling = self.machine.state {
             // After CONNECT the HTTP decoder forwards the bytes that followed the head verbatim.
@@ -188,11 +199,22 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             return
         }
         let part = self.unwrapInboundIn(data)
-        if case .head = part, !context.channel.isWritable {
+        if case .head = part, self.processing || !context.channel.isWritable {
             self.heldInbound = [.read(data)]
+            if self.processing { self.releaseWhenProcessed = true }
             return
         }
+        if self.processing {
+            self.process(part, context: context)
+            return
+        }
+        self.processing = true
         self.process(part, context: context)
+        self.processing = false
+        if self.releaseWhenProcessed {
+            self.releaseWhenProcessed = false
+            self.releaseHeld(context: context)
+        }
     }
 
     /// The client's socket took enough: what was held goes through in order, up to the next
@@ -200,7 +222,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// over the next request as an answer is written) queues behind it: taken at once, it
     /// overtook the end of the request just answered, and the connection was closed.
     func releaseHeld(context: ChannelHandlerContext) {
-        guard !self.releasingHeld else { return }
+        // Not inside the handling of another request part (the socket may turn writable in
+        // the middle of an answer's write): once it returns.
+        if self.processing { self.releaseWhenProcessed = true }
+        guard !self.releasingHeld, !self.processing else { return }
         self.releasingHeld = true
         defer { self.releasingHeld = false }
         while let next = self.heldInbound?.first, self.context != nil {
