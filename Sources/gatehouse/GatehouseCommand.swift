@@ -186,6 +186,13 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "gatehouse")
         for warning in loaded.warnings { logger.warning("\(warning)") }
+        // See `OpenFileLimit`: the usual soft limit of 1,024 runs out at about 500 busy clients.
+        let openFiles = OpenFileLimit.raiseToHardLimit()
+        let maxConnections = settings.configuration.maxConnections
+        if openFiles < OpenFileLimit.needed(forConnections: maxConnections) {
+            logger.warning(
+                "the open-file limit (\(openFiles)) is below what max_connections \(maxConnections) can need (two per busy client); raise it (LimitNOFILE= under systemd) or lower --max-connections")
+        }
 
         let accessLog: AccessLog
         do {

@@ -71,7 +71,9 @@ extension ProxyConnectionHandler {
                 self.upstreamConnected(channel, head: upstreamHead, context: context)
             case .failure(let error):
                 self.logger.debug("upstream connect failed", metadata: ["error": "\(error)", "target": "\(uri.authority)"])
-                self.upstreamConnectFailed(reason: resolver.refusal(explaining: error) ?? UpstreamConnector.reason(for: error), context: context)
+                let reason = resolver.refusal(explaining: error) ?? UpstreamConnector.reason(for: error)
+                if reason == .outOfDescriptors { self.shared.reportOutOfDescriptors("connecting to an origin", error: error) }
+                self.upstreamConnectFailed(reason: reason, context: context)
             }
         }
     }

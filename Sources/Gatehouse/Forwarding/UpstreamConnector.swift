@@ -17,6 +17,7 @@ enum UpstreamConnector {
                 return (error.dnsAError != nil || error.dnsAAAAError != nil) ? .upstreamDNS : .upstreamUnreachable
             }
             let reasons = error.connectionErrors.map { Self.reason(for: $0.error) }
+            if reasons.contains(.outOfDescriptors) { return .outOfDescriptors }
             if reasons.contains(.upstreamRefused) { return .upstreamRefused }
             if reasons.contains(.upstreamConnectTimeout) { return .upstreamConnectTimeout }
             return .upstreamUnreachable
@@ -25,6 +26,7 @@ enum UpstreamConnector {
             switch error.errnoCode {
             case ECONNREFUSED: return .upstreamRefused
             case ETIMEDOUT: return .upstreamConnectTimeout
+            case EMFILE, ENFILE: return .outOfDescriptors
             default: return .upstreamUnreachable
             }
         }

@@ -40,6 +40,9 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     case badTransferEncoding = "bad_transfer_encoding"
     case tooManyConnections = "too_many_connections"
     case clientConnectionLimit = "client_connection_limit"
+    /// The proxy could not open a connection to the origin for lack of file descriptors
+    /// (EMFILE/ENFILE): its own fault, not the destination's.
+    case outOfDescriptors = "out_of_descriptors"
     case authThrottled = "auth_throttled"
     case authBusy = "auth_busy"
     case destinationDenied = "destination_denied"
@@ -91,7 +94,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .versionNotSupported: return .httpVersionNotSupported
         case .bodyTooLarge: return .payloadTooLarge
         case .badTransferEncoding: return .badRequest
-        case .tooManyConnections, .clientConnectionLimit, .authBusy: return .serviceUnavailable
+        case .tooManyConnections, .clientConnectionLimit, .authBusy, .outOfDescriptors: return .serviceUnavailable
         case .authThrottled: return .tooManyRequests
         case .destinationDenied: return .forbidden
         case .loopDetected: return .loopDetected
@@ -101,7 +104,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     /// Seconds for `Retry-After` (RFC 9110 §10.2.3) on statuses that invite a retry.
     var defaultRetryAfter: Int? {
         switch self {
-        case .tooManyConnections, .clientConnectionLimit: return 5
+        case .tooManyConnections, .clientConnectionLimit, .outOfDescriptors: return 5
         case .authBusy: return 1
         default: return nil
         }
@@ -141,6 +144,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .badTransferEncoding: return "Only the chunked transfer coding is accepted on requests."
         case .tooManyConnections: return "The proxy is at its connection limit; retry later."
         case .clientConnectionLimit: return "Too many connections from your address; retry later."
+        case .outOfDescriptors: return "The proxy has run out of file descriptors; retry later."
         case .authThrottled: return "Too many failed authentication attempts; retry later."
         case .authBusy: return "The proxy is busy checking credentials; retry shortly."
         case .destinationDenied: return "This destination is not allowed by the proxy's policy."

@@ -134,6 +134,13 @@ public final class GatehouseServer: Service, Sendable {
                 return bootstrap
                     .serverChannelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler { error in
+                                if error.errnoCode == EMFILE || error.errnoCode == ENFILE {
+                                    shared.reportOutOfDescriptors("accepting a connection", error: error)
+                                } else {
+                                    shared.logger.error("accepting a connection failed; pausing the listener", metadata: ["error": "\(error)"])
+                                }
+                            })
                             try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
                         }
                     }

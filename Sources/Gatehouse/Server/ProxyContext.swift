@@ -42,6 +42,24 @@ final class ProxyContext: Sendable {
     let pools = PerEventLoop { UpstreamPool(eventLoop: $0) }
     /// The addresses this server listens on, for loop detection.
     let listeners = NIOLockedValueBox([SocketAddress]())
+    /// When running out of file descriptors was last reported (see `reportOutOfDescriptors`).
+    private let lastDescriptorReport = NIOLockedValueBox<NIODeadline?>(nil)
+
+    /// Says on stderr, at most every 10 seconds, that the process ran out of file descriptors
+    /// (`what` failed): the access log alone showed clients' 503s, and accepting that failed
+    /// showed nowhere at all.
+    func reportOutOfDescriptors(_ what: String, error: Error) {
+        let now = NIODeadline.now()
+        let due = self.lastDescriptorReport.withLockedValue { last -> Bool in
+            if let last, now - last < .seconds(10) { return false }
+            last = now
+            return true
+        }
+        guard due else { return }
+        self.logger.error(
+            "out of file descriptors: \(what) failed; raise the limit (LimitNOFILE= under systemd) or lower --max-connections",
+            metadata: ["error": "\(error)", "limit": "\(OpenFileLimit.current.soft)"])
+    }
 
     init(configuration: ProxyConfiguration, authenticator: Authenticator, accessLog: AccessLog, metrics: GatehouseMetrics, logger: Logger) {
         self.current = NIOLockedValueBox(Snapshot(configuration))

@@ -44,7 +44,9 @@ extension ProxyConnectionHandler {
             case .failure(let error):
                 self.logger.debug("tunnel connect failed", metadata: ["error": "\(error)", "target": "\(authority)"])
                 guard self.context != nil, case .connecting = self.machine.state else { return }
-                self.answer(resolver.refusal(explaining: error) ?? UpstreamConnector.reason(for: error), context: context)
+                let reason = resolver.refusal(explaining: error) ?? UpstreamConnector.reason(for: error)
+                if reason == .outOfDescriptors { self.shared.reportOutOfDescriptors("connecting a tunnel", error: error) }
+                self.answer(reason, context: context)
             }
         }
     }

@@ -373,6 +373,36 @@ struct OperationsTests {
         #expect(try await Curl.run(["http://\(admin)/healthz"]).body == "ok\n", "slots are freed when connections close")
     }
 
+    @Test(
+        "out of file descriptors: accepting backs off instead of spinning, says so on stderr, and recovers (it spun two cores, silently)",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit")))
+    func outOfDescriptors() async throws {
+        let proxy = try await GatehouseProcess.start(
+            ["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"], launcher: ["/usr/bin/prlimit", "--nofile=64:64"])
+        defer { Task { await proxy.stop() } }
+        #expect(await proxy.waitForLog("the open-file limit (64) is below what max_connections 16384 can need"))
+        var clients: [RawClient] = []
+        for _ in 0..<70 { clients.append(try await RawClient.connect(port: proxy.port)) }
+        #expect(await proxy.waitForLog("out of file descriptors: accepting a connection failed"))
+        func cpuTicks() -> Int {
+            let stat = (try? String(contentsOfFile: "/proc/\(proxy.pid)/stat", encoding: .utf8)) ?? ""
+            let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+            // After the command: state is field 3, utime 14, stime 15 (1-based, from the pid).
+            guard fields.count > 13, let user = Int(fields[11]), let system = Int(fields[12]) else { return -1 }
+            return user + system
+        }
+        let before = cpuTicks()
+        try await Task.sleep(for: .seconds(1))
+        let used = cpuTicks() - before
+        #expect(before >= 0 && used < 30, "\(used) ticks of CPU in a second with connections waiting in the backlog")
+        for client in clients { await client.close() }
+        // The backlog drains once descriptors are free: a new client is answered.
+        let late = try await RawClient.connect(port: proxy.port, sending: "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        let text = await late.waitFor(timeout: .seconds(10)) { statusCodes(in: $0).count == 1 }
+        #expect(statusCodes(in: text) == [407], "\(text.prefix(200))")
+        await late.close()
+    }
+
     @Test("under journald, stderr lines carry syslog priorities and no timestamp")
     func journaldFormat() async throws {
         let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"], environment: ["JOURNAL_STREAM": "8:12345"])
