@@ -149,8 +149,12 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let due = since + (originReady ? self.clientTimeout : self.upstreamTimeout)
         let now = NIODeadline.now()
         if now < due {
-            // Checked again no later than the shorter limit, in case writability changes.
-            self.armTimer(at: min(due, now + self.checkInterval), context: context)
+            // Checked again no later than the shorter limit, in case writability changes;
+            // while the origin takes nothing, four times as often, so that its last progress is
+            // known within a quarter of the limit (looked at once per limit, progress seen at
+            // the first look put the 504 at up to twice the upstream timeout).
+            let step = originReady ? self.checkInterval : .nanoseconds(self.checkInterval.nanoseconds / 4)
+            self.armTimer(at: min(due, now + step), context: context)
             return
         }
         if originReady {
@@ -317,7 +321,17 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { self.client?.resumeReadingIfPossible() }
+        if context.channel.isWritable {
+            self.client?.resumeReadingIfPossible()
+        } else if self.client != nil && !self.requestSent, let queue = PeerProgress.sendQueue(of: context.channel) {
+            // An upload backs up: from here the origin's acknowledgements are its progress
+            // (see `checkUpload`). Without this sample the first look counted as progress, and
+            // an origin that had stopped reading got its 504 after twice the upstream timeout.
+            self.originAcked = queue.acked
+            self.uploadProgress = .now()
+            self.timer?.cancel()
+            self.armTimer(at: .now() + .nanoseconds(self.checkInterval.nanoseconds / 4), context: context)
+        }
         context.fireChannelWritabilityChanged()
     }
 

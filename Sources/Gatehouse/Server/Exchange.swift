@@ -13,6 +13,8 @@ final class Exchange {
     var started: NIODeadline
     var timestamp: Double
     var bytesIn = 0
+    /// The request body's `Content-Length`, if it has one.
+    var declaredLength: Int?
     var bytesOut = 0
     var upstream: String?
     var status: Int = 0
@@ -58,6 +60,7 @@ final class Exchange {
         self.timestamp = wallClockSeconds()
         self.isHead = head.method == .HEAD
         self.isConnect = head.method == .CONNECT
+        self.declaredLength = fields.contentLengths.first.flatMap { Int($0) }
     }
 
     /// An exchange for a request whose head could not be parsed.

@@ -123,7 +123,12 @@ extension ProxyConnectionHandler {
         // stays held until a fresh decoder has taken the bytes that followed the CONNECT (see
         // `replaceDecoderAfterConnect`): let go here, it overtook them, and requests pipelined
         // behind the CONNECT by a client that then half-closed went unanswered.
-        let closing = close || !exchange.clientKeepAlive || self.clientInputClosed
+        // A body still to come that is longer than what is drained after an early answer
+        // (see `ProxyConfiguration.maxDrainBytes`) ends the connection: said up front with
+        // `Connection: close`, not as a reset once the drain gives up.
+        let undrainable = !unparsed && !self.machine.requestComplete
+            && (exchange.declaredLength.map { $0 - exchange.bytesIn > self.configuration.maxDrainBytes } ?? false)
+        let closing = close || !exchange.clientKeepAlive || self.clientInputClosed || undrainable
             || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)
         let status = reason.status
         let response: OwnResponse

@@ -289,6 +289,23 @@ struct HardeningTests {
         await client.close()
     }
 
+    @Test("an early answer to an upload longer than the drain limit says Connection: close (the drain gave up later, in a reset)")
+    func undrainableUpload() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let head = "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nContent-Length: \(200 << 20)\r\n\r\n"
+            let client = try await RawClient.connect(port: proxy.port, sending: head + String(repeating: "u", count: 1_000))
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 407 ") && client.text.contains("\r\nConnection: close\r\n"), "\(client.text.prefix(300))")
+            await client.close()
+            // Within the limit, the connection stays for the next request.
+            let small = try await RawClient.connect(
+                port: proxy.port, sending: "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            let text = await small.waitFor { statusCodes(in: $0).count == 1 }
+            #expect(!text.contains("Connection: close") && !small.isClosed)
+            await small.close()
+        }
+    }
+
     @Test("a saturated hashing queue answers 503 auth_busy; cached credentials never wait")
     func hashingQueue() async throws {
         let origin = try await TestOrigin.start()
