@@ -40,6 +40,10 @@ public enum HtpasswdEditor {
     @discardableResult
     public static func setUser(_ user: String, hash: PasswordHash, path: String) throws(EditError) -> Change {
         try Self.validate(user)
+        return try Self.locked(path) { () throws(EditError) -> Change in try Self.setUnlocked(user, hash: hash, path: path) }
+    }
+
+    private static func setUnlocked(_ user: String, hash: PasswordHash, path: String) throws(EditError) -> Change {
         var lines = try Self.readLines(path: path, missingIsEmpty: true)
         // A file written with CRLF line ends keeps them.
         let lineEnd = lines.contains { $0.utf8.last == UInt8(ascii: "\r") } ? "\r" : ""
@@ -57,11 +61,34 @@ public enum HtpasswdEditor {
     /// Removes the user.
     public static func deleteUser(_ user: String, path: String) throws(EditError) {
         try Self.validate(user)
+        try Self.locked(path) { () throws(EditError) in try Self.deleteUnlocked(user, path: path) }
+    }
+
+    private static func deleteUnlocked(_ user: String, path: String) throws(EditError) {
         var lines = try Self.readLines(path: path, missingIsEmpty: false)
         let before = lines.count
         lines.removeAll { Self.user(of: $0) == user }
         guard lines.count < before else { throw .noSuchUser(user) }
         try Self.write(lines, path: path)
+    }
+
+    /// Runs one read-modify-write of the file at `path` under an exclusive `flock` on its
+    /// directory, so that edits from several `gatehouse passwd` at once are applied one after
+    /// the other. Unlocked, each read the same old file and the last rename won: ten users
+    /// added at once left five. (The directory, not the file: every edit replaces the file, so
+    /// a lock on it would be a lock on a file that is no longer there. Apache's `htpasswd` does
+    /// not lock at all.)
+    static func locked<T>(_ path: String, _ body: () throws(EditError) -> T) throws(EditError) -> T {
+        let resolved = Self.resolvingLinks(path)
+        let directory = (resolved as NSString).deletingLastPathComponent
+        let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .unwritable(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw .unwritable(path: path, reason: "cannot lock its directory: \(String(cString: strerror(errno)))") }
+        }
+        defer { flock(fd, LOCK_UN) }
+        return try body()
     }
 
     static func validate(_ user: String) throws(EditError) {

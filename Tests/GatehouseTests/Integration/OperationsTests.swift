@@ -502,6 +502,22 @@ struct OperationsTests {
         #expect(try String(contentsOfFile: path, encoding: .utf8).isEmpty)
     }
 
+    @Test("ten gatehouse passwd at once on one file: every user is in it (the last rename won: five of ten were lost)")
+    func concurrentPasswd() async throws {
+        let path = Self.temporaryPath("concurrent")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(try await CommandLineTests.run(["passwd", "--stdin", "--cost", "4", path, "u0"], input: "p\n").status == 0)
+        let statuses = try await withThrowingTaskGroup(of: Int32.self) { group in
+            for i in 1...10 {
+                group.addTask { try await CommandLineTests.run(["passwd", "--stdin", "--cost", "4", path, "user\(i)"], input: "p\(i)\n").status }
+            }
+            return try await group.reduce(into: [Int32]()) { $0.append($1) }
+        }
+        #expect(statuses == Array(repeating: 0, count: 10))
+        let file = try HtpasswdFile.load(path: path)
+        #expect(Set(file.users.keys) == Set(["u0"] + (1...10).map { "user\($0)" }))
+    }
+
     @Test("gatehouse passwd writes through a symbolic link, creates files as Apache does (0666 less the umask), takes names with spaces")
     func passwdLinksAndModes() async throws {
         let target = Self.temporaryPath("target")
