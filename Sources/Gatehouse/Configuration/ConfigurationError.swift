@@ -17,6 +17,8 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
     case limitTooSmall(String, minimum: Int)
     /// Another socket already listens on this address (see `GatehouseServer.refuseIfTaken`).
     case listenAddressInUse(String)
+    case listenHostUnknown(String)
+    case duplicateListenAddress(String)
 
     public var description: String {
         switch self {
@@ -45,6 +47,10 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
             return "limit \"\(value)\" is too small: the least this one allows is \(minimum)"
         case .listenAddressInUse(let address):
             return "cannot listen on \(address): address already in use (is another Gatehouse or proxy running there?)"
+        case .listenHostUnknown(let address):
+            return "cannot listen on \(address): the host is not an address of this machine's and does not resolve"
+        case .duplicateListenAddress(let address):
+            return "listen address \(address) is given more than once"
         }
     }
 }

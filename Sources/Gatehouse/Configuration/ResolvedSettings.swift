@@ -53,7 +53,13 @@ extension GatehouseSettings {
             var addresses: [ListenAddress] = []
             for (index, item) in listen.value.enumerated() {
                 do {
-                    addresses.append(try ListenAddress(parsing: item))
+                    let address = try ListenAddress(parsing: item)
+                    if addresses.contains(address) {
+                        // The second listener on it failed to start ("address already in use").
+                        problems.append(SettingsProblem(
+                            origin: listen.origin(ofItem: index), message: ConfigurationError.duplicateListenAddress(address.description).description))
+                    }
+                    addresses.append(address)
                 } catch {
                     problems.append(SettingsProblem(origin: listen.origin(ofItem: index), message: error.description))
                 }

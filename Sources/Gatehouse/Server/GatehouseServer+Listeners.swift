@@ -22,7 +22,13 @@ extension GatehouseServer {
     /// needs no check.
     static func refuseIfTaken(_ listen: ListenAddress) throws {
         guard listen.port != 0 else { return }
-        let address = try SocketAddress.makeAddressResolvingHost(listen.host, port: listen.port)
+        let address: SocketAddress
+        do {
+            address = try SocketAddress.makeAddressResolvingHost(listen.host, port: listen.port)
+        } catch {
+            // Said plainly: NIO's "SocketAddressError.UnknownHost ... (error -2)" named no setting.
+            throw ConfigurationError.listenHostUnknown(listen.description)
+        }
         let family: Int32
         switch address {
         case .v4: family = AF_INET

@@ -54,6 +54,15 @@ struct GatehouseSettingsTests {
         #expect(ResolvedSettings.parseSize("8589934592G") == nil)
     }
 
+    @Test("listen: an IPv4-looking host that is no address, and an address given twice, are problems (check passed them; serve failed)")
+    func listenAddresses() {
+        let file = GatehouseSettings.parse(
+            yaml: "users: [\"a:b\"]\nlisten:\n  - 999.1.1.1:80\n  - 127.0.0.1:3128\n  - 127.0.0.1:3128\n  - 0.0.0.0:8080\n  - localhost:8081\n", path: "l.yaml")
+        let problems = file.settings.resolve().problems
+        #expect(problems.map(\.origin) == ["l.yaml:3", "l.yaml:5"], "\(problems)")
+        #expect(problems.last?.message == "listen address 127.0.0.1:3128 is given more than once")
+    }
+
     @Test("a realm with control characters (a line break) is refused; they were dropped without a word")
     func realmControlCharacters() {
         var settings = GatehouseSettings.fromEnvironment(["GATEHOUSE_USERS": "a:b"])
