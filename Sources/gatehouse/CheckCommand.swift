@@ -20,7 +20,7 @@ struct CheckCommand: AsyncParsableCommand {
             let problem = AccessLog.openingProblem(path: path)
         {
             // `serve` would stop here: so does `check`.
-            problems.append(SettingsProblem(origin: "access_log", message: problem))
+            problems.append(SettingsProblem(origin: settings.accessLogOrigin ?? "access_log", message: problem))
             loaded = nil
         }
         for problem in problems {

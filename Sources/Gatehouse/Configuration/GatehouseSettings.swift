@@ -172,13 +172,18 @@ public struct GatehouseSettings: Sendable, Equatable {
         guard !isDirectory.boolValue else {
             return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: it is a directory")])
         }
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            // Foundation's message for an unreadable or non-UTF-8 file says little; say what to check.
-            let reason = FileManager.default.isReadableFile(atPath: path) ? "it is not UTF-8 text" : "permission denied"
-            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: \(reason)")])
+        // Read as bytes, then decoded: Foundation's String(contentsOfFile:) fails on a device
+        // such as /dev/null ("not UTF-8 text"), and its message for an unreadable or
+        // non-UTF-8 file says little; say what to check.
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: permission denied")])
         }
+        let data = (try? handle.readToEnd()) ?? Data()
+        try? handle.close()
+        guard let decoded = String(validating: data, as: UTF8.self) else {
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: it is not UTF-8 text")])
+        }
+        text = decoded
         return Self.parse(yaml: text, path: path)
     }
 
@@ -188,7 +193,8 @@ public struct GatehouseSettings: Sendable, Equatable {
             root = try Yams.compose(yaml: text)
         } catch let error as YamlError {
             let (line, message) = Self.describe(error)
-            return (GatehouseSettings(), [SettingsProblem(origin: line.map { "\(path):\($0)" } ?? path, message: "not valid YAML: \(message)")])
+            let at = line ?? Self.lineOfDuplicateKey(in: text, message: message)
+            return (GatehouseSettings(), [SettingsProblem(origin: at.map { "\(path):\($0)" } ?? path, message: "not valid YAML: \(message)")])
         } catch {
             return (GatehouseSettings(), [SettingsProblem(origin: path, message: "not valid YAML: \(error)")])
         }
@@ -266,6 +272,21 @@ public struct GatehouseSettings: Sendable, Equatable {
     /// The line and message of a YAML syntax error. Yams writes `LINE:COLUMN: error: scanner:
     /// MESSAGE:` and then the line itself; the message is kept, with a hint for the common slip
     /// of an unquoted `-` (as in `access_log: -`).
+    /// Yams reports a key given twice without its place: the line of its second top-level
+    /// occurrence (the one to remove), when the message names it.
+    static func lineOfDuplicateKey(in text: String, message: String) -> Int? {
+        guard let range = message.range(of: "duplicated key(s): '") else { return nil }
+        let key = message[range.upperBound...].prefix { $0 != "'" }
+        guard !key.isEmpty else { return nil }
+        var seen = 0
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+        where line.hasPrefix(key + ":") || line.hasPrefix("\"\(key)\":") {
+            seen += 1
+            if seen == 2 { return index + 1 }
+        }
+        return nil
+    }
+
     static func describe(_ error: YamlError) -> (line: Int?, message: String) {
         var first = Substring("\(error)".split(separator: "\n").first ?? "syntax error")
         var line: Int?

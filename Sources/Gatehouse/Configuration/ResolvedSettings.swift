@@ -12,6 +12,8 @@ public struct ResolvedSettings: Sendable {
     public var htpasswdPollInterval: TimeAmount
     /// Where the listen addresses were set (`--listen`, `file:line`), nil for the default.
     public var listenOrigin: String?
+    /// Where the access log was set (`--access-log`, `file:line`), nil for the default.
+    public var accessLogOrigin: String?
 
     static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -191,6 +193,6 @@ extension GatehouseSettings {
         return (ResolvedSettings(
             configuration: configuration, htpasswdPath: self.htpasswd?.value, inlineUsers: inline, accessLog: accessLog,
             logFormat: format, logLevel: level, adminListen: admin, htpasswdPollInterval: poll,
-            listenOrigin: self.listen?.origin), [])
+            listenOrigin: self.listen?.origin, accessLogOrigin: self.accessLog?.origin), [])
     }
 }

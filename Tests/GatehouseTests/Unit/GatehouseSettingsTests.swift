@@ -108,6 +108,7 @@ struct GatehouseSettingsTests {
         #expect(messages.contains("h.yaml:3: unknown key \"htpasswrd\"; did you mean \"htpasswd\"?"))
         let duplicate = GatehouseSettings.parse(yaml: "realm: a\nrealm: b\n", path: "d.yaml").problems.map(\.description)
         #expect(duplicate.first?.contains("realm") == true, "\(duplicate)")
+        #expect(duplicate.first?.hasPrefix("d.yaml:2: ") == true, "the second one's line (it had none)")
         let unclosed = GatehouseSettings.parse(yaml: "realm: [unclosed\n", path: "i.yaml").problems.first?.description ?? ""
         #expect(unclosed.hasPrefix("i.yaml:") && unclosed.contains(": not valid YAML: "), "\(unclosed)")
         #expect(GatehouseSettings.parse(yaml: "- a\n- b\n", path: "j.yaml").problems.first?.message == "the config file must be a mapping of keys to values")
