@@ -84,8 +84,18 @@ public enum HtpasswdEditor {
         let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw .unwritable(path: path, reason: String(cString: strerror(errno))) }
         defer { close(fd) }
-        while flock(fd, LOCK_EX) != 0 {
-            guard errno == EINTR else { throw .unwritable(path: path, reason: "cannot lock its directory: \(String(cString: strerror(errno)))") }
+        // Another edit holds the lock for a moment; one that holds it for long (a stuck
+        // process) is an error after 10 s, not a silent wait without end.
+        var waited = 0
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else {
+                throw .unwritable(path: path, reason: "cannot lock its directory: \(String(cString: strerror(errno)))")
+            }
+            guard waited < 10_000 else {
+                throw .unwritable(path: path, reason: "another edit has held the lock on its directory for 10 s")
+            }
+            usleep(20_000)
+            waited += 20
         }
         defer { flock(fd, LOCK_UN) }
         return try body()

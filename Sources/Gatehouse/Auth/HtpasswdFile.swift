@@ -206,6 +206,10 @@ public struct HtpasswdFile: Sendable {
 
     /// Reads a whole file with POSIX calls so the error reason is the plain `strerror` text
     /// (e.g. "No such file or directory") rather than a verbose Foundation description.
+    /// The most an htpasswd file may hold: a million users at about 70 bytes each. A device
+    /// given as the file (`/dev/zero`) was read until memory ran out.
+    static let maximumSize = 64 << 20
+
     private static func readAll(path: String) throws(HtpasswdError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .unreadable(path: path, reason: errnoDescription()) }
@@ -221,6 +225,9 @@ public struct HtpasswdFile: Sendable {
             }
             if count == 0 { break }
             result += chunk[0..<count]
+            if result.count > Self.maximumSize {
+                throw .unreadable(path: path, reason: "it is larger than \(Self.maximumSize >> 20) MiB (is it an htpasswd file?)")
+            }
         }
         return result
     }

@@ -18,12 +18,13 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
     /// Another socket already listens on this address (see `GatehouseServer.refuseIfTaken`).
     case listenAddressInUse(String)
     case listenHostUnknown(String)
+    case cannotListen(String, reason: String)
     case duplicateListenAddress(String)
 
     public var description: String {
         switch self {
         case .invalidListenAddress(let value):
-            return "invalid --listen address \"\(value)\": expected HOST:PORT or [IPv6]:PORT with a port from 0 to 65535"
+            return "invalid --listen address \"\(value)\": expected HOST:PORT or [IPv6]:PORT, HOST a name or an IP address, PORT from 0 to 65535"
         case .invalidPortList(let value):
             return "invalid --connect-ports list \"\(value)\": expected ports and ranges such as 443,8443,9000-9100"
         case .invalidDuration(let value):
@@ -49,6 +50,8 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
             return "cannot listen on \(address): address already in use (is another Gatehouse or proxy running there?)"
         case .listenHostUnknown(let address):
             return "cannot listen on \(address): the host is not an address of this machine's and does not resolve"
+        case .cannotListen(let address, let reason):
+            return "cannot listen on \(address): \(reason)"
         case .duplicateListenAddress(let address):
             return "listen address \(address) is given more than once"
         }

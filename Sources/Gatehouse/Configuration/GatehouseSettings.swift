@@ -178,8 +178,13 @@ public struct GatehouseSettings: Sendable, Equatable {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: permission denied")])
         }
-        let data = (try? handle.readToEnd()) ?? Data()
+        // At most 1 MiB (a device such as /dev/zero was read until memory ran out).
+        let limit = 1 << 20
+        let data = (try? handle.read(upToCount: limit + 1)) ?? Data()
         try? handle.close()
+        guard data.count <= limit else {
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: it is larger than 1 MiB")])
+        }
         guard let decoded = String(validating: data, as: UTF8.self) else {
             return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: it is not UTF-8 text")])
         }

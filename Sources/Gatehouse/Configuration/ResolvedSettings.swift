@@ -56,7 +56,8 @@ extension GatehouseSettings {
             for (index, item) in listen.value.enumerated() {
                 do {
                     let address = try ListenAddress(parsing: item)
-                    if addresses.contains(address) {
+                    // Port 0 twice is two ephemeral ports, not one address twice.
+                    if address.port != 0 && addresses.contains(address) {
                         // The second listener on it failed to start ("address already in use").
                         problems.append(SettingsProblem(
                             origin: listen.origin(ofItem: index), message: ConfigurationError.duplicateListenAddress(address.description).description))

@@ -42,6 +42,13 @@ extension ProxyConnectionHandler {
         let code = head.status.code
         let bodyless = exchange.isHead || code == 204 || code == 304
         var closeAfter = !exchange.clientKeepAlive || self.clientInputClosed
+        // An early answer (an origin's 413 to an upload) with more of the body still to come
+        // than is drained afterwards ends the connection, said up front (see `answer`).
+        if !self.machine.requestComplete, let declared = exchange.declaredLength,
+            declared - exchange.bytesIn > self.configuration.maxDrainBytes
+        {
+            closeAfter = true
+        }
         var fields: [(String, String)] = []
         fields.reserveCapacity(head.headers.count + 3)
         var hasLength = false

@@ -19,8 +19,17 @@ enum AdminServer {
         // Said as plainly as for the proxy's own port (NIO's bind error is cryptic).
         try GatehouseServer.refuseIfTaken(address)
         let open = NIOLockedValueBox(0)
+        let context = server.context
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                // Out of descriptors, this listener spun a core like the proxy's (see AcceptPauseHandler).
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler { error in
+                        context.reportOutOfDescriptors("accepting an admin connection", error: error)
+                    })
+                }
+            }
             .childChannelInitializer { channel in
                 let admitted = open.withLockedValue { count -> Bool in
                     guard count < Self.maximumConnections else { return false }
@@ -30,6 +39,9 @@ enum AdminServer {
                 guard admitted else { return channel.close() }
                 channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
                 return channel.eventLoop.makeCompletedFuture {
+                    // No more reads while answers wait for a client that does not take them: one
+                    // that pipelined requests and read nothing grew the process by gigabytes.
+                    try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: Self.idleTimeout))
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(server: server))
@@ -63,28 +75,41 @@ enum AdminServer {
             case .end:
                 guard let head = self.head else { return }
                 self.head = nil
-                let path = String(head.uri.prefix { $0 != "?" })
-                switch (head.method, path) {
-                case (.GET, "/metrics"), (.HEAD, "/metrics"):
-                    // Each event loop's counts are flushed first, so the scrape sees every response.
-                    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-                    self.server.metrics.renderFlushed(on: context.eventLoop).whenSuccess { text in
-                        let (handler, context) = bound.value
-                        handler.respond(context, head, .ok, text, type: "text/plain; version=0.0.4; charset=utf-8")
-                    }
-                case (.GET, "/healthz"), (.HEAD, "/healthz"):
-                    self.respond(context, head, .ok, "ok\n")
-                case (.GET, "/readyz"), (.HEAD, "/readyz"):
-                    if self.server.isReady {
-                        self.respond(context, head, .ok, "ready\n")
-                    } else {
-                        self.respond(context, head, .serviceUnavailable, "not ready\n")
-                    }
-                case (_, "/metrics"), (_, "/healthz"), (_, "/readyz"):
-                    self.respond(context, head, .methodNotAllowed, "method not allowed: use GET or HEAD\n", allow: true)
-                default:
-                    self.respond(context, head, .notFound, "not found: try /metrics, /healthz or /readyz\n")
+                // Answered from the event loop, not here: the pipeline handler hands over the
+                // next pipelined request inside the write of this answer, so answering at once
+                // went one stack frame deeper per request (a crash, with enough of them behind
+                // a /metrics that answers later).
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                context.eventLoop.execute {
+                    let (handler, context) = bound.value
+                    handler.answer(head, context: context)
                 }
+            }
+        }
+
+        private func answer(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+            guard context.channel.isActive else { return }
+            let path = String(head.uri.prefix { $0 != "?" })
+            switch (head.method, path) {
+            case (.GET, "/metrics"), (.HEAD, "/metrics"):
+                // Each event loop's counts are flushed first, so the scrape sees every response.
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                self.server.metrics.renderFlushed(on: context.eventLoop).whenSuccess { text in
+                    let (handler, context) = bound.value
+                    handler.respond(context, head, .ok, text, type: "text/plain; version=0.0.4; charset=utf-8")
+                }
+            case (.GET, "/healthz"), (.HEAD, "/healthz"):
+                self.respond(context, head, .ok, "ok\n")
+            case (.GET, "/readyz"), (.HEAD, "/readyz"):
+                if self.server.isReady {
+                    self.respond(context, head, .ok, "ready\n")
+                } else {
+                    self.respond(context, head, .serviceUnavailable, "not ready\n")
+                }
+            case (_, "/metrics"), (_, "/healthz"), (_, "/readyz"):
+                self.respond(context, head, .methodNotAllowed, "method not allowed: use GET or HEAD\n", allow: true)
+            default:
+                self.respond(context, head, .notFound, "not found: try /metrics, /healthz or /readyz\n")
             }
         }
 

@@ -10,6 +10,18 @@ extension GatehouseServer {
     /// The listen backlog of sockets Gatehouse binds itself; inherited ones keep systemd's.
     static let listenBacklog: Int32 = 1024
 
+    /// Runs `body`, which binds `address`; a failure of the bind itself (an address not on
+    /// this machine, a port below 1024 without the capability) is said as "cannot listen on
+    /// ADDRESS: reason" (NIO's own text, `bind(descriptor:ptr:bytes:): … (errno: 99)`, named
+    /// no address).
+    static func namingTheAddress(_ address: ListenAddress, _ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let error as IOError {
+            throw ConfigurationError.cannotListen(address.description, reason: String(cString: strerror(error.errnoCode)))
+        }
+    }
+
     /// Refuses a port that another socket already listens on.
     ///
     /// Gatehouse's own listeners share their port (`SO_REUSEPORT`, one per event loop), and

@@ -153,12 +153,13 @@ public final class GatehouseServer: Service, Sendable {
             if self.inheritedSockets.isEmpty {
                 let loops = Self.reusePortSupported ? Array(self.group.makeIterator()) : []
                 for address in configuration.listen {
+                  try await Self.namingTheAddress(address) {
                     try Self.refuseIfTaken(address)
                     guard let first = loops.first else {
                         let channel = try await bootstrap(self.group, reusePort: false).bind(host: address.host, port: address.port).get()
                         channels.append(channel)
                         addresses.append(contentsOf: channel.localAddress.map { [$0] } ?? [])
-                        continue
+                        return
                     }
                     // One listener per event loop on the same port (SO_REUSEPORT): the kernel
                     // spreads new connections over them, and each connection lives on the loop
@@ -173,6 +174,7 @@ public final class GatehouseServer: Service, Sendable {
                     for loop in loops.dropFirst() {
                         channels.append(try await bootstrap(loop, reusePort: true).bind(host: address.host, port: port).get())
                     }
+                  }
                 }
             } else {
                 for socket in self.inheritedSockets {
@@ -184,7 +186,9 @@ public final class GatehouseServer: Service, Sendable {
                 }
             }
             if let admin = self.adminListen {
-                adminChannel = try await AdminServer.bind(admin, group: self.group, server: self)
+                try await Self.namingTheAddress(admin) {
+                    adminChannel = try await AdminServer.bind(admin, group: self.group, server: self)
+                }
             }
         } catch {
             for channel in channels { try? await channel.close() }

@@ -196,6 +196,22 @@ extension ProxyConnectionHandler {
         return bytes
     }
 
+    /// Closes the connection once everything written to it so far has been sent, for a client
+    /// that half-closed and has nothing more to be answered.
+    ///
+    /// Closing at once dropped what was written and not yet sent. The client's EOF is handed
+    /// over by NIO's pipeline handler right after the last pipelined request, inside the write
+    /// of that request's answer and before its flush: a client that pipelined a request behind
+    /// a forwarded one and half-closed (`printf … | nc -N`) got neither answer, though both
+    /// were logged. An empty write, flushed, completes once all before it are out.
+    func closeOnceWritten(context: ChannelHandlerContext) {
+        self.machine.connectionClosed()
+        guard let written = self.observer.writeRaw(context.channel.allocator.buffer(capacity: 0)) else {
+            return context.close(promise: nil)
+        }
+        written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+
     /// Closes the connection once `written` completes: in stages if the client may still be
     /// sending and has not closed its side (see `RequestStartObserver.closeLingering`), else
     /// at once.

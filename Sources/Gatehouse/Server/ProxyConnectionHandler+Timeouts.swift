@@ -12,7 +12,7 @@ extension ProxyConnectionHandler {
     /// that never starts its head). It is closed quietly; there is no request to answer.
     func awaitRequest(context: ChannelHandlerContext, first: Bool = false) {
         if self.clientInputClosed {
-            context.close(promise: nil)
+            self.closeOnceWritten(context: context)
             return
         }
         self.observer.awaitingRequest = true

@@ -356,7 +356,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private func inputClosed(context: ChannelHandlerContext) {
         self.clientInputClosed = true
-        if self.machine.isIdle { context.close(promise: nil) }
+        if self.machine.isIdle { self.closeOnceWritten(context: context) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

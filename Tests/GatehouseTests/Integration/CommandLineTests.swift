@@ -59,6 +59,16 @@ struct CommandLineTests {
         #expect(result.stderr.contains(message), "\(result.stderr)")
     }
 
+    @Test("a listen address not on this machine: 'cannot listen on ADDRESS: reason', for the proxy and the admin listener (NIO's text named no address)")
+    func bindFailureNamed() async throws {
+        let proxy = try await Self.run(["--user", "a:b", "--listen", "192.0.2.1:3128"])
+        #expect(proxy.status == 1)
+        #expect(proxy.stderr.contains("gatehouse: error: cannot listen on 192.0.2.1:3128: Cannot assign requested address"), "\(proxy.stderr)")
+        let admin = try await Self.run(["--user", "a:b", "--listen", "127.0.0.1:0", "--admin-listen", "192.0.2.1:9090"])
+        #expect(admin.status == 1)
+        #expect(admin.stderr.contains("gatehouse: error: cannot listen on 192.0.2.1:9090: Cannot assign requested address"), "\(admin.stderr)")
+    }
+
     @Test("check refuses an access log serve could not open, as serve does")
     func checkAccessLog() async throws {
         let checked = try await Self.run(["check", "--user", "a:b", "--access-log", "/nonexistent-dir/access.log"])

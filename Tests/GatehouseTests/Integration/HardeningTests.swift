@@ -304,6 +304,16 @@ struct HardeningTests {
             #expect(!text.contains("Connection: close") && !small.isClosed)
             await small.close()
         }
+        // The same for an origin's early answer (a 413 at once, the connection kept).
+        let origin = try await RawOrigin.start(.respondAndHang("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig\n"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let head = "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\n\(Self.auth)Content-Length: \(200 << 20)\r\n\r\n"
+            let client = try await RawClient.connect(port: proxy.port, sending: head + String(repeating: "u", count: 1_000))
+            #expect(await client.waitForClose())
+            #expect(client.text.hasPrefix("HTTP/1.1 413 ") && client.text.contains("\r\nConnection: close\r\n"), "\(client.text.prefix(300))")
+            await client.close()
+        }
     }
 
     @Test("a saturated hashing queue answers 503 auth_busy; cached credentials never wait")

@@ -403,6 +403,41 @@ struct OperationsTests {
         await late.close()
     }
 
+    @Test("the admin listener answers deep pipelines in order and stops for a client that does not read (it grew by gigabytes)")
+    func adminPipelining() async throws {
+        let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--admin-listen", "127.0.0.1:0"])
+        defer { Task { await proxy.stop() } }
+        #expect(await proxy.waitForLog("admin endpoints listening"))
+        let line = try #require(proxy.stderr.split(separator: "\n").first { $0.contains("admin endpoints listening") })
+        let port = try #require(Int(line.split(separator: ":").last?.prefix { $0.isNumber } ?? ""))
+        func rssKiB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/\(proxy.pid)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+        }
+        // Behind a /metrics that answers later, 20,000 /healthz: each answered, the process alive.
+        let count = 20_000
+        let reader = try await RawClient.connect(
+            port: port, sending: "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" + String(repeating: "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", count: count))
+        let deadline = ContinuousClock.now + .seconds(30)
+        var answered = 0
+        while answered < count + 1 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(200))
+            answered = reader.text.components(separatedBy: "HTTP/1.1 200 OK\r\n").count - 1
+        }
+        #expect(answered == count + 1)
+        #expect(kill(proxy.pid, 0) == 0, "the proxy is still running")
+        await reader.close()
+        // A client that sends 200,000 and reads nothing: the process grows by little.
+        let before = rssKiB()
+        let stalled = try await RawClient.connect(port: port, reading: false)
+        stalled.queue(bytes: Array(String(repeating: "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", count: 200_000).utf8))
+        try await Task.sleep(for: .seconds(2))
+        let grown = rssKiB() - before
+        #expect(grown < 50_000, "RSS grew by \(grown) KiB")
+        await stalled.close()
+    }
+
     @Test("under journald, stderr lines carry syslog priorities and no timestamp")
     func journaldFormat() async throws {
         let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"], environment: ["JOURNAL_STREAM": "8:12345"])

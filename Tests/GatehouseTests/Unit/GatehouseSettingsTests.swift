@@ -61,6 +61,9 @@ struct GatehouseSettingsTests {
         let problems = file.settings.resolve().problems
         #expect(problems.map(\.origin) == ["l.yaml:3", "l.yaml:5"], "\(problems)")
         #expect(problems.last?.message == "listen address 127.0.0.1:3128 is given more than once")
+        // Port 0 twice is two ephemeral ports.
+        let ephemeral = GatehouseSettings.parse(yaml: "users: [\"a:b\"]\nlisten: [127.0.0.1:0, 127.0.0.1:0]\n", path: "e.yaml")
+        #expect(ephemeral.settings.resolve().problems.isEmpty)
     }
 
     @Test("a realm with control characters (a line break) is refused; they were dropped without a word")
