@@ -212,6 +212,24 @@ extension ProxyConnectionHandler {
         written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
+    /// During a graceful shutdown, NIO's pipeline handler closes a connection once the
+    /// response in flight is written, whatever the client still has on its way: a client
+    /// that had pipelined more requests (held, or not yet read) then got a reset, and a reset
+    /// makes the client's kernel drop what it had received and not yet read: answers logged
+    /// as sent were lost. Closed in stages instead (see `RequestStartObserver.closeLingering`),
+    /// unless the client already closed its side or the drain has timed out.
+    func closeInStagesWhileQuiescing(promise: EventLoopPromise<Void>?) -> Bool {
+        // Only where more may be on its way: requests held or pipelined, or a request still
+        // arriving. An idle keep-alive connection closes at once, as before.
+        let moreMayCome = self.heldInbound != nil || self.observer.sawPipelinedBytes || !self.machine.requestComplete
+        guard self.observer.quiescing, moreMayCome, !self.clientInputClosed, !self.shared.connections.isClosingAll,
+            let context = self.context, context.channel.isActive
+        else { return false }
+        self.observer.closeLingering(timeout: self.configuration.lingerTimeout, maxBytes: self.configuration.maxDrainBytes)
+        if let promise { context.channel.closeFuture.cascade(to: promise) }
+        return true
+    }
+
     /// Closes the connection once `written` completes: in stages if the client may still be
     /// sending and has not closed its side (see `RequestStartObserver.closeLingering`), else
     /// at once.

@@ -124,6 +124,9 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
         return clean.count > 64 ? String(clean.prefix(64)) + "…" : clean
     }
 
+    /// A graceful shutdown has begun (see `ProxyConnectionHandler.closeInStagesWhileQuiescing`).
+    private(set) var quiescing = false
+
     /// Set by the connection handler once the current request has fully arrived.
     var requestComplete = false
     /// Bytes arrived while a complete request awaited its response: the client pipelines.
@@ -253,6 +256,7 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
             self.heldEndOfInput = true
             return
         }
+        if event is ChannelShouldQuiesceEvent { self.quiescing = true }
         if event is ChannelShouldQuiesceEvent,
             let queued = try? context.channel.syncOptions?.getOption(.bufferedWritableBytes), queued > 0
         {

@@ -197,6 +197,29 @@ struct OperationsTests {
         #expect(await proxy.waitForExit() == 0)
     }
 
+    @Test("SIGTERM with pipelined requests held for a client that reads later: every answer logged reaches it, then a clean close (a reset lost them)")
+    func drainWithHeldRequests() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let log = Self.temporaryPath("drain-access.log")
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", log, "--drain-timeout", "10s"])
+        defer { Task { await proxy.stop() } }
+        let request = "GET http://127.0.0.1:\(origin.port)/bytes/1024 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic dTpw\r\n\r\n"
+        let client = try await RawClient.connect(port: proxy.port, reading: false)
+        client.queue(bytes: Array(String(repeating: request, count: 20_000).utf8))
+        try await Task.sleep(for: .seconds(1))
+        proxy.signal(SIGTERM)
+        try await Task.sleep(for: .seconds(1))
+        try await client.startReading()
+        #expect(await client.waitForClose(timeout: .seconds(20)))
+        #expect(await proxy.waitForExit() == 0)
+        let forwarded = try String(contentsOfFile: log, encoding: .utf8).components(separatedBy: "reason=forwarded").count - 1
+        let received = client.text.components(separatedBy: "HTTP/1.1 200 OK\r\n").count - 1
+        #expect(forwarded > 0 && received == forwarded, "\(received) answers received, \(forwarded) logged")
+        await client.close()
+    }
+
     @Test("a second SIGTERM exits at once, without waiting for an open tunnel, and logs the tunnel")
     func secondTerm() async throws {
         let origin = try await TestOrigin.start()
