@@ -39,6 +39,9 @@ enum AdminServer {
                 guard admitted else { return channel.close() }
                 channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
                 return channel.eventLoop.makeCompletedFuture {
+                    // A client's half-close after its request (`printf … | nc -N`) is an EOF
+                    // to answer before closing, not a close at once (it got no answer).
+                    try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
                     // No more reads while answers wait for a client that does not take them: one
                     // that pipelined requests and read nothing grew the process by gigabytes.
                     try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
@@ -57,12 +60,19 @@ enum AdminServer {
 
         let server: GatehouseServer
         var head: HTTPRequestHead?
+        /// Requests taken and not yet answered (see `channelRead`).
+        var unanswered = 0
+        /// The client half-closed: close once the last answer is written.
+        var inputClosed = false
 
         init(server: GatehouseServer) { self.server = server }
 
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
             if event is IdleStateHandler.IdleStateEvent {
                 context.close(promise: nil)
+            } else if let event = event as? ChannelEvent, event == .inputClosed {
+                self.inputClosed = true
+                if self.unanswered == 0 { context.close(promise: nil) }
             } else {
                 context.fireUserInboundEventTriggered(event)
             }
@@ -79,6 +89,7 @@ enum AdminServer {
                 // next pipelined request inside the write of this answer, so answering at once
                 // went one stack frame deeper per request (a crash, with enough of them behind
                 // a /metrics that answers later).
+                self.unanswered += 1
                 let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
                 context.eventLoop.execute {
                     let (handler, context) = bound.value
@@ -122,11 +133,18 @@ enum AdminServer {
             headers.add(name: "Content-Length", value: String(body.utf8.count))
             headers.add(name: "Date", value: HTTPDate.now())
             if allow { headers.add(name: "Allow", value: "GET, HEAD") }
-            context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            // `Connection: close`, or HTTP/1.0 without keep-alive, ends the connection after the
+            // answer (RFC 9112 §9.6); it stayed open for the idle timeout, holding one of the
+            // 64 places.
+            let closing = !request.isKeepAlive || self.inputClosed && self.unanswered == 1
+            if !request.isKeepAlive { headers.add(name: "Connection", value: "close") }
+            context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
             if request.method != .HEAD {
                 context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
             }
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            self.unanswered -= 1
+            let written = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
+            if closing { written.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
         }
     }
 }

@@ -219,9 +219,13 @@ extension ProxyConnectionHandler {
     /// as sent were lost. Closed in stages instead (see `RequestStartObserver.closeLingering`),
     /// unless the client already closed its side or the drain has timed out.
     func closeInStagesWhileQuiescing(promise: EventLoopPromise<Void>?) -> Bool {
-        // Only where more may be on its way: requests held or pipelined, or a request still
-        // arriving. An idle keep-alive connection closes at once, as before.
+        // Only where more may be on its way (requests held or pipelined, a request still
+        // arriving), or where the client has not yet received all it was sent: a request it
+        // pipelines meanwhile (apt tops up its pipeline) would meet a closed socket and get a
+        // reset, and with it lose the tail it had not read. An idle keep-alive connection whose
+        // answers have all arrived closes at once, as before.
         let moreMayCome = self.heldInbound != nil || self.observer.sawPipelinedBytes || !self.machine.requestComplete
+            || (self.context.flatMap { PeerProgress.sendQueue(of: $0.channel)?.draining } ?? false)
         guard self.observer.quiescing, moreMayCome, !self.clientInputClosed, !self.shared.connections.isClosingAll,
             let context = self.context, context.channel.isActive
         else { return false }

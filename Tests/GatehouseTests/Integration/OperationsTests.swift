@@ -220,6 +220,27 @@ struct OperationsTests {
         await client.close()
     }
 
+    @Test("SIGTERM with an answer still on its way to a client that then sends one more request: the answer arrives whole (a reset cut it)")
+    func drainWithLateRequest() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--drain-timeout", "10s"])
+        defer { Task { await proxy.stop() } }
+        let size = 3_000_000
+        let request = "GET http://127.0.0.1:\(origin.port)/bytes/\(size) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic dTpw\r\n\r\n"
+        let client = try await RawClient.connect(port: proxy.port, reading: false, sending: request)
+        try await Task.sleep(for: .milliseconds(500))
+        proxy.signal(SIGTERM)
+        try await Task.sleep(for: .milliseconds(300))
+        // Like apt topping up its pipeline: the socket it meets must still read (and drop) it.
+        client.queue(bytes: Array(request.utf8))
+        try await Task.sleep(for: .milliseconds(200))
+        try await client.startReading()
+        #expect(await client.waitForClose(timeout: .seconds(20)))
+        #expect((client.bodyByteCount ?? 0) >= size, "\(client.bodyByteCount ?? 0) of \(size) bytes")
+        await client.close()
+    }
+
     @Test("a second SIGTERM exits at once, without waiting for an open tunnel, and logs the tunnel")
     func secondTerm() async throws {
         let origin = try await TestOrigin.start()
@@ -451,6 +472,17 @@ struct OperationsTests {
         #expect(answered == count + 1)
         #expect(kill(proxy.pid, 0) == 0, "the proxy is still running")
         await reader.close()
+        // A request and a half-close at once (`printf … | nc -N`): answered, then closed (it
+        // got nothing); HTTP/1.0 and `Connection: close` close after the answer (they stayed
+        // open for the idle timeout, holding one of the 64 places).
+        for request in ["GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "GET /healthz HTTP/1.0\r\n\r\n",
+                        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"] {
+            let client = try await RawClient.connect(port: port, sending: request)
+            if request.contains("HTTP/1.1\r\nHost: x\r\n\r\n") { try await client.closeOutput() }
+            #expect(await client.waitForClose(timeout: .seconds(5)), "\(request)")
+            #expect(client.text.contains(" 200 OK\r\n") && client.text.hasSuffix("ok\n"), "\(client.text)")
+            await client.close()
+        }
         // A client that sends 200,000 and reads nothing: the process grows by little.
         let before = rssKiB()
         let stalled = try await RawClient.connect(port: port, reading: false)
