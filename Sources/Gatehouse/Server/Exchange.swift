@@ -63,8 +63,12 @@ final class Exchange {
         self.declaredLength = fields.contentLengths.first.flatMap { Int($0) }
     }
 
+    /// The request's head never parsed (see `init(unparsedAt:)`).
+    var isUnparsed = false
+
     /// An exchange for a request whose head could not be parsed.
     init(unparsedAt started: NIODeadline) {
+        self.isUnparsed = true
         self.method = "-"
         self.target = "-"
         self.version = .http1_1

@@ -165,7 +165,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func recordClientClosed() {
         guard let exchange = self.exchange else { return }
         self.exchange = nil
-        if self.shared.connections.isClosingAll {
+        // During a drain, a connection ended with a request head half arrived was ended by the
+        // proxy (it closes connections without a request in progress), not by the client.
+        if self.shared.connections.isClosingAll || (self.observer.quiescing && exchange.isUnparsed) {
             self.shared.record(exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .shutdown), counts: self.counts)
             return
         }

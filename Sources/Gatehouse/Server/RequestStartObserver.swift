@@ -107,7 +107,8 @@ final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler
             let line = start.getString(at: start.readerIndex, length: min(self.firstLine.length, Self.keptLineBytes, start.readableBytes))
         else { return nil }
         let parts = line.split(separator: " ", omittingEmptySubsequences: true)
-        guard let method = parts.first, method.utf8.allSatisfy(Self.isTokenByte) else { return nil }
+        // A method is whole once something follows it ("G" of a head cut short is no method).
+        guard let method = parts.first, method.utf8.allSatisfy(Self.isTokenByte), line.utf8.count > method.utf8.count else { return nil }
         // The target only from a whole line that was kept entire and has a request line's
         // three parts: in a cut or odd one (a raw space in a password), what looks like the
         // target may be the start of a userinfo that is not recognisable as one.

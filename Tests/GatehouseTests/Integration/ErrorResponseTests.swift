@@ -144,6 +144,13 @@ struct ErrorResponseTests {
             #expect(records.first?.status == 499)
             #expect(records.first?.method == "GET")
             #expect(origin.connections == 0)
+            // A method cut short ("G") is no method: logged as "-".
+            let cut = try await RawClient.connect(port: proxy.port, sending: "G")
+            try await cut.closeOutput()
+            #expect(await cut.waitForClose())
+            let both = await proxy.waitForRecords(count: 2)
+            #expect(both.last?.method == "-", "\(both.last?.method ?? "")")
+            await cut.close()
         }
     }
 
