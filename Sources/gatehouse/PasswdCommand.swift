@@ -68,6 +68,11 @@ struct PasswdCommand: AsyncParsableCommand {
             return
         }
         let password = try self.readPassword(prompt: "New password: ", confirm: true)
+        // libcrypt hashes nothing of 512 bytes or more (CRYPT_MAX_PASSPHRASE_SIZE); said as such,
+        // not as the NUL characters it was blamed on.
+        if password.utf8.count >= 512 {
+            throw CommandError("the password is \(password.utf8.count) bytes long: libcrypt hashes at most 511")
+        }
         guard let hash = PasswordHash.makeBcrypt(password: password, cost: self.cost) else {
             throw CommandError("could not hash the password (it must not contain NUL characters)")
         }

@@ -211,9 +211,16 @@ public struct HtpasswdFile: Sendable {
     static let maximumSize = 64 << 20
 
     private static func readAll(path: String) throws(HtpasswdError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        // Opened without blocking and then required to be a regular file: a FIFO put in the
+        // file's place blocked the open, on the event loop that polls the file, and half of
+        // all new connections hung.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw .unreadable(path: path, reason: errnoDescription()) }
         defer { _ = close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+            throw .unreadable(path: path, reason: "it is not a regular file")
+        }
 
         var result: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65_536)

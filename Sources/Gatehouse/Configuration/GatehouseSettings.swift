@@ -175,6 +175,11 @@ public struct GatehouseSettings: Sendable, Equatable {
         // Read as bytes, then decoded: Foundation's String(contentsOfFile:) fails on a device
         // such as /dev/null ("not UTF-8 text"), and its message for an unreadable or
         // non-UTF-8 file says little; say what to check.
+        // A FIFO would block until something writes to it: refused, as a directory is.
+        var info = stat()
+        if stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFIFO {
+            return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: it is a FIFO")])
+        }
         guard let handle = FileHandle(forReadingAtPath: path) else {
             return (GatehouseSettings(), [SettingsProblem(origin: path, message: "cannot read the config file: permission denied")])
         }

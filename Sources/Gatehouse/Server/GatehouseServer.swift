@@ -238,7 +238,12 @@ public final class GatehouseServer: Service, Sendable {
         // (NIO first asks `getsockname` whether the socket is a Unix one), about 2.5% of S2.
         if let options = channel.syncOptions {
             try options.setOption(.allowRemoteHalfClosure, value: true)
-            try options.setOption(.maxMessagesPerRead, value: 16)
+            // One read (at most 64 KiB) per wake-up: what one read brings in is parsed at once,
+            // and requests pipelined behind one that is held (see
+            // `ProxyConnectionHandler.channelRead`) wait parsed in memory. With 16 reads, a
+            // client that pipelined and read nothing left about 5 MB of parsed requests per
+            // connection (without credentials).
+            try options.setOption(.maxMessagesPerRead, value: 1)
             // NIO keeps each channel's last receive buffer for reuse, so its size is memory
             // every idle keep-alive connection holds. Request heads are a few hundred bytes;
             // uploads and tunnels grow the buffer as reads fill it.

@@ -242,6 +242,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
         }
         if self.heldInbound?.isEmpty == true { self.heldInbound = nil }
+        if self.heldInbound == nil { self.observer.releaseHeldRead() }
         self.resumeReadingIfPossible()
     }
 

@@ -11,9 +11,33 @@ import NIOCore
 /// Being the first handler, it also holds back two events the HTTP handlers would act on too
 /// early: the client's EOF while a `CONNECT` awaits its tunnel, and graceful shutdown while a
 /// response tail is still queued.
-final class RequestStartObserver: ChannelInboundHandler, RemovableChannelHandler {
+final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
+    typealias OutboundIn = NIOAny
+
+    /// A `read()` held while the connection holds a request (see `read(context:)`).
+    private var readHeld = false
+
+    /// No read reaches the socket while the connection holds a pipelined request for a client
+    /// whose socket is full: not the connection handler's (it holds its own), and not NIO's
+    /// pipeline handler's, which issues the read it held once an answer ends. Each read let in
+    /// up to a quarter of a megabyte of requests, parsed and queued at once: a client that
+    /// pipelined and read nothing held 6 MB of the proxy per connection, without credentials.
+    func read(context: ChannelHandlerContext) {
+        if let connection = self.connection, connection.heldInbound != nil {
+            self.readHeld = true
+            return
+        }
+        context.read()
+    }
+
+    /// The connection no longer holds a request: a read held meanwhile goes out.
+    func releaseHeldRead() {
+        guard self.readHeld, let context = self.context else { return }
+        self.readHeld = false
+        context.read()
+    }
 
     /// Set by the connection handler while it waits for a request head.
     var awaitingRequest = true

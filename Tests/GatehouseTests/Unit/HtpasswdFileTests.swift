@@ -31,6 +31,18 @@ struct HtpasswdFileTests {
         #expect(HtpasswdFile.lines(of: Array("a\r\nb\rc\r".utf8)[...]).map { String(decoding: $0, as: UTF8.self) } == ["a\r", "b", "c", ""])
     }
 
+    @Test("a FIFO or a device in the file's place is refused at once (a FIFO blocked the event loop that polls the file)")
+    func notARegularFile() throws {
+        let fifo = FileManager.default.temporaryDirectory.appendingPathComponent("fifo-\(UUID().uuidString.prefix(8))").path
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        for path in [fifo, "/dev/null"] {
+            #expect(throws: HtpasswdError.unreadable(path: path, reason: "it is not a regular file")) { try HtpasswdFile.load(path: path) }
+        }
+        let settings = GatehouseSettings.load(path: fifo)
+        #expect(settings.problems.map(\.message) == ["cannot read the config file: it is a FIFO"])
+    }
+
     @Test func noTrailingNewlineAndByteOrderMark() {
         let file = HtpasswdFile(contents: "\u{FEFF}alice:\(Self.sha1)", path: "p")
         #expect(file.problems.isEmpty)
