@@ -28,17 +28,6 @@ final class OwnResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler 
         self.encoder = HTTPResponseEncoder(configuration: configuration)
     }
 
-    /// Asked about each close of the whole connection that passes here (from the handlers
-    /// behind: NIO's pipeline handler when a graceful shutdown completes, the connection
-    /// handler): true if it took the close over. Set by the connection handler, cleared when
-    /// it leaves (it holds the handler).
-    var closeHook: ((EventLoopPromise<Void>?) -> Bool)?
-
-    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        if mode == .all, let hook = self.closeHook, hook(promise) { return }
-        context.close(mode: mode, promise: promise)
-    }
-
     /// The next response head, if it arrives with `fieldCount` fields, and the body and end
     /// after it are written as `bytes`.
     func offerEncoded(_ bytes: ByteBuffer, fieldCount: Int) {

@@ -106,7 +106,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.context = context
         self.learnClientAddress(context: context)
         self.observer.connection = self
-        self.encoder.closeHook = { [unowned self] promise in self.closeInStagesWhileQuiescing(promise: promise) }
         if context.channel.isActive { self.connectionStarted(context: context) }
     }
 
@@ -136,7 +135,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.cancelTimer()
-        self.encoder.closeHook = nil
         self.observer.connection = nil
         self.context = nil
     }

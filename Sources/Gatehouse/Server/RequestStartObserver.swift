@@ -32,6 +32,15 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
         context.read()
     }
 
+    /// A close of the whole connection from the handlers behind (NIO's pipeline handler when
+    /// a graceful shutdown completes, the connection handler) may go in stages instead (see
+    /// `ProxyConnectionHandler.closeInStagesWhileQuiescing`). This handler's own closes go
+    /// straight to the socket and do not pass here.
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .all, let connection = self.connection, connection.closeInStagesWhileQuiescing(promise: promise) { return }
+        context.close(mode: mode, promise: promise)
+    }
+
     /// The connection no longer holds a request: a read held meanwhile goes out.
     func releaseHeldRead() {
         guard self.readHeld, let context = self.context else { return }
