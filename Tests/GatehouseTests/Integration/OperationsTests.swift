@@ -18,6 +18,15 @@ struct OperationsTests {
         "Basic " + Data("\(user):\(password)".utf8).base64EncodedString()
     }
 
+    /// `HOST:PORT` of a proxy process's admin listener, from its start-up log line.
+    static func adminAddress(of proxy: GatehouseProcess) async -> String? {
+        guard await proxy.waitForLog("admin endpoints listening"),
+            let line = proxy.stderr.split(separator: "\n").first(where: { $0.contains("admin endpoints listening") }),
+            let field = line.split(separator: " ").first(where: { $0.hasPrefix("address=") })
+        else { return nil }
+        return String(field.dropFirst(8))
+    }
+
     static func makeHtpasswd(_ users: [String: String]) throws -> String {
         let path = Self.temporaryPath("htpasswd")
         for (user, password) in users {
@@ -373,9 +382,7 @@ struct OperationsTests {
         defer { Task { await origin.stop() } }
         let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--admin-listen", "127.0.0.1:0"])
         defer { Task { await proxy.stop() } }
-        #expect(await proxy.waitForLog("admin endpoints listening"))
-        let line = try #require(proxy.stderr.split(separator: "\n").first { $0.contains("admin endpoints listening") })
-        let admin = try #require(line.split(separator: " ").first { $0.hasPrefix("address=") }).dropFirst(8)
+        let admin = try #require(await Self.adminAddress(of: proxy))
         let base = "http://127.0.0.1:\(origin.port)"
         _ = try await Curl.run(["-x", "http://u:p@127.0.0.1:\(proxy.port)", "\(base)/hello"])
         _ = try await Curl.run(["-x", "http://u:p@127.0.0.1:\(proxy.port)", "\(base)/hello"])
@@ -451,9 +458,8 @@ struct OperationsTests {
     func adminPipelining() async throws {
         let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--admin-listen", "127.0.0.1:0"])
         defer { Task { await proxy.stop() } }
-        #expect(await proxy.waitForLog("admin endpoints listening"))
-        let line = try #require(proxy.stderr.split(separator: "\n").first { $0.contains("admin endpoints listening") })
-        let port = try #require(Int(line.split(separator: ":").last?.prefix { $0.isNumber } ?? ""))
+        let admin = try #require(await Self.adminAddress(of: proxy))
+        let port = try #require(Int(admin.split(separator: ":").last ?? ""))
         func rssKiB() -> Int {
             let status = (try? String(contentsOfFile: "/proc/\(proxy.pid)/status", encoding: .utf8)) ?? ""
             let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
