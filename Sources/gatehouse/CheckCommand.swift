@@ -8,7 +8,7 @@ struct CheckCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
         abstract: "Validate the config and the htpasswd file; print each problem as file:line.",
-        discussion: "Exit status: 0 when there is nothing wrong (warnings are printed but allowed), 1 on any error."
+        discussion: "Exit status: 0 when there is nothing wrong (warnings are printed but allowed), 1 on any error, 64 usage error."
     )
 
     @OptionGroup var options: SettingsOptions

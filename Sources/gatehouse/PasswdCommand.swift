@@ -12,7 +12,7 @@ struct PasswdCommand: AsyncParsableCommand {
             The password is read from the terminal (twice, without echo), or from the first line of \
             standard input with --stdin. Writes are atomic: a temporary file renamed over the old one, \
             keeping its mode, so a running Gatehouse never reads half a file.
-            Exit status: 0 success, 1 error, 3 --verify: wrong password or unknown user.
+            Exit status: 0 success, 1 error, 3 --verify: wrong password or unknown user, 64 usage error.
             """
     )
 

@@ -104,7 +104,9 @@ extension ProxyConnectionHandler {
             if dates > 1 { fields.removeAll { FieldKind($0.0) == .date } }
             fields.append(("Date", HTTPDate.now()))
         }
-        if closeAfter {
+        // During a graceful shutdown too (see `answer`): else NIO's pipeline handler adds it,
+        // unseen by the access log.
+        if closeAfter || self.observer.quiescing {
             fields.append(("Connection", "close"))
         } else if exchange.version == .http1_0 {
             fields.append(("Connection", "keep-alive"))
@@ -172,6 +174,7 @@ extension ProxyConnectionHandler {
         // Decide first: writing `.end` may deliver the next pipelined request re-entrantly.
         let action = self.machine.responseEnded(keepAlive: !self.closeAfterResponse)
         if action == .awaitNextRequest { self.awaitRequest(context: context) }
+        if action == .none { self.awaitBodyRest(context: context) }
         self.clientFlushPending = false
         if action == .close {
             let written = context.writeAndFlush(self.wrapOutboundOut(.end(trailers)))

@@ -131,14 +131,19 @@ extension ProxyConnectionHandler {
         let closing = close || !exchange.clientKeepAlive || self.clientInputClosed || undrainable
             || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)
         let status = reason.status
+        // During a graceful shutdown the connection ends after this answer; the head says so
+        // itself. Otherwise NIO's pipeline handler adds `connection: close` below Gatehouse,
+        // 19 bytes the access log and the byte counter did not see. (Whether the connection
+        // closes, and how, stays with `closing` and the drain.)
+        let saysClose = closing || self.observer.quiescing
         let response: OwnResponse
-        if !closing && exchange.version == .http1_1 && retryAfter == nil && content == nil,
+        if !saysClose && exchange.version == .http1_1 && retryAfter == nil && content == nil,
             let prebuilt = self.settings.keepAliveResponses[reason]
         {
             response = prebuilt
         } else {
             response = OwnResponse(
-                reason: reason, challenges: self.settings.challenges, closing: closing, version: exchange.version,
+                reason: reason, challenges: self.settings.challenges, closing: saysClose, version: exchange.version,
                 retryAfter: retryAfter ?? reason.defaultRetryAfter, content: content, date: HTTPDate.now())
         }
         let head = response.head
@@ -160,6 +165,7 @@ extension ProxyConnectionHandler {
         // HTTPServerPipelineHandler deliver the next pipelined request, re-entrantly.
         let action = self.machine.answered(close: closing)
         if action == .awaitNextRequest { self.awaitRequest(context: context) }
+        if action == .none { self.awaitBodyRest(context: context) }
         // NIO's parser stops after a CONNECT head; a refused CONNECT leaves an HTTP connection
         // that needs a fresh decoder. The CONNECT's `.end` may still be on its way (possibly
         // re-entrantly, during the write below): swap only once it is through.
@@ -346,6 +352,13 @@ extension ProxyConnectionHandler {
     /// The upload passed `maxBodyBytes`: 413 if nothing was answered yet, else just close.
     func bodyTooLarge(context: ChannelHandlerContext) {
         if self.machine.responseStarted || self.machine.state == .closed {
+            // Too late for a 413 (an origin answered before reading the upload): the connection
+            // ends mid-response. Logged with the status sent and why, not as `client_closed`.
+            if self.machine.responseStarted, let exchange = self.exchange {
+                self.exchange = nil
+                self.shared.record(
+                    exchange.logEntry(client: self.clientAddress, status: exchange.status, reason: .bodyTooLarge), counts: self.counts)
+            }
             self.upstream?.close()
             self.upstream = nil
             self.machine.connectionClosed()

@@ -22,6 +22,17 @@ extension ProxyConnectionHandler {
         self.schedule(.idle, in: wait, context: context)
     }
 
+    /// After an early answer (a 407 or 429 to an upload sent without `Expect: 100-continue`,
+    /// an origin that answered before reading all of it), the rest of the body is read and
+    /// dropped to keep the connection. The client gets the idle timeout between its bytes, as
+    /// during an upload; then the connection closes quietly (the answer went out). Without a
+    /// timer, a client that stopped sending held its connection until it gave up: with no
+    /// credentials at all, up to `--max-connections-per-client` slots from one address.
+    func awaitBodyRest(context: ChannelHandlerContext) {
+        guard self.machine.discardingBody else { return }
+        self.schedule(.idle, in: self.configuration.idleTimeout, context: context)
+    }
+
     /// The first byte of a request head arrived: the header timeout starts now.
     func requestBytesStarted() {
         guard let context = self.context, self.machine.isIdle else { return }

@@ -32,6 +32,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var drainedBytes = 0
     /// A `read()` the handler held back, to be issued once reading may resume.
     var readPending = false
+    /// Whether the client's socket is read `bulkReadsPerWakeup` times per wake-up (a request
+    /// body streaming to an origin) instead of once.
+    var bulkReads = false
     var upstream: UpstreamHandler?
     var tunnelUpstream: Channel?
     /// Raw bytes that arrived after a `CONNECT` head, kept for the tunnel.
@@ -188,8 +191,12 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
             switch self.machine.requestBodyReceived() {
             case .bufferBody: self.bufferedBody.append(buffer)
-            case .forwardBody: self.upstream?.send(.body(.byteBuffer(buffer)))
+            case .forwardBody:
+                if !self.bulkReads { self.setBulkReads(true, context: context) }
+                self.upstream?.send(.body(.byteBuffer(buffer)))
             case .discardBody:
+                // Another idle timeout for the rest (see `awaitBodyRest`).
+                self.schedule(.idle, in: self.configuration.idleTimeout, context: context)
                 self.drainedBytes += buffer.readableBytes
                 if self.drainedBytes > self.configuration.maxDrainBytes {
                     // The answer went out long ago; reading on for the next request's sake
@@ -201,6 +208,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
         case .end(let trailers):
             self.observer.requestComplete = true
+            if self.bulkReads { self.setBulkReads(false, context: context) }
             // A trailer section may not carry `Connection` (RFC 9110 §6.5.1), but NIO's parser
             // honours a `close` there and would refuse the next request as data after the
             // end (it got 400): this connection carries no more requests.

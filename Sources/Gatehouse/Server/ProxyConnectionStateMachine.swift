@@ -86,6 +86,12 @@ struct ProxyConnectionStateMachine {
         }
     }
 
+    /// Whether the rest of a request body is being read and dropped after an early answer.
+    var discardingBody: Bool {
+        if case .answered(requestComplete: false, _) = self.state { return true }
+        return false
+    }
+
     /// Whether a response (of the origin's, or Gatehouse's own) has begun for the current exchange.
     var responseStarted: Bool {
         switch self.state {

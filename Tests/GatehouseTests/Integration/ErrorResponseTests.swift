@@ -264,6 +264,38 @@ struct ErrorResponseTests {
         }
     }
 
+    @Test("after an early answer, a client that stops sending the rest of its upload is closed after the idle timeout (it held the connection for good, without credentials)")
+    func stalledAfterEarlyAnswer() async throws {
+        let early = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        defer { Task { await early.stop() } }
+        // Generous margins: the whole suite runs alongside on two cores.
+        try await withProxyAndOrigin(configure: { $0.idleTimeout = .seconds(3) }) { proxy, origin in
+            let clock = ContinuousClock()
+            // A 407 to an upload head without credentials and without Expect, then silence.
+            let refused = try await RawClient.connect(port: proxy.port)
+            try await refused.send("POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            let text = await refused.waitFor { statusCodes(in: $0).count == 1 && $0.hasSuffix("\n") }
+            #expect(statusCodes(in: text) == [407])
+            let started = clock.now
+            #expect(await refused.waitForClose(timeout: .seconds(15)))
+            #expect(clock.now - started < .seconds(10))
+            await refused.close()
+            // An origin that answered before reading the upload, a few bytes more, then silence:
+            // each body byte that arrives restarts the wait.
+            let answered = try await RawClient.connect(port: proxy.port)
+            try await answered.send(
+                "POST http://127.0.0.1:\(early.port)/up HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\nContent-Length: 100\r\n\r\n0123456789")
+            let answer = await answered.waitFor { $0.hasSuffix("ok") }
+            #expect(statusCodes(in: answer) == [200])
+            try await Task.sleep(for: .seconds(2))
+            try await answered.send("more")
+            try await Task.sleep(for: .seconds(2))
+            #expect(!answered.isClosed, "a body byte restarts the idle timeout")
+            #expect(await answered.waitForClose(timeout: .seconds(15)))
+            await answered.close()
+        }
+    }
+
     @Test("after an early answer the rest of an upload is drained to keep the connection, but only up to maxDrainBytes (64 MiB); then it closes")
     func drainLimit() async throws {
         try await withProxyAndOrigin(configure: { $0.maxDrainBytes = 1_000_000 }) { proxy, origin in

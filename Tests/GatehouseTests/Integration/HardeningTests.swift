@@ -87,6 +87,26 @@ struct HardeningTests {
         }
     }
 
+    @Test("an upload that goes over --max-body after the origin has started its answer ends the connection, logged as body_too_large with the status sent (it was client_closed)")
+    func bodyTooLargeAfterResponseStarted() async throws {
+        let origin = try await RawOrigin.start(.respondAndHang("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nstarted"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin(configure: { $0.maxBodyBytes = 1000 }) { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "POST http://127.0.0.1:\(origin.port)/up HTTP/1.1\r\nHost: x\r\n\(Self.auth)Transfer-Encoding: chunked\r\n\r\n"
+                    + "10\r\n0123456789abcdef\r\n")
+            let started = await client.waitFor { $0.hasSuffix("started") }
+            #expect(started.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(started)")
+            try await client.send("7d0\r\n" + String(repeating: "u", count: 2000) + "\r\n")
+            #expect(await client.waitForClose())
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.map(\.status) == [200])
+            #expect(records.map(\.reason) == [.bodyTooLarge])
+            #expect(records.first?.bytesOut == client.byteCount)
+        }
+    }
+
     @Test("a 413 to a client still sending its upload arrives intact: the proxy closes in stages, never with a reset (curl streaming from stdin, and from a file)")
     func bodyTooLargeLingeringClose() async throws {
         let path = NSTemporaryDirectory() + "gatehouse-upload-\(UUID().uuidString)"

@@ -33,22 +33,46 @@ final class RawOrigin: Sendable {
         /// of a chunked body and its trailers), then send the second and close.
         /// ``received`` has what arrived.
         case captureUntil(String, then: String)
+        /// Accept and never read (an origin that stopped taking an upload), with a small
+        /// receive buffer so that little of what is sent fits in its kernel.
+        case readNothing
+        /// Read until the end of a request head, then wait for ``release()``: send these bytes
+        /// (none: say nothing) and close. For an answer at a moment the test chooses.
+        case respondOnRelease(String)
     }
 
     let channel: Channel
     private let captured: NIOLockedValueBox<[String]>
+    /// Connections of `respondOnRelease` waiting for ``release()``.
+    private let waiting: NIOLockedValueBox<[(Channel, String)]>
     var port: Int { self.channel.localAddress?.port ?? 0 }
     /// What each `captureUntil` connection received, or the request lines of the keep-alive
     /// behaviours, in order.
     var received: [String] { self.captured.withLockedValue { $0 } }
 
-    private init(channel: Channel, captured: NIOLockedValueBox<[String]>) {
+    private init(channel: Channel, captured: NIOLockedValueBox<[String]>, waiting: NIOLockedValueBox<[(Channel, String)]>) {
         self.channel = channel
         self.captured = captured
+        self.waiting = waiting
+    }
+
+    /// `respondOnRelease`: how many connections have sent a whole request head and wait.
+    var waitingCount: Int { self.waiting.withLockedValue { $0.count } }
+
+    /// `respondOnRelease`: answers every connection waiting, and closes it.
+    func release() {
+        let waiting = self.waiting.withLockedValue { waiting in
+            defer { waiting.removeAll() }
+            return waiting
+        }
+        for (channel, text) in waiting {
+            channel.writeAndFlush(ByteBuffer(string: text)).whenComplete { _ in channel.close(promise: nil) }
+        }
     }
 
     static func start(_ behaviour: Behaviour, onConnection: (@Sendable () -> Void)? = nil) async throws -> RawOrigin {
         let captured = NIOLockedValueBox<[String]>([])
+        let waiting = NIOLockedValueBox<[(Channel, String)]>([])
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
@@ -58,6 +82,10 @@ final class RawOrigin: Sendable {
                     if case .echo = behaviour, let options = channel.syncOptions {
                         try options.setOption(.autoRead, value: false)
                     }
+                    if case .readNothing = behaviour, let options = channel.syncOptions {
+                        try options.setOption(.autoRead, value: false)
+                        try options.setOption(.socketOption(.so_rcvbuf), value: 4_096)
+                    }
                     if case .slowReader(let chunk, _, _, _) = behaviour, let options = channel.syncOptions {
                         try options.setOption(.autoRead, value: false)
                         try options.setOption(.maxMessagesPerRead, value: 1)
@@ -66,12 +94,12 @@ final class RawOrigin: Sendable {
                         // close to what it has read.
                         try options.setOption(.socketOption(.so_rcvbuf), value: 65_536)
                     }
-                    try channel.pipeline.syncOperations.addHandler(ScriptHandler(behaviour: behaviour, captured: captured))
+                    try channel.pipeline.syncOperations.addHandler(ScriptHandler(behaviour: behaviour, captured: captured, waiting: waiting))
                 }
             }
             .bind(host: "127.0.0.1", port: 0)
             .get()
-        return RawOrigin(channel: channel, captured: captured)
+        return RawOrigin(channel: channel, captured: captured, waiting: waiting)
     }
 
     func stop() async { try? await self.channel.close() }
@@ -81,12 +109,14 @@ final class RawOrigin: Sendable {
         typealias OutboundOut = ByteBuffer
         let behaviour: Behaviour
         let captured: NIOLockedValueBox<[String]>
+        let waiting: NIOLockedValueBox<[(Channel, String)]>
         var received = ""
         var answered = false
 
-        init(behaviour: Behaviour, captured: NIOLockedValueBox<[String]>) {
+        init(behaviour: Behaviour, captured: NIOLockedValueBox<[String]>, waiting: NIOLockedValueBox<[(Channel, String)]>) {
             self.behaviour = behaviour
             self.captured = captured
+            self.waiting = waiting
         }
 
         var receivedBytes = 0
@@ -198,7 +228,10 @@ final class RawOrigin: Sendable {
                 }
             case .respondAndHang(let text):
                 if !text.isEmpty { context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: text)), promise: nil) }
-            case .respondOnEOF, .keepAliveOnce, .keepAliveClosingOn, .captureUntil, .slowReader, .echo:
+            case .respondOnRelease(let text):
+                let channel = context.channel
+                self.waiting.withLockedValue { $0.append((channel, text)) }
+            case .respondOnEOF, .keepAliveOnce, .keepAliveClosingOn, .captureUntil, .slowReader, .echo, .readNothing:
                 break
             }
         }

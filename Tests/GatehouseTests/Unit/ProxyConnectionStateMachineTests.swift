@@ -73,9 +73,11 @@ struct ProxyConnectionStateMachineTests {
         _ = machine.requestHeadReceived()
         do { let result = machine.answered(close: false); #expect(result == .none) }
         #expect(machine.state == .answered(requestComplete: false, closeAfter: false))
+        #expect(machine.discardingBody, "the rest of the body gets the idle timeout")
         do { let result = machine.requestBodyReceived(); #expect(result == .discardBody) }
         do { let result = machine.requestEndReceived(); #expect(result == .awaitNextRequest) }
         #expect(machine.isIdle)
+        #expect(!machine.discardingBody)
     }
 
     @Test("an error answered after the request is complete goes straight back to idle; close wins")
