@@ -110,10 +110,14 @@ extension ProxyConnectionHandler {
         fields.append(("Host", uri.hostHeader))
         var framed = false
         var chunked = false
+        // An HTTP/1.0 request's 100-continue expectation is ignored (RFC 9110 §10.1.1), and so
+        // not passed on inside the HTTP/1.1 request that carries it upstream: the origin would
+        // wait for the 100 to reach a client that does not know it.
+        let dropExpect = head.version == .http1_0
         head.headers.appendEndToEndFields(to: &fields) { kind, _ in
             if kind == .contentLength || kind == .transferEncoding { framed = true }
             if kind == .transferEncoding { chunked = true }
-            return kind != .host
+            return kind != .host && !(dropExpect && kind == .expect)
         }
         if chunked {
             // The only coding accepted is a lone `chunked`, in any case (RFC 9112 §7: codings

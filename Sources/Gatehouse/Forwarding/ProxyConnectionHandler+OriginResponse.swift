@@ -12,6 +12,10 @@ extension ProxyConnectionHandler {
         // accepts 000–099, which would go out as a malformed status line, and 600–999.
         if head.status.code < 100 || head.status.code > 599 { return self.refuseOriginResponse() }
         if head.status.code / 100 == 1 {
+            // The origin got the request and answered: should it close now, that is not a
+            // stale pooled connection, and the request is not sent again (the client would get
+            // the 1xx twice, and the origin the request).
+            self.exchange?.replay = nil
             // 1xx: forward to HTTP/1.1 clients (RFC 9110 §15.2), e.g. 100 Continue for an
             // upload with `Expect: 100-continue`. 101 is impossible: Upgrade was stripped.
             if head.status == .switchingProtocols { return self.refuseOriginResponse() }

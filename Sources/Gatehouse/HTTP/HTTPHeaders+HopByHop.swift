@@ -7,7 +7,8 @@ import NIOHTTP1
 /// each field once, in a single pass, costs one comparison per field.
 enum FieldKind: Equatable {
     /// Describes one connection and must not be forwarded (RFC 9110 §7.6.1), or is the proxy's
-    /// own (`Proxy-Authorization`, `Proxy-Authenticate`; RFC 9110 §11.7). `Connection` and the
+    /// own (`Proxy-Authorization`, `Proxy-Authenticate`, `Proxy-Authentication-Info`; RFC 9110
+    /// §11.7: they concern the next hop alone). `Connection` and the
     /// non-standard `Proxy-Connection` are listed separately because they name more fields.
     case hopByHop
     case connection
@@ -56,6 +57,7 @@ enum FieldKind: Equatable {
         case 17: return name.equalsLowercased("transfer-encoding") ? .transferEncoding : .other
         case 18: return name.equalsLowercased("proxy-authenticate") ? .hopByHop : .other
         case 19: return name.equalsLowercased("proxy-authorization") ? .proxyAuthorization : .other
+        case 25: return name.equalsLowercased("proxy-authentication-info") ? .hopByHop : .other
         default: return .other
         }
     }

@@ -55,7 +55,9 @@ final class Exchange {
         self.clientKeepAlive =
             (head.isKeepAlive || (head.version == .http1_0 && fields.proxyConnectionKeepAlive)) && !fields.upgrade
             && !(head.method == .CONNECT && fields.announcesContent)
-        self.expectsContinue = fields.expectsContinue
+        // RFC 9110 §10.1.1: a server MUST ignore a 100-continue expectation in an HTTP/1.0
+        // request.
+        self.expectsContinue = fields.expectsContinue && head.version != .http1_0
         self.started = .now()
         self.timestamp = wallClockSeconds()
         self.isHead = head.method == .HEAD

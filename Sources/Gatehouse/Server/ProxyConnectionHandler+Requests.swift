@@ -50,7 +50,13 @@ extension ProxyConnectionHandler {
             return self.answer(.badFieldBytes, context: context, close: true)
         }
         let codings = fields.transferEncodings
-        if !codings.isEmpty && (codings.count != 1 || codings[0].lowercased() != "chunked" || head.version == .http1_0) {
+        // Whitespace around a field value is not part of it (RFC 9110 §5.5), and NIO's parser
+        // leaves trailing whitespace in the value (`chunked ` was refused). Only spaces: the
+        // parser frames `chunked ` as chunked but not `chunked<TAB>`, whose body it would read
+        // as the next request while the origin got it as chunked.
+        if !codings.isEmpty
+            && (codings.count != 1 || Self.withoutTrailingSpaces(codings[0]).lowercased() != "chunked" || head.version == .http1_0)
+        {
             // Only a lone `chunked` is framing the proxy can re-encode faithfully; anything
             // else (`gzip, chunked`, a chunked HTTP/1.0 request) is a smuggling risk.
             self.exchange = exchange
@@ -162,10 +168,7 @@ extension ProxyConnectionHandler {
     /// 407, 429 or 503 for a request that was not let through.
     private func refuse(_ reason: ReasonCode, user: String?, retryAfter: Int?, context: ChannelHandlerContext) {
         self.exchange?.user = user
-        // Without the body, a client waiting for 100-continue would never send it, and the
-        // connection could not find the next message boundary: close instead.
-        let close = (self.exchange?.expectsContinue ?? false) && !self.bufferedEnd
-        self.answer(reason, context: context, close: close, retryAfter: retryAfter)
+        self.answer(reason, context: context, retryAfter: retryAfter)
     }
 
     /// The request may proceed (as `user`, or anonymously where a fixture allows it).
@@ -205,5 +208,11 @@ extension ProxyConnectionHandler {
                 return parts.count >= 2 && parts[1] == Substring(pseudonym)
             }
         }
+    }
+
+    static func withoutTrailingSpaces(_ value: String) -> Substring {
+        var value = value[...]
+        while value.last == " " { value.removeLast() }
+        return value
     }
 }

@@ -128,7 +128,11 @@ extension ProxyConnectionHandler {
         // `Connection: close`, not as a reset once the drain gives up.
         let undrainable = !unparsed && !self.machine.requestComplete
             && (exchange.declaredLength.map { $0 - exchange.bytesIn > self.configuration.maxDrainBytes } ?? false)
-        let closing = close || !exchange.clientKeepAlive || self.clientInputClosed || undrainable
+        // A client waiting for 100-continue that gets a final answer instead may send its body
+        // or not (RFC 9110 §10.1.1 allows both; curl does not), so where its next request would
+        // start is unknown: close. (Read as the body, the next request got no answer.)
+        let awaitingContinue = !unparsed && exchange.expectsContinue && !self.machine.requestComplete && exchange.bytesIn == 0
+        let closing = close || !exchange.clientKeepAlive || self.clientInputClosed || undrainable || awaitingContinue
             || (reason.status == .proxyAuthenticationRequired && self.configuration.testing.closeAfterChallenge)
         let status = reason.status
         // During a graceful shutdown the connection ends after this answer; the head says so

@@ -249,6 +249,34 @@ struct ErrorResponseTests {
         }
     }
 
+    @Test("any answer of Gatehouse's own to an upload waiting for 100-continue closes the connection (a 501 kept it, and the next request was read as the body)")
+    func expectContinueOwnAnswers() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            for (target, status) in [("https://127.0.0.1:\(origin.port)/x", 501), ("http://127.0.0.1:\(proxy.port)/x", 508)] {
+                let (text, closed) = try await exchange(
+                    proxy,
+                    "POST \(target) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+                    until: { $0.hasSuffix("\n") && $0.contains("\r\n\r\n") })
+                #expect(statusCodes(in: text) == [status], "\(text)")
+                #expect(text.contains("Connection: close\r\n"))
+                #expect(closed)
+            }
+        }
+    }
+
+    @Test("an HTTP/1.0 request's 100-continue expectation is ignored, and not passed on to the origin (RFC 9110 §10.1.1)")
+    func expectContinueHTTP10() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let (text, _) = try await exchange(
+                proxy,
+                "POST http://127.0.0.1:\(origin.port)/headers HTTP/1.0\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
+                until: { $0.contains("POST /headers") && $0.hasSuffix("\n\n") || $0.contains("via:") && $0.hasSuffix("\n") })
+            #expect(statusCodes(in: text) == [200], "\(text)")
+            #expect(text.contains("content-length: 5\n"), "\(text)")
+            #expect(!text.lowercased().contains("expect:"), "\(text)")
+        }
+    }
+
     @Test("a 407 to an upload without Expect drains the body and keeps the connection")
     func rejectedUploadIsDrained() async throws {
         try await withProxyAndOrigin { proxy, origin in

@@ -277,6 +277,8 @@ struct OperationsTests {
         }
         proxy.signal(SIGTERM)
         #expect(await proxy.waitForLog("shutting down: draining connections"))
+        // The drain reaches each connection on its event loop after that line.
+        try await Task.sleep(for: .milliseconds(500))
         answering.release()
         closing.release()
         #expect(await forwarded.waitForClose(timeout: .seconds(10)))

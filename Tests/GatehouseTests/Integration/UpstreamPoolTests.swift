@@ -137,4 +137,22 @@ struct UpstreamPoolTests {
             await client.close()
         }
     }
+
+    @Test("a reused connection that sent a 1xx and then closed is not retried: the origin got the request, and the client its 1xx once")
+    func noRetryAfterInformational() async throws {
+        let origin = try await RawOrigin.start(
+            .keepAliveOnce("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", thenSend: "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"))
+        defer { Task { await origin.stop() } }
+        try await withProxyAndOrigin { proxy, _ in
+            let client = try await RawClient.connect(port: proxy.port)
+            for i in 0..<2 {
+                try await client.send("GET http://127.0.0.1:\(origin.port)/\(i) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+                _ = await client.waitFor { statusCodes(in: $0).filter { $0 >= 200 }.count == i + 1 }
+            }
+            #expect(statusCodes(in: client.text) == [200, 103, 502], "\(client.text)")
+            #expect(origin.received == ["GET /0 HTTP/1.1", "GET /1 HTTP/1.1"])
+            #expect(proxy.records.map(\.reason) == [.forwarded, .upstreamClosed])
+            await client.close()
+        }
+    }
 }

@@ -36,7 +36,7 @@ struct HopByHopTests {
         #expect(FieldKind("PROXY-AUTHORIZATION") == .proxyAuthorization)
         #expect(FieldKind("Proxy-Connection") == .proxyConnection)
         #expect(FieldKind("Connection") == .connection)
-        for name in ["TE", "Keep-Alive", "Proxy-Authenticate"] {
+        for name in ["TE", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authentication-Info"] {
             #expect(FieldKind(name) == .hopByHop, "\(name)")
         }
         #expect(FieldKind("UPGRADE") == .upgrade && FieldKind.upgrade.isHopByHop)
