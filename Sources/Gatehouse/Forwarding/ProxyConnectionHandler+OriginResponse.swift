@@ -244,7 +244,8 @@ extension ProxyConnectionHandler {
 
     /// The origin connection failed: before the response head, answer 502/504; after it, the
     /// client must not mistake a truncated body for a complete one, so close the connection.
-    func upstreamFailed(reason: ReasonCode) {
+    /// The origin failed (`cutShort`: its connection ended in the middle of a message).
+    func upstreamFailed(reason: ReasonCode, cutShort: Bool = false) {
         guard let context = self.context else { return }
         self.upstream = nil
         if let replay = self.exchange?.replay, reason == .upstreamClosed, self.machine.retryingUpstream() {
@@ -259,10 +260,15 @@ extension ProxyConnectionHandler {
             self.answer(reason, context: context)
         case .close:
             // An origin that went silent in the middle of its body is logged as the timeout it
-            // is, not as a cut (both close the client connection).
-            self.endExchangeAndClose(
-                reason: reason == .upstreamTimeout ? .upstreamTimeout : .upstreamTruncated, context: context,
-                reset: self.exchange?.closeDelimitedResponse ?? false)
+            // is, and one whose body the parser refused (a chunk size it does not take) as the
+            // bad response it is, not as a cut (all close the client connection).
+            let logged: ReasonCode =
+                switch reason {
+                case .upstreamTimeout: .upstreamTimeout
+                case .upstreamBadResponse where !cutShort: .upstreamBadResponse
+                default: .upstreamTruncated
+                }
+            self.endExchangeAndClose(reason: logged, context: context, reset: self.exchange?.closeDelimitedResponse ?? false)
         case .ignore:
             break
         }

@@ -342,8 +342,10 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // A parse error is an invalid response (or a body cut short: HTTPParserError at EOF).
-        self.fail(reason: error is HTTPParserError ? .upstreamBadResponse : .upstreamClosed)
+        // A parse error is an invalid response, or a body cut short (`invalidEOFState`: the
+        // origin closed in the middle of it).
+        let parserError = error as? HTTPParserError
+        self.fail(reason: parserError == nil ? .upstreamClosed : .upstreamBadResponse, cutShort: parserError == .invalidEOFState)
         context.close(promise: nil)
     }
 
@@ -354,12 +356,12 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    private func fail(reason: ReasonCode) {
+    private func fail(reason: ReasonCode, cutShort: Bool = false) {
         guard !self.finished else { return }
         self.finished = true
         let client = self.client
         self.client = nil
-        client?.upstreamFailed(reason: reason)
+        client?.upstreamFailed(reason: reason, cutShort: cutShort)
     }
 }
 
