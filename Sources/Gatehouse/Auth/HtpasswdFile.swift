@@ -63,9 +63,9 @@ public struct HtpasswdFile: Sendable {
     ///   are stripped, as Apache's config line reader does. A CR on its own (classic Mac OS
     ///   line ends) also ends a line (see ``lines(of:)``).
     /// * Blank lines and lines whose first non-blank character is `#` are ignored.
-    /// * Other lines are split at the *first* `:`; everything after it is the hash. (Hashes
-    ///   never contain `:`, so a second colon makes the hash unrecognisable rather than being
-    ///   silently ignored.)
+    /// * Other lines are split at the *first* `:`; what follows, up to a second `:`, is the
+    ///   hash. Apache's `mod_authn_file` ignores a third field (`user:hash:comment`), and so
+    ///   does Gatehouse, with a warning. (Hashes never contain `:`.)
     /// * Fatal: no colon, empty user name, a user defined twice (which entry wins would be a
     ///   guess).
     /// * Non-fatal, that user is left out: an unrecognised or malformed hash, a user name with
@@ -130,7 +130,11 @@ public struct HtpasswdFile: Sendable {
                 continue
             }
             let userBytes = line[..<colon]
-            let hashBytes = line[line.index(after: colon)...]
+            var hashBytes = line[line.index(after: colon)...]
+            if let second = hashBytes.firstIndex(of: UInt8(ascii: ":")) {
+                hashBytes = hashBytes[..<second]
+                report("text after a second ':' is ignored, as Apache does", fatal: false)
+            }
 
             guard !userBytes.isEmpty else {
                 report("empty user name", fatal: true)

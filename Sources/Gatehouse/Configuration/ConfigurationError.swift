@@ -24,9 +24,9 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
     public var description: String {
         switch self {
         case .invalidListenAddress(let value):
-            return "invalid --listen address \"\(value)\": expected HOST:PORT or [IPv6]:PORT, HOST a name or an IP address, PORT from 0 to 65535"
+            return "invalid listen address \"\(value)\": expected HOST:PORT or [IPv6]:PORT, HOST a name or an IP address, PORT from 0 to 65535"
         case .invalidPortList(let value):
-            return "invalid --connect-ports list \"\(value)\": expected ports and ranges such as 443,8443,9000-9100"
+            return "invalid connect-ports list \"\(value)\": expected ports and ranges such as 443,8443,9000-9100"
         case .invalidDuration(let value):
             return "invalid duration \"\(value)\": expected a number followed by ms, s, m or h (for example 500ms, 10s, 2m)"
         case .invalidInlineUser(let value):

@@ -178,7 +178,16 @@ extension GatehouseSettings {
                     problems.append(SettingsProblem(origin: users.origin(ofItem: index), message: ConfigurationError.duplicateInlineUser(name).description))
                     continue
                 }
-                inline[name] = String(entry[entry.index(after: colon)...])
+                let password = String(entry[entry.index(after: colon)...])
+                // Longer passwords are refused without hashing (see `CredentialStore`): such a
+                // user could never log in, which is better said now.
+                guard password.utf8.count <= CredentialStore.maximumPasswordBytes else {
+                    problems.append(SettingsProblem(
+                        origin: users.origin(ofItem: index),
+                        message: "user \"\(name)\": the password is over \(CredentialStore.maximumPasswordBytes) bytes, which no login may be"))
+                    continue
+                }
+                inline[name] = password
             }
         }
         if self.htpasswd == nil && self.users == nil {

@@ -49,6 +49,8 @@ public enum AccessLogFormat: String, Sendable, CaseIterable {
         switch e.reason {
         case .forwarded, .upstreamTruncated, .clientClosed, .clientStalled: code = "TCP_MISS/"
         case .tunnel: code = "TCP_TUNNEL/"
+        // A tunnel cut by the drain or a second SIGTERM was a tunnel all the same.
+        case .shutdown where e.status == 200 && e.method == "CONNECT": code = "TCP_TUNNEL/"
         case .authMissing, .authScheme, .authMalformed, .authInvalid, .connectPortDenied: code = "TCP_DENIED/"
         default: code = e.upstream == nil ? "NONE_NONE/" : "TCP_MISS/"
         }

@@ -22,6 +22,7 @@ private let messageTemplates: Set<String> = Set([
     "user name contains control characters; this user cannot log in",
     "user name is not valid UTF-8; this user cannot log in",
     "user ", " is defined again ", "",
+    "text after a second ':' is ignored, as Apache does",
 ] + hashReasons + hashReasons.map { ": \($0); this user cannot log in" })
 
 /// `"name"` with `"` and `\` escaped, as `HtpasswdFile` quotes user names in messages.
@@ -65,9 +66,12 @@ private func modelLines(_ contents: String) -> [ModelLine] {
         while let last = line.last, last == 0x0D || last == 0x20 || last == 0x09 { line = line.dropLast() }
         guard let first = line.first(where: { $0 != 0x20 && $0 != 0x09 }), first != UInt8(ascii: "#") else { continue }
         if let colon = line.firstIndex(of: UInt8(ascii: ":")) {
+            // The hash ends at a second colon, if any (Apache ignores a third field).
+            let rest = line[(colon + 1)...]
+            let hash = rest.firstIndex(of: UInt8(ascii: ":")).map { rest[..<$0] } ?? rest
             result.append(ModelLine(number: number,
                                     user: String(decoding: line[..<colon], as: UTF8.self),
-                                    hash: String(decoding: line[(colon + 1)...], as: UTF8.self)))
+                                    hash: String(decoding: hash, as: UTF8.self)))
         } else {
             result.append(ModelLine(number: number, user: nil, hash: String(decoding: line, as: UTF8.self)))
         }

@@ -20,6 +20,14 @@ struct AccessLogFormatTests {
         denied.upstream = nil
         #expect(AccessLogFormat.squid.format(denied).contains(" TCP_DENIED/407 "))
         #expect(AccessLogFormat.squid.format(denied).contains(" - HIER_NONE/- - reason=auth_missing"))
+        // A tunnel is TCP_TUNNEL, also when the drain or a second SIGTERM cut it.
+        var tunnel = Self.entry
+        tunnel.method = "CONNECT"
+        tunnel.target = "example.com:443"
+        for reason in [ReasonCode.tunnel, .shutdown] {
+            tunnel.reason = reason
+            #expect(AccessLogFormat.squid.format(tunnel).contains(" TCP_TUNNEL/200 "), "\(reason)")
+        }
     }
 
     @Test("an empty user name (credentials \":password\") is logged as -, keeping the fields in place")

@@ -92,6 +92,17 @@ struct GatehouseSettingsTests {
         #expect(!problems.contains { $0.contains("pw1") || $0.contains("pw2") })
     }
 
+    @Test("an inline password over 1,024 bytes (which no login may be) is an error, naming the user and not the password")
+    func overlongInlinePassword() {
+        let long = String(repeating: "p", count: 1_025)
+        let parsed = GatehouseSettings.parse(yaml: "users:\n  - \"x:\(long)\"\n  - \"y:\(long.dropLast())\"\n", path: "o.yaml")
+        let resolved = parsed.settings.resolve()
+        let problems = resolved.problems.map(\.description)
+        #expect(problems.count == 1, "\(problems)")
+        #expect(problems.contains { $0.contains("user \"x\": the password is over 1024 bytes") }, "\(problems)")
+        #expect(!problems.contains { $0.contains("ppp") })
+    }
+
     @Test("problems name their source: file line, environment variable or flag")
     func origins() {
         let file = GatehouseSettings.parse(yaml: "users: [\"a:b\"]\n\nheader_timeout: soon\nlisten: 127.0.0.1:80\n", path: "g.yaml")
