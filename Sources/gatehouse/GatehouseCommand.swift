@@ -230,13 +230,20 @@ struct ServeCommand: AsyncParsableCommand {
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
 
+        // Reloads (SIGHUP) and htpasswd polls read files, which can hang (a network mount that
+        // went away): they run one at a time on a thread of their own, never on an event loop
+        // or the signal queue (which also takes the second SIGTERM).
+        let fileThread = NIOThreadPool(numberOfThreads: 1)
+        fileThread.start()
         let signals = SignalHandlers()
         signals.onHangUp {
-            notifier?.send(SystemdNotifier.reloadingMessage())
-            // systemd has no way to hear that a reload failed; its status line says so.
-            let status = reloader.reload()
-                ? "Reloaded; serving" : "Reload rejected (see the log); the previous settings and users stay in force"
-            notifier?.send("READY=1\nSTATUS=\(status)")
+            fileThread.submit { _ in
+                notifier?.send(SystemdNotifier.reloadingMessage())
+                // systemd has no way to hear that a reload failed; its status line says so.
+                let status = reloader.reload()
+                    ? "Reloaded; serving" : "Reload rejected (see the log); the previous settings and users stay in force"
+                notifier?.send("READY=1\nSTATUS=\(status)")
+            }
         }
         signals.onUser1 {
             logger.info("reopening the access log")
@@ -253,7 +260,7 @@ struct ServeCommand: AsyncParsableCommand {
             Foundation.exit(1)
         }
         let loop = MultiThreadedEventLoopGroup.singleton.any()
-        let poller = reloader.startPolling(on: loop)
+        let poller = reloader.startPolling(on: loop, thread: fileThread)
         var watchdog: RepeatedTask?
         if let notifier, let interval = notifier.watchdogPingNanoseconds {
             watchdog = loop.scheduleRepeatedTask(initialDelay: .nanoseconds(interval), delay: .nanoseconds(interval)) { _ in
@@ -266,6 +273,8 @@ struct ServeCommand: AsyncParsableCommand {
         defer {
             poller.cancel()
             watchdog?.cancel()
+            // Not waited for: a poll hung on a dead mount must not hold the exit.
+            fileThread.shutdownGracefully { _ in }
         }
         try await group.run()
         signals.waitForSecondTerminationHandler()

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
 /// Loads settings and users from every source, and re-loads them on SIGHUP or when the
 /// htpasswd file changes.
@@ -191,11 +192,25 @@ public final class GatehouseReloader: Sendable {
         }
     }
 
-    /// Polls the htpasswd file on `eventLoop` every `htpasswdPollInterval`.
-    public func startPolling(on eventLoop: EventLoop) -> RepeatedTask {
+    /// Polls the htpasswd file every `htpasswdPollInterval`: timed by `eventLoop`, done on
+    /// `thread`, a pool of its own.
+    ///
+    /// Looking at the file can block: a network mount that went away hangs `stat` and `open`.
+    /// On an event loop that stalled every connection the loop serves (half of them on two
+    /// cores). A poll still running when the next is due is not queued behind it.
+    public func startPolling(on eventLoop: EventLoop, thread: NIOThreadPool) -> RepeatedTask {
         let interval = self.settings.htpasswdPollInterval
+        let busy = NIOLockedValueBox(false)
         return eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
-            self.reloadCredentialsIfChanged()
+            let start = busy.withLockedValue { busy in
+                defer { busy = true }
+                return !busy
+            }
+            guard start else { return }
+            thread.submit { _ in
+                self.reloadCredentialsIfChanged()
+                busy.withLockedValue { $0 = false }
+            }
         }
     }
 
