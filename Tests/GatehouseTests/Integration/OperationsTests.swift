@@ -513,11 +513,7 @@ struct OperationsTests {
         defer { Task { await proxy.stop() } }
         let admin = try #require(await Self.adminAddress(of: proxy))
         let port = try #require(Int(admin.split(separator: ":").last ?? ""))
-        func rssKiB() -> Int {
-            let status = (try? String(contentsOfFile: "/proc/\(proxy.pid)/status", encoding: .utf8)) ?? ""
-            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
-        }
+        func rssKiB() -> Int { proxy.residentKiB }
         // Behind a /metrics that answers later, 20,000 /healthz: each answered, the process alive.
         let count = 20_000
         let reader = try await RawClient.connect(
@@ -556,11 +552,7 @@ struct OperationsTests {
     func pipeliningNonReadersMemory() async throws {
         let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
         defer { Task { await proxy.stop() } }
-        func rssKiB() -> Int {
-            let status = (try? String(contentsOfFile: "/proc/\(proxy.pid)/status", encoding: .utf8)) ?? ""
-            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
-        }
+        func rssKiB() -> Int { proxy.residentKiB }
         let before = rssKiB()
         let requests = Array(String(repeating: "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", count: 40_000).utf8)
         var clients: [RawClient] = []
@@ -581,11 +573,7 @@ struct OperationsTests {
         defer { Task { await origin.stop() } }
         let proxy = try await GatehouseProcess.start(["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off"])
         defer { Task { await proxy.stop() } }
-        func rssKiB() -> Int {
-            let status = (try? String(contentsOfFile: "/proc/\(proxy.pid)/status", encoding: .utf8)) ?? ""
-            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
-        }
+        func rssKiB() -> Int { proxy.residentKiB }
         let before = rssKiB()
         let head = "PUT http://127.0.0.1:\(origin.port)/up HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic dTpw\r\nContent-Length: 1000000000\r\n\r\n"
         let body = [UInt8](repeating: UInt8(ascii: "u"), count: 4 << 20)

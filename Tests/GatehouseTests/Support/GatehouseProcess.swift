@@ -61,6 +61,13 @@ final class GatehouseProcess: @unchecked Sendable {
     var pid: Int32 { self.process.processIdentifier }
     var stderr: String { (try? String(contentsOfFile: self.stderrPath, encoding: .utf8)) ?? "" }
 
+    /// The process's resident memory (`VmRSS`), in KiB; 0 once it is gone.
+    var residentKiB: Int {
+        let status = (try? String(contentsOfFile: "/proc/\(self.pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+
     func signal(_ signal: Int32) { kill(self.pid, signal) }
 
     /// Waits until stderr contains `text`.
