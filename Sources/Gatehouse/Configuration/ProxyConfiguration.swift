@@ -51,10 +51,16 @@ public struct ProxyConfiguration: Sendable {
     /// origin's 413) so the connection can carry the next request; past this the connection
     /// is closed instead. Draining without a limit let one client keep a core busy.
     public var maxDrainBytes: Int = 64 * 1024 * 1024
-    /// How long a connection closed in stages waits for the client to close its side, reading
-    /// and dropping what it still sends (up to `maxDrainBytes`), so that its last response is
-    /// not destroyed by a reset (RFC 9112 §9.6; see `RequestStartObserver.closeLingering`).
-    public var lingerTimeout: TimeAmount = .seconds(2)
+    /// The longest a connection closed in stages waits for the client to close its side,
+    /// reading and dropping what it still sends, so that its last response is not destroyed by
+    /// a reset (RFC 9112 §9.6; see `RequestStartObserver.closeLingering`). nginx's
+    /// `lingering_time`. A client that writes its whole upload before it reads (wget, Python's
+    /// urllib) only sees the answer if the rest of its upload is taken: with 2 s and 64 MiB,
+    /// a 100 MiB upload refused with 407 or 413 ended in "broken pipe".
+    public var lingerTime: TimeAmount = .seconds(30)
+    /// A connection closed in stages closes sooner once the client has sent nothing for this
+    /// long (nginx's `lingering_timeout`).
+    public var lingerTimeout: TimeAmount = .seconds(5)
     /// Deviations for testing clients' 407 and failure handling; all off by default.
     public var testing = TestingBehaviours()
 

@@ -47,10 +47,11 @@ extension ProxyConnectionHandler {
         let bodyless = exchange.isHead || code == 204 || code == 304
         var closeAfter = !exchange.clientKeepAlive || self.clientInputClosed
         // An early answer (an origin's 413 to an upload) with more of the body still to come
-        // than is drained afterwards ends the connection, said up front (see `answer`).
-        if !self.machine.requestComplete, let declared = exchange.declaredLength,
-            declared - exchange.bytesIn > self.configuration.maxDrainBytes
-        {
+        // than is drained afterwards, or an unknown amount, ends the connection, said up front
+        // (see `restOfBodyUndrainable`). So does one from an origin that closes: it reads no
+        // more of the upload, and the client should stop sending it (direct, curl stopped after
+        // about 1 MB; through the proxy it sent it all, to be dropped).
+        if self.restOfBodyUndrainable(exchange) || (!self.machine.requestComplete && !head.isKeepAlive) {
             closeAfter = true
         }
         var fields: [(String, String)] = []

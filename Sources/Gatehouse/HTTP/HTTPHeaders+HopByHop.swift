@@ -219,6 +219,18 @@ struct RequestFields {
     }
 
     /// Whether the request says it has a body (RFC 9112 §6.3).
+    /// The first `Content-Length` as a number; one too large for an `Int` (NIO's parser takes
+    /// up to 2^64 - 1) counts as `Int.max`, not as none: `Int("9223372036854775808")` is nil,
+    /// and such a request got past `--max-body`'s up-front check.
+    var declaredLength: Int? {
+        guard let value = self.contentLengths.first else { return nil }
+        if let length = Int(value) { return length }
+        return !value.isEmpty && value.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") } ? Int.max : nil
+    }
+
+    /// The request has a body whose length is not known in advance (chunked).
+    var bodyOfUnknownLength: Bool { !self.transferEncodings.isEmpty }
+
     var isFramed: Bool { !self.contentLengths.isEmpty || !self.transferEncodings.isEmpty }
 
     /// Whether the request announces content: any transfer coding, or a length other than 0.

@@ -15,6 +15,8 @@ final class Exchange {
     var bytesIn = 0
     /// The request body's `Content-Length`, if it has one.
     var declaredLength: Int?
+    /// The request body is chunked: where it ends is not known before it does.
+    var bodyOfUnknownLength = false
     var bytesOut = 0
     var upstream: String?
     var status: Int = 0
@@ -62,7 +64,8 @@ final class Exchange {
         self.timestamp = wallClockSeconds()
         self.isHead = head.method == .HEAD
         self.isConnect = head.method == .CONNECT
-        self.declaredLength = fields.contentLengths.first.flatMap { Int($0) }
+        self.declaredLength = fields.declaredLength
+        self.bodyOfUnknownLength = fields.bodyOfUnknownLength
     }
 
     /// The request's head never parsed (see `init(unparsedAt:)`).

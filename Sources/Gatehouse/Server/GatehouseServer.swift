@@ -112,7 +112,9 @@ public final class GatehouseServer: Service, Sendable {
 
     /// Starts at 512 bytes instead of NIO's 2,048 (about a quarter of an idle connection's
     /// memory), and grows to 64 KiB under load.
-    static let clientReceiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
+    static let clientReceiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: clientReadMaximum)
+    /// The most one read of a client's socket takes.
+    static let clientReadMaximum = 65_536
 
     public func run() async throws {
         let configuration = self.context.configuration

@@ -36,7 +36,7 @@ extension ProxyConnectionHandler {
         guard self.observer.quiescing, moreMayCome, !self.clientInputClosed, !self.shared.connections.isClosingAll,
             let context = self.context, context.channel.isActive
         else { return false }
-        self.observer.closeLingering(timeout: self.configuration.lingerTimeout, maxBytes: self.configuration.maxDrainBytes)
+        self.observer.closeLingering(total: self.configuration.lingerTime, idle: self.configuration.lingerTimeout)
         if let promise { context.channel.closeFuture.cascade(to: promise) }
         return true
     }
@@ -48,7 +48,7 @@ extension ProxyConnectionHandler {
         let lingering = lingering && !self.clientInputClosed
         written.assumeIsolated().whenComplete { result in
             if lingering, case .success = result, context.channel.isActive {
-                self.observer.closeLingering(timeout: self.configuration.lingerTimeout, maxBytes: self.configuration.maxDrainBytes)
+                self.observer.closeLingering(total: self.configuration.lingerTime, idle: self.configuration.lingerTimeout)
             } else {
                 context.close(promise: nil)
             }

@@ -126,8 +126,7 @@ extension ProxyConnectionHandler {
         // A body still to come that is longer than what is drained after an early answer
         // (see `ProxyConfiguration.maxDrainBytes`) ends the connection: said up front with
         // `Connection: close`, not as a reset once the drain gives up.
-        let undrainable = !unparsed && !self.machine.requestComplete
-            && (exchange.declaredLength.map { $0 - exchange.bytesIn > self.configuration.maxDrainBytes } ?? false)
+        let undrainable = !unparsed && self.restOfBodyUndrainable(exchange)
         // A client waiting for 100-continue that gets a final answer instead may send its body
         // or not (RFC 9110 §10.1.1 allows both; curl does not), so where its next request would
         // start is unknown: close. (Read as the body, the next request got no answer.)
@@ -192,6 +191,18 @@ extension ProxyConnectionHandler {
             if swapDecoderNow { self.replaceDecoderAfterConnect(context: context) }
         }
         self.resumeReadingIfPossible()
+    }
+
+    /// After an early answer, whether the rest of the request body is more than is drained to
+    /// keep the connection (`maxDrainBytes`), or of unknown length (chunked). The answer then
+    /// says `Connection: close`, and the connection closes in stages: a client that reads
+    /// while it sends stops, and one that reads only once it has sent everything is taken the
+    /// rest for a while (see `ProxyConfiguration.lingerTime`). Kept open, a chunked upload
+    /// went on for up to 64 MiB and then met a reset (curl: "send failure").
+    func restOfBodyUndrainable(_ exchange: Exchange) -> Bool {
+        guard !self.machine.requestComplete else { return false }
+        if let declared = exchange.declaredLength { return declared - exchange.bytesIn > self.configuration.maxDrainBytes }
+        return exchange.bodyOfUnknownLength
     }
 
     /// A prebuilt answer's stored bytes with the time in their `Date`. The last one is kept

@@ -33,7 +33,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// A `read()` the handler held back, to be issued once reading may resume.
     var readPending = false
     /// Whether the client's socket is read `bulkReadsPerWakeup` times per wake-up (a request
-    /// body streaming to an origin) instead of once.
+    /// body streaming to an origin, see `bulkReadsFit`) instead of once.
     var bulkReads = false
     var upstream: UpstreamHandler?
     var tunnelUpstream: Channel?
@@ -192,7 +192,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             switch self.machine.requestBodyReceived() {
             case .bufferBody: self.bufferedBody.append(buffer)
             case .forwardBody:
-                if !self.bulkReads { self.setBulkReads(true, context: context) }
+                if self.bulkReads != self.bulkReadsFit { self.setBulkReads(!self.bulkReads, context: context) }
                 self.upstream?.send(.body(.byteBuffer(buffer)))
             case .discardBody:
                 // Another idle timeout for the rest (see `awaitBodyRest`).

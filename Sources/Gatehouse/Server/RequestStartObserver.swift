@@ -172,12 +172,10 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     private(set) var lineStillOpen = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if let left = self.lingerBytesLeft {
+        if self.lingering {
             // Gatehouse has answered and closed its side: what the client still sends is read
             // and dropped, in front of an HTTP decoder that may be in an error state.
-            let left = left - self.unwrapInboundIn(data).readableBytes
-            self.lingerBytesLeft = left
-            if left < 0 { context.close(promise: nil) }
+            self.lingerLastRead = context.eventLoop.now
             return
         }
         if self.awaitingRequest {
@@ -234,10 +232,13 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     /// The client's EOF arrived while held.
     private(set) var heldEndOfInput = false
 
-    /// Set while closing in stages: how many more bytes the client may send before the
-    /// connection is closed outright.
-    private var lingerBytesLeft: Int?
-    private var lingerTimeout: Scheduled<Void>?
+    /// Set while closing in stages (see `closeLingering`).
+    private var lingering = false
+    private var lingerTimer: Scheduled<Void>?
+    /// While closing in stages: when the stages end at the latest, and when bytes last came.
+    private var lingerDeadline = NIODeadline.distantFuture
+    private var lingerLastRead = NIODeadline.distantPast
+    private var lingerIdle = TimeAmount.zero
 
     /// Closes the connection in stages, once Gatehouse's last response is written, for a
     /// client that may still be sending (an upload refused with 413, a header section cut
@@ -248,26 +249,43 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     /// upload sees "connection reset" instead of the 413. RFC 9112 §9.6 asks a server to
     /// half-close instead: shut its sending side (the client sees the response end), read and
     /// drop what the client still sends until it closes its side, and close then. The wait
-    /// is bounded by `timeout` and by `maxBytes` (see `ProxyConfiguration.lingerTimeout`).
-    func closeLingering(timeout: TimeAmount, maxBytes: Int) {
-        guard let context = self.context, self.lingerBytesLeft == nil else { return }
+    /// lasts at most `total`, and ends sooner once the client sent nothing for `idle` (as
+    /// nginx's `lingering_time` and `lingering_timeout`; see `ProxyConfiguration.lingerTime`).
+    func closeLingering(total: TimeAmount, idle: TimeAmount) {
+        guard let context = self.context, !self.lingering else { return }
         self.holdsEndOfInput = false
         if self.heldEndOfInput {
             // The client's EOF already came (held for a CONNECT): nothing more will arrive.
             context.close(promise: nil)
             return
         }
-        self.lingerBytesLeft = maxBytes
+        self.lingering = true
+        let now = context.eventLoop.now
+        self.lingerDeadline = now + total
+        self.lingerLastRead = now
+        self.lingerIdle = idle
         context.close(mode: .output, promise: nil)
-        self.lingerTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
-            context.close(promise: nil)
-        }
+        self.armLingerTimer(context: context)
         // Reads go straight to the socket: the HTTP handlers behind may be holding theirs.
         context.read()
     }
 
+    /// One timer for both limits, re-armed when it fires early (a read moved the idle limit
+    /// on): no timer work per read.
+    private func armLingerTimer(context: ChannelHandlerContext) {
+        let due = min(self.lingerDeadline, self.lingerLastRead + self.lingerIdle)
+        self.lingerTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: due) {
+            let now = context.eventLoop.now
+            if now >= self.lingerDeadline || now >= self.lingerLastRead + self.lingerIdle {
+                context.close(promise: nil)
+            } else {
+                self.armLingerTimer(context: context)
+            }
+        }
+    }
+
     func channelReadComplete(context: ChannelHandlerContext) {
-        if self.lingerBytesLeft != nil {
+        if self.lingering {
             context.read()
             return
         }
@@ -275,13 +293,13 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.lingerTimeout?.cancel()
-        self.lingerTimeout = nil
+        self.lingerTimer?.cancel()
+        self.lingerTimer = nil
         context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if self.lingerBytesLeft != nil {
+        if self.lingering {
             // The client has closed its side too (or shut down): the stages are done.
             if let event = event as? ChannelEvent, event == .inputClosed { context.close(promise: nil) }
             return

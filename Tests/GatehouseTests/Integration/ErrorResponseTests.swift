@@ -324,6 +324,47 @@ struct ErrorResponseTests {
         }
     }
 
+    @Test("a client that sends its whole upload before reading (wget, urllib) gets the 407 to it, though the upload is over the drain limit (it got a broken pipe)")
+    func writeAllThenReadGetsTheAnswer() async throws {
+        try await withProxyAndOrigin(configure: { $0.maxDrainBytes = 1_000_000 }) { proxy, origin in
+            let size = 20_000_000
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nContent-Length: \(size)\r\n\r\n")
+            // Waits until the proxy has taken every byte; a reset fails it.
+            try await client.send(bytes: [UInt8](repeating: 0x61, count: size))
+            try await client.closeOutput()
+            #expect(await client.waitForClose())
+            #expect(statusCodes(in: client.text) == [407], "\(client.text)")
+            #expect(client.text.contains("Connection: close\r\n"))
+        }
+    }
+
+    @Test("an early answer to a chunked upload, or from an origin that closes, says Connection: close: the client stops sending (curl went on, to a reset at 64 MiB)")
+    func earlyAnswerToChunkedUploadCloses() async throws {
+        let early = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        defer { Task { await early.stop() } }
+        let closing = try await RawOrigin.start(.respondAndClose("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
+        defer { Task { await closing.stop() } }
+        try await withProxyAndOrigin(configure: { $0.lingerTimeout = .seconds(1) }) { proxy, origin in
+            let uploads = [
+                // Chunked to an origin that answers before reading it; a 407 to a chunked one.
+                (early.port, "Proxy-Authorization: \(TestUser.basic)\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", 200),
+                (origin.port, "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", 407),
+                // With a length the proxy would drain, to an origin that says it closes.
+                (closing.port, "Proxy-Authorization: \(TestUser.basic)\r\nContent-Length: 100000\r\n\r\nhello", 200),
+            ]
+            for (port, rest, status) in uploads {
+                let client = try await RawClient.connect(port: proxy.port)
+                try await client.send("POST http://127.0.0.1:\(port)/up HTTP/1.1\r\nHost: x\r\n" + rest)
+                let text = await client.waitFor { statusCodes(in: $0).count == 1 && $0.hasSuffix("\n") || $0.hasSuffix("ok") }
+                #expect(statusCodes(in: text) == [status], "\(text)")
+                #expect(text.contains("Connection: close\r\n"), "\(text)")
+                #expect(await client.waitForClose(timeout: .seconds(10)), "closed once the client sends no more")
+                await client.close()
+            }
+        }
+    }
+
     @Test("after an early answer the rest of an upload is drained to keep the connection, but only up to maxDrainBytes (64 MiB); then it closes")
     func drainLimit() async throws {
         try await withProxyAndOrigin(configure: { $0.maxDrainBytes = 1_000_000 }) { proxy, origin in

@@ -61,6 +61,18 @@ struct HardeningTests {
         }
     }
 
+    @Test("a Content-Length too large for an Int is over --max-body too (it went to the origin)", arguments: ["9223372036854775808", "18446744073709551615"])
+    func hugeContentLength(length: String) async throws {
+        try await withProxyAndOrigin(configure: { $0.maxBodyBytes = 10_000_000 }) { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send("POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\n\(Self.auth)Content-Length: \(length)\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("\n") && $0.contains("\r\n\r\n") }
+            #expect(text.hasPrefix("HTTP/1.1 413 "), "\(text)")
+            #expect(proxy.records.map(\.reason) == [.bodyTooLarge])
+            await client.close()
+        }
+    }
+
     @Test("--max-body and loop detection are policy: applied after authentication, so a client without valid credentials gets 407")
     func policyAfterAuthentication() async throws {
         try await withProxyAndOrigin(configure: { $0.maxBodyBytes = 1000 }) { proxy, origin in

@@ -124,9 +124,9 @@ struct RequestStartObserverTests {
         }
     }
 
-    @Test("closing in stages: what arrives is dropped in front of the HTTP handlers; the client's EOF, too many bytes, or the timeout close")
+    @Test("closing in stages: what arrives is dropped in front of the HTTP handlers; the client's EOF, 5 s without bytes, or 30 s in all close")
     func closeLingering() throws {
-        for ending in ["eof", "bytes", "timeout", "held eof"] {
+        for ending in ["eof", "idle", "total", "held eof"] {
             let observer = RequestStartObserver()
             let catcher = ByteCatcher()
             let shutdown = OutputCloseCatcher()
@@ -139,7 +139,7 @@ struct RequestStartObserverTests {
                 observer.holdsEndOfInput = true
                 channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
             }
-            observer.closeLingering(timeout: .seconds(2), maxBytes: 100)
+            observer.closeLingering(total: .seconds(30), idle: .seconds(5))
             if ending == "held eof" {
                 #expect(!channel.isActive, "the EOF came already: closed at once")
                 continue
@@ -151,8 +151,21 @@ struct RequestStartObserverTests {
             #expect(channel.isActive)
             switch ending {
             case "eof": channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-            case "bytes": try channel.writeInbound(ByteBuffer(string: String(repeating: "x", count: 60)))
-            default: channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+            case "idle":
+                channel.embeddedEventLoop.advanceTime(by: .seconds(4))
+                try channel.writeInbound(ByteBuffer(string: "x"))
+                channel.embeddedEventLoop.advanceTime(by: .seconds(4))
+                #expect(channel.isActive, "bytes 4 s ago: still taking them")
+                channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+            default:
+                // A client that keeps sending is taken for 30 s in all (a 100 MiB upload
+                // refused with 407, say, by a client that reads only once it has sent it all).
+                for _ in 0..<7 {
+                    channel.embeddedEventLoop.advanceTime(by: .seconds(4))
+                    try channel.writeInbound(ByteBuffer(string: String(repeating: "x", count: 65_536)))
+                }
+                #expect(channel.isActive, "28 s, bytes all along")
+                channel.embeddedEventLoop.advanceTime(by: .seconds(2))
             }
             #expect(!channel.isActive, "\(ending)")
         }
