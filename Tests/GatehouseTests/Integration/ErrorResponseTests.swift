@@ -315,10 +315,18 @@ struct ErrorResponseTests {
                 "POST http://127.0.0.1:\(early.port)/up HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\nContent-Length: 100\r\n\r\n0123456789")
             let answer = await answered.waitFor { $0.hasSuffix("ok") }
             #expect(statusCodes(in: answer) == [200])
-            try await Task.sleep(for: .seconds(2))
-            try await answered.send("more")
-            try await Task.sleep(for: .seconds(2))
-            #expect(!answered.isClosed, "a body byte restarts the idle timeout")
+            // A byte every half second for 4.5 s, longer than the idle timeout, sent from a thread
+            // of its own: the test's task may wake seconds late on a loaded machine (sleeping
+            // 2 s there, it once found the connection closed, rightly).
+            let openThroughout = try await onOwnThread { () -> Bool in
+                for _ in 0..<9 {
+                    Thread.sleep(forTimeInterval: 0.5)
+                    if answered.isClosed { return false }
+                    answered.queue(bytes: Array("m".utf8))
+                }
+                return !answered.isClosed
+            }
+            #expect(openThroughout, "each body byte restarts the idle timeout")
             #expect(await answered.waitForClose(timeout: .seconds(15)))
             await answered.close()
         }

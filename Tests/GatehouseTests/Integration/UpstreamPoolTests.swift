@@ -58,21 +58,23 @@ struct UpstreamPoolTests {
 
     @Test("time a connection rested in the pool does not count against the upstream timeout; idle ones are let go")
     func poolIdleTime() async throws {
-        // Upstream timeout 3 s: the connection rests 1 s in the pool, then carries a request
-        // the origin answers after 2.2 s. Together that is past the timeout, but the origin was
-        // silent for only 2.2 s of it. (The rest may overrun by 2 s on a loaded machine.)
-        try await withProxyAndOrigin(configure: { $0.upstreamTimeout = .seconds(3) }) { proxy, origin in
+        // Upstream timeout 6 s: the connection rests 1 s in the pool, then carries a request
+        // the origin answers after 5.2 s. Together that is past the timeout, but the origin was
+        // silent for only 5.2 s of it. (The rest may overrun by 5 s on a loaded machine: with
+        // 3 s and 2.2 s, a test task that woke 2 s late found the connection let go, as it
+        // should be, once in about 30 full runs.)
+        try await withProxyAndOrigin(configure: { $0.upstreamTimeout = .seconds(6) }) { proxy, origin in
             let client = try await RawClient.connect(port: proxy.port)
             let request = "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
             try await client.send(request)
             _ = await client.waitFor { statusCodes(in: $0).count == 1 }
             try await Task.sleep(for: .seconds(1))
-            try await client.send(request.replacingOccurrences(of: "/hello", with: "/slow?ms=2200"))
+            try await client.send(request.replacingOccurrences(of: "/hello", with: "/slow?ms=5200"))
             _ = await client.waitFor { statusCodes(in: $0).count == 2 }
             #expect(statusCodes(in: client.text) == [200, 200], "\(client.text)")
             #expect(origin.connections == 1, "the pooled connection was reused")
             // Idle in the pool past the timeout: closed, so the next request opens a new one.
-            try await Task.sleep(for: .milliseconds(4_000))
+            try await Task.sleep(for: .milliseconds(7_000))
             try await client.send(request)
             _ = await client.waitFor { statusCodes(in: $0).count == 3 }
             #expect(statusCodes(in: client.text) == [200, 200, 200])
