@@ -221,9 +221,11 @@ struct RequestFields {
     /// Whether the request says it has a body (RFC 9112 §6.3).
     /// The first `Content-Length` as a number; one too large for an `Int` (NIO's parser takes
     /// up to 2^64 - 1) counts as `Int.max`, not as none: `Int("9223372036854775808")` is nil,
-    /// and such a request got past `--max-body`'s up-front check.
+    /// and such a request got past `--max-body`'s up-front check. Trailing spaces, which the
+    /// parser accepts and leaves in the value, are not part of it (`20000000 ` got past too).
     var declaredLength: Int? {
-        guard let value = self.contentLengths.first else { return nil }
+        guard let first = self.contentLengths.first else { return nil }
+        let value = withoutTrailingSpaces(first)
         if let length = Int(value) { return length }
         return !value.isEmpty && value.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") } ? Int.max : nil
     }
@@ -253,4 +255,12 @@ struct RequestFields {
         guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
         return Int(digits) ?? Int.max
     }
+}
+
+/// `value` without the spaces at its end: NIO's parser leaves a field value's trailing
+/// whitespace in, though it is not part of the value (RFC 9110 §5.5).
+func withoutTrailingSpaces(_ value: String) -> Substring {
+    var value = value[...]
+    while value.last == " " { value.removeLast() }
+    return value
 }

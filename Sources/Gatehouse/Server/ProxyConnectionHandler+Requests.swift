@@ -55,7 +55,7 @@ extension ProxyConnectionHandler {
         // parser frames `chunked ` as chunked but not `chunked<TAB>`, whose body it would read
         // as the next request while the origin got it as chunked.
         if !codings.isEmpty
-            && (codings.count != 1 || Self.withoutTrailingSpaces(codings[0]).lowercased() != "chunked" || head.version == .http1_0)
+            && (codings.count != 1 || withoutTrailingSpaces(codings[0]).lowercased() != "chunked" || head.version == .http1_0)
         {
             // Only a lone `chunked` is framing the proxy can re-encode faithfully; anything
             // else (`gzip, chunked`, a chunked HTTP/1.0 request) is a smuggling risk.
@@ -206,11 +206,5 @@ extension ProxyConnectionHandler {
                 return parts.count >= 2 && parts[1] == Substring(pseudonym)
             }
         }
-    }
-
-    static func withoutTrailingSpaces(_ value: String) -> Substring {
-        var value = value[...]
-        while value.last == " " { value.removeLast() }
-        return value
     }
 }

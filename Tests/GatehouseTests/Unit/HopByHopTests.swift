@@ -68,6 +68,19 @@ struct HopByHopTests {
         #expect(!empty.isFramed && empty.hostCount == 0 && !empty.expectsContinue)
     }
 
+    @Test("the declared length: trailing spaces are not part of it, one too large for an Int counts as Int.max, junk as none")
+    func declaredLength() {
+        func length(_ value: String) -> Int? { RequestFields(HTTPHeaders([("Content-Length", value)])).declaredLength }
+        #expect(length("20000000") == 20_000_000)
+        #expect(length("20000000 ") == 20_000_000, "NIO's parser leaves trailing spaces in")
+        #expect(length("0020") == 20)
+        #expect(length("9223372036854775808") == Int.max)
+        #expect(length("18446744073709551615  ") == Int.max)
+        #expect(length("") == nil)
+        #expect(length("5,5") == nil)
+        #expect(RequestFields(HTTPHeaders([("Accept", "*/*")])).declaredLength == nil)
+    }
+
     @Test("a plain `Connection: keep-alive` names no options; a list with one still does")
     func plainKeepAlive() {
         var headers = HTTPHeaders([("Connection", "Keep-Alive"), ("X-Keep", "1")])
