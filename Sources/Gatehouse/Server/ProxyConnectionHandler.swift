@@ -315,6 +315,14 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.parserError(parserError, context: context)
             return
         }
+        if let decoderError = error as? ByteToMessageDecoderError, case .dataReceivedInErrorState = decoderError {
+            // More bytes after a parse error. NIO's pipeline handler holds the parse error itself
+            // until the answer in progress is written (it then gets its 400, and the connection
+            // closes in stages, dropping what still comes), but passes these on at once.
+            // Closing here reset the connection before that answer, and logged the client as
+            // having left (`client_closed`). Reads stop meanwhile: the bytes wait in the socket.
+            return
+        }
         self.logger.debug("client connection error", metadata: ["error": "\(Self.loggable(error))"])
         context.close(promise: nil)
     }

@@ -277,6 +277,22 @@ struct ErrorResponseTests {
         }
     }
 
+    @Test("bytes that fail to parse right behind a complete upload get their 400 after the upload's answer (the connection ended without it)")
+    func garbageBehindUpload() async throws {
+        try await withProxyAndOrigin { proxy, origin in
+            let client = try await RawClient.connect(port: proxy.port)
+            try await client.send(
+                "POST http://127.0.0.1:\(origin.port)/upload HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\nContent-Length: 5\r\n\r\nhello"
+                    + "GARBAGE\r\n\r\n")
+            // More of it, as a client that goes on sending would.
+            client.queue(bytes: [UInt8](repeating: UInt8(ascii: "x"), count: 1_000_000))
+            #expect(await client.waitForClose())
+            #expect(statusCodes(in: client.text) == [200, 400], "\(client.text)")
+            let records = await proxy.waitForRecords(count: 2)
+            #expect(records.map(\.reason) == [.forwarded, .badRequest])
+        }
+    }
+
     @Test("a 407 to an upload without Expect drains the body and keeps the connection")
     func rejectedUploadIsDrained() async throws {
         try await withProxyAndOrigin { proxy, origin in
