@@ -133,11 +133,15 @@ struct UpstreamFailureTests {
             let client = try await RawClient.connect(port: proxy.port, reading: false, sending: bytesRequest(size, origin: origin))
             let clock = ContinuousClock()
             let started = clock.now
-            // Fast at first, so the kernel grows the proxy's send buffer to megabytes.
-            var deadline = clock.now + .seconds(20)
-            while client.byteCount < 16 * 1024 * 1024, clock.now < deadline {
-                client.readSome()
-                try await Task.sleep(for: .milliseconds(1))
+            // Fast at first, so the kernel grows the proxy's send buffer to megabytes. (Both
+            // reading phases run on a thread of their own: a test task sleeping between reads
+            // could wake seconds late on a loaded machine.)
+            try await onOwnThread {
+                let deadline = clock.now + .seconds(20)
+                while client.byteCount < 16 * 1024 * 1024, clock.now < deadline {
+                    client.readSome()
+                    Thread.sleep(forTimeInterval: 0.001)
+                }
             }
             // Then slow but steady (64 KiB every 100 ms) for longer than both timeouts. The
             // kernel reports the proxy's socket writable only once half that buffer drained,
@@ -145,10 +149,12 @@ struct UpstreamFailureTests {
             // show it is still reading.
             let slowFrom = client.byteCount
             let fastTook = clock.now - started
-            deadline = clock.now + .seconds(7)
-            while clock.now < deadline {
-                client.readSome()
-                try await Task.sleep(for: .milliseconds(100))
+            try await onOwnThread {
+                let deadline = clock.now + .seconds(7)
+                while clock.now < deadline {
+                    client.readSome()
+                    Thread.sleep(forTimeInterval: 0.1)
+                }
             }
             let progress = "fast phase: \(slowFrom) bytes in \(fastTook); slow phase: \(client.byteCount - slowFrom) bytes"
             #expect(client.byteCount - slowFrom > 2 * 1024 * 1024, "the reader was too slow to show progress; \(progress)")
@@ -178,12 +184,18 @@ struct UpstreamFailureTests {
         try await withProxyAndOrigin(configure: { $0.idleTimeout = .milliseconds(2_500) }) { proxy, origin in
             let size = 28 * 1024 * 1024
             let client = try await RawClient.connect(port: proxy.port, reading: false, sending: bytesRequest(size, origin: origin))
-            let clock = ContinuousClock()
-            func read(every pause: Duration, for limit: Duration, while condition: () -> Bool) async throws {
-                let deadline = clock.now + limit
-                while condition(), !client.isClosed, clock.now < deadline {
-                    client.readSome()
-                    try await Task.sleep(for: pause)
+            // The reading runs on a thread of its own: a test task sleeping between reads could
+            // wake seconds late while the rest of the suite loads both cores (once in CI), and
+            // the proxy then rightly closed a client that had, in effect, stopped reading.
+            func read(every pause: Duration, for limit: Duration, while condition: @escaping @Sendable () -> Bool) async throws {
+                try await onOwnThread {
+                    let clock = ContinuousClock()
+                    let deadline = clock.now + limit
+                    let seconds = Double(pause.components.seconds) + Double(pause.components.attoseconds) / 1e18
+                    while condition(), !client.isClosed, clock.now < deadline {
+                        client.readSome()
+                        Thread.sleep(forTimeInterval: seconds)
+                    }
                 }
             }
             // Fast, so the socket buffers grow to megabytes; then 64 KiB per 20 ms until the
