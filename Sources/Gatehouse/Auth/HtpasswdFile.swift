@@ -208,12 +208,12 @@ public struct HtpasswdFile: Sendable {
         return out + "\""
     }
 
-    /// Reads a whole file with POSIX calls so the error reason is the plain `strerror` text
-    /// (e.g. "No such file or directory") rather than a verbose Foundation description.
     /// The most an htpasswd file may hold: a million users at about 70 bytes each. A device
     /// given as the file (`/dev/zero`) was read until memory ran out.
     static let maximumSize = 64 << 20
 
+    /// Reads a whole file with POSIX calls so the error reason is the plain `strerror` text
+    /// (e.g. "No such file or directory") rather than a verbose Foundation description.
     private static func readAll(path: String) throws(HtpasswdError) -> [UInt8] {
         // Opened without blocking and then required to be a regular file: a FIFO put in the
         // file's place blocked the open, on the event loop that polls the file, and half of

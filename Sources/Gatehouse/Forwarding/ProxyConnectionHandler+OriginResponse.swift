@@ -245,7 +245,7 @@ extension ProxyConnectionHandler {
 
     /// The origin connection failed: before the response head, answer 502/504; after it, the
     /// client must not mistake a truncated body for a complete one, so close the connection.
-    /// The origin failed (`cutShort`: its connection ended in the middle of a message).
+    /// `cutShort`: the origin's connection ended in the middle of a message.
     func upstreamFailed(reason: ReasonCode, cutShort: Bool = false) {
         guard let context = self.context else { return }
         self.upstream = nil

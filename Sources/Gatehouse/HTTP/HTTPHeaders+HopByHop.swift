@@ -218,7 +218,6 @@ struct RequestFields {
         }
     }
 
-    /// Whether the request says it has a body (RFC 9112 §6.3).
     /// The first `Content-Length` as a number; one too large for an `Int` (NIO's parser takes
     /// up to 2^64 - 1) counts as `Int.max`, not as none: `Int("9223372036854775808")` is nil,
     /// and such a request got past `--max-body`'s up-front check. Trailing spaces, which the
@@ -233,6 +232,7 @@ struct RequestFields {
     /// The request has a body whose length is not known in advance (chunked).
     var bodyOfUnknownLength: Bool { !self.transferEncodings.isEmpty }
 
+    /// Whether the request says it has a body (RFC 9112 §6.3).
     var isFramed: Bool { !self.contentLengths.isEmpty || !self.transferEncodings.isEmpty }
 
     /// Whether the request announces content: any transfer coding, or a length other than 0.

@@ -155,28 +155,28 @@ public final class GatehouseServer: Service, Sendable {
             if self.inheritedSockets.isEmpty {
                 let loops = Self.reusePortSupported ? Array(self.group.makeIterator()) : []
                 for address in configuration.listen {
-                  try await Self.namingTheAddress(address) {
-                    try Self.refuseIfTaken(address)
-                    guard let first = loops.first else {
-                        let channel = try await bootstrap(self.group, reusePort: false).bind(host: address.host, port: address.port).get()
+                    try await Self.namingTheAddress(address) {
+                        try Self.refuseIfTaken(address)
+                        guard let first = loops.first else {
+                            let channel = try await bootstrap(self.group, reusePort: false).bind(host: address.host, port: address.port).get()
+                            channels.append(channel)
+                            addresses.append(contentsOf: channel.localAddress.map { [$0] } ?? [])
+                            return
+                        }
+                        // One listener per event loop on the same port (SO_REUSEPORT): the kernel
+                        // spreads new connections over them, and each connection lives on the loop
+                        // that accepted it. With one listener, every other accepted connection was
+                        // handed to another loop's thread, which cost a fifth of the CPU of a
+                        // connection-per-request load (S2: 113 → 88 µs per request).
+                        let channel = try await bootstrap(first, reusePort: true).bind(host: address.host, port: address.port).get()
                         channels.append(channel)
                         addresses.append(contentsOf: channel.localAddress.map { [$0] } ?? [])
-                        return
+                        // Port 0 asks for any free port: the others take the one the first got.
+                        let port = channel.localAddress?.port ?? address.port
+                        for loop in loops.dropFirst() {
+                            channels.append(try await bootstrap(loop, reusePort: true).bind(host: address.host, port: port).get())
+                        }
                     }
-                    // One listener per event loop on the same port (SO_REUSEPORT): the kernel
-                    // spreads new connections over them, and each connection lives on the loop
-                    // that accepted it. With one listener, every other accepted connection was
-                    // handed to another loop's thread, which cost a fifth of the CPU of a
-                    // connection-per-request load (S2: 113 → 88 µs per request).
-                    let channel = try await bootstrap(first, reusePort: true).bind(host: address.host, port: address.port).get()
-                    channels.append(channel)
-                    addresses.append(contentsOf: channel.localAddress.map { [$0] } ?? [])
-                    // Port 0 asks for any free port: the others take the one the first got.
-                    let port = channel.localAddress?.port ?? address.port
-                    for loop in loops.dropFirst() {
-                        channels.append(try await bootstrap(loop, reusePort: true).bind(host: address.host, port: port).get())
-                    }
-                  }
                 }
             } else {
                 for socket in self.inheritedSockets {

@@ -78,7 +78,7 @@ extension ProxyConnectionHandler {
         // Policy is applied after authentication (see `admit`): a client without credentials
         // learns that it must authenticate (407), not the proxy's limits.
         var policyRefusal: ReasonCode?
-        if let limit = self.configuration.maxBodyBytes, let length = fields.declaredLength, length > limit {
+        if let limit = self.configuration.maxBodyBytes, let length = exchange.declaredLength, length > limit {
             policyRefusal = .bodyTooLarge
         } else if !fields.via.isEmpty && Self.carriesVia(fields.via, pseudonym: self.configuration.viaPseudonym) {
             // Our own Via on an incoming request: it came through this proxy already.

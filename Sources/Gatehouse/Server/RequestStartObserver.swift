@@ -172,10 +172,10 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     private(set) var lineStillOpen = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if self.lingering {
+        if self.linger != nil {
             // Gatehouse has answered and closed its side: what the client still sends is read
             // and dropped, in front of an HTTP decoder that may be in an error state.
-            self.lingerLastRead = context.eventLoop.now
+            self.linger?.lastRead = context.eventLoop.now
             return
         }
         if self.awaitingRequest {
@@ -232,13 +232,17 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     /// The client's EOF arrived while held.
     private(set) var heldEndOfInput = false
 
-    /// Set while closing in stages (see `closeLingering`).
-    private var lingering = false
-    private var lingerTimer: Scheduled<Void>?
-    /// While closing in stages: when the stages end at the latest, and when bytes last came.
-    private var lingerDeadline = NIODeadline.distantFuture
-    private var lingerLastRead = NIODeadline.distantPast
-    private var lingerIdle = TimeAmount.zero
+    /// Closing in stages (see `closeLingering`): when the stages end at the latest, how long
+    /// the client may send nothing, when bytes last came, and the one timer for both limits.
+    private struct Linger {
+        var deadline: NIODeadline
+        var idle: TimeAmount
+        var lastRead: NIODeadline
+        var timer: Scheduled<Void>?
+        var due: NIODeadline { min(self.deadline, self.lastRead + self.idle) }
+    }
+    /// Set while closing in stages.
+    private var linger: Linger?
 
     /// Closes the connection in stages, once Gatehouse's last response is written, for a
     /// client that may still be sending (an upload refused with 413, a header section cut
@@ -252,18 +256,15 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     /// lasts at most `total`, and ends sooner once the client sent nothing for `idle` (as
     /// nginx's `lingering_time` and `lingering_timeout`; see `ProxyConfiguration.lingerTime`).
     func closeLingering(total: TimeAmount, idle: TimeAmount) {
-        guard let context = self.context, !self.lingering else { return }
+        guard let context = self.context, self.linger == nil else { return }
         self.holdsEndOfInput = false
         if self.heldEndOfInput {
             // The client's EOF already came (held for a CONNECT): nothing more will arrive.
             context.close(promise: nil)
             return
         }
-        self.lingering = true
         let now = context.eventLoop.now
-        self.lingerDeadline = now + total
-        self.lingerLastRead = now
-        self.lingerIdle = idle
+        self.linger = Linger(deadline: now + total, idle: idle, lastRead: now)
         context.close(mode: .output, promise: nil)
         self.armLingerTimer(context: context)
         // Reads go straight to the socket: the HTTP handlers behind may be holding theirs.
@@ -273,10 +274,10 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     /// One timer for both limits, re-armed when it fires early (a read moved the idle limit
     /// on): no timer work per read.
     private func armLingerTimer(context: ChannelHandlerContext) {
-        let due = min(self.lingerDeadline, self.lingerLastRead + self.lingerIdle)
-        self.lingerTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: due) {
-            let now = context.eventLoop.now
-            if now >= self.lingerDeadline || now >= self.lingerLastRead + self.lingerIdle {
+        guard let due = self.linger?.due else { return }
+        self.linger?.timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: due) {
+            guard let linger = self.linger else { return }
+            if context.eventLoop.now >= linger.due {
                 context.close(promise: nil)
             } else {
                 self.armLingerTimer(context: context)
@@ -285,7 +286,7 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if self.lingering {
+        if self.linger != nil {
             context.read()
             return
         }
@@ -293,13 +294,13 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.lingerTimer?.cancel()
-        self.lingerTimer = nil
+        self.linger?.timer?.cancel()
+        self.linger?.timer = nil
         context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if self.lingering {
+        if self.linger != nil {
             // The client has closed its side too (or shut down): the stages are done.
             if let event = event as? ChannelEvent, event == .inputClosed { context.close(promise: nil) }
             return
