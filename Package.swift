@@ -27,10 +27,13 @@ let package = Package(
             path: "Sources/CCrypt",
             providers: [.apt(["libcrypt-dev", "libssl-dev"])]
         ),
+        // glibc's malloc statistics and malloc_trim (part of the C library; nothing to link).
+        .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
         .target(
             name: "Gatehouse",
             dependencies: [
                 "CCrypt",
+                "CMalloc",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

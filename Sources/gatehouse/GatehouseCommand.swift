@@ -261,6 +261,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let loop = MultiThreadedEventLoopGroup.singleton.any()
         let poller = reloader.startPolling(on: loop, thread: fileThread)
+        // After a burst of connections, glibc keeps their freed memory; see MemoryTrimmer.
+        let trimmer = MemoryTrimmer().start(on: loop, thread: fileThread, logger: logger)
         var watchdog: RepeatedTask?
         if let notifier, let interval = notifier.watchdogPingNanoseconds {
             watchdog = loop.scheduleRepeatedTask(initialDelay: .nanoseconds(interval), delay: .nanoseconds(interval)) { _ in
@@ -272,6 +274,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         defer {
             poller.cancel()
+            trimmer?.cancel()
             watchdog?.cancel()
             // Not waited for: a poll hung on a dead mount must not hold the exit.
             fileThread.shutdownGracefully { _ in }
