@@ -21,31 +21,35 @@ import Darwin
 /// local address a wildcard listener shares with a loop).
 ///
 /// Resolution is `getaddrinfo`, as NIO's own resolver does it (which NIO does not make
-/// public), in the order the system returns (`gai.conf`).
+/// public), in the order the system returns (`gai.conf`). An IP address (in any spelling
+/// `getaddrinfo` takes: `127.1` and `0x7f.1` too) is read at once, on the event loop, with
+/// `AI_NUMERICHOST`, which does no I/O; only names go to ``LookupThreads``. Before, an IP
+/// address waited in the same queues as names, and one user's names under a domain whose
+/// DNS server does not answer (about 6 s each) held up every user's connections, to IP
+/// addresses too, until they failed as connect timeouts.
 final class PolicyResolver: Resolver, Sendable {
     typealias Check = @Sendable (SocketAddress) -> ReasonCode?
 
     private let v4: EventLoopPromise<[SocketAddress]>
     private let v6: EventLoopPromise<[SocketAddress]>
     private let check: Check
-    private let firstRefusal = NIOLockedValueBox<ReasonCode?>(nil)
+    private let user: String
+    private let threads: LookupThreads
+    /// The first refusal met, whether the lookup ended, and whether NIO gave up on it.
+    private let state = NIOLockedValueBox<(refusal: ReasonCode?, finished: Bool, cancelled: Bool)>((nil, false, false))
 
-    /// Serial queues, taken in turn: a slow name holds up only the lookups behind it on its
-    /// queue. Not one concurrent queue: libdispatch runs those on at most one thread per core,
-    /// shared with every other blocking `async` in the process, and lookups waited seconds
-    /// behind them. A serial queue gets its own thread when it needs one (NIO's resolver uses
-    /// one serial queue per event loop).
-    private static let queues = (0..<8).map { DispatchQueue(label: "gatehouse.resolver.\($0)") }
-    private static let nextQueue = NIOLockedValueBox(0)
-
-    init(loop: EventLoop, check: @escaping Check) {
+    /// Looks names up on `threads`, counting the lookups against `user` (the authenticated
+    /// user the connection is for).
+    init(loop: EventLoop, user: String, threads: LookupThreads = .shared, check: @escaping Check) {
         self.v4 = loop.makePromise()
         self.v6 = loop.makePromise()
+        self.user = user
+        self.threads = threads
         self.check = check
     }
 
     /// Why addresses were left out, when any were: the first refusal met.
-    var refusal: ReasonCode? { self.firstRefusal.withLockedValue { $0 } }
+    var refusal: ReasonCode? { self.state.withLockedValue { $0.refusal } }
 
     /// Whether a failed connect never tried an address because the policy left none: the
     /// client then gets the refusal instead of a connect error.
@@ -55,6 +59,18 @@ final class PolicyResolver: Resolver, Sendable {
         return refusal
     }
 
+    /// The reason a failed connect gets: the policy's refusal (see ``refusal(explaining:)``);
+    /// `upstream_dns_timeout` when `--connect-timeout` ran out before the name resolved (it
+    /// was logged `upstream_connect_timeout`, which sent operators to the network, not to
+    /// DNS); else what ``UpstreamConnector/reason(for:)`` makes of the error.
+    func reason(for error: Error) -> ReasonCode {
+        if let refusal = self.refusal(explaining: error) { return refusal }
+        if let error = error as? ChannelError, case .connectTimeout = error, !self.state.withLockedValue({ $0.finished }) {
+            return .upstreamDNSTimeout
+        }
+        return UpstreamConnector.reason(for: error)
+    }
+
     /// `getaddrinfo` answers both families at once: it runs for the AAAA query and completes
     /// the A query's future too (NIO's connector asks for both).
     func initiateAQuery(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
@@ -62,19 +78,30 @@ final class PolicyResolver: Resolver, Sendable {
     }
 
     func initiateAAAAQuery(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
-        let index = Self.nextQueue.withLockedValue { next in
-            defer { next = (next + 1) % Self.queues.count }
-            return next
+        if let numeric = Self.lookup(host: host, port: port, numericOnly: true) {
+            self.complete(numeric)
+        } else {
+            self.threads.run(for: self.user) {
+                // NIO gave up on it (connect timeout) while it waited: no thread spent on it.
+                if self.state.withLockedValue({ $0.cancelled }) {
+                    self.complete(.failure(LookupError(host: host, reason: "abandoned")))
+                } else {
+                    self.complete(Self.lookup(host: host, port: port, numericOnly: false) ?? .failure(LookupError(host: host, reason: "no answer")))
+                }
+            }
         }
-        Self.queues[index].async { self.resolve(host: host, port: port) }
         return self.v6.futureResult
     }
 
-    /// A `getaddrinfo` call cannot be interrupted; its result is dropped.
-    func cancelQueries() {}
+    /// A `getaddrinfo` call cannot be interrupted; one still waiting for a thread is skipped,
+    /// and a running one's result is dropped.
+    func cancelQueries() {
+        self.state.withLockedValue { $0.cancelled = true }
+    }
 
-    private func resolve(host: String, port: Int) {
-        switch Self.lookup(host: host, port: port) {
+    private func complete(_ result: Result<([SocketAddress], [SocketAddress]), LookupError>) {
+        self.state.withLockedValue { $0.finished = true }
+        switch result {
         case .success(let (v4, v6)):
             self.v4.succeed(self.permitted(v4))
             self.v6.succeed(self.permitted(v6))
@@ -87,7 +114,7 @@ final class PolicyResolver: Resolver, Sendable {
     private func permitted(_ addresses: [SocketAddress]) -> [SocketAddress] {
         addresses.filter { address in
             guard let refusal = self.check(address) else { return true }
-            self.firstRefusal.withLockedValue { if $0 == nil { $0 = refusal } }
+            self.state.withLockedValue { if $0.refusal == nil { $0.refusal = refusal } }
             return false
         }
     }
@@ -99,8 +126,9 @@ final class PolicyResolver: Resolver, Sendable {
         var description: String { "cannot resolve \(self.host): \(self.reason)" }
     }
 
-    /// The TCP addresses of `host` (a name or an IP literal), IPv4 and IPv6 apart.
-    static func lookup(host: String, port: Int) -> Result<([SocketAddress], [SocketAddress]), LookupError> {
+    /// The TCP addresses of `host` (a name or an IP literal), IPv4 and IPv6 apart. With
+    /// `numericOnly`, only an IP address is read (no I/O) and a name gives nil.
+    static func lookup(host: String, port: Int, numericOnly: Bool) -> Result<([SocketAddress], [SocketAddress]), LookupError>? {
         var hints = addrinfo()
         #if os(Linux)
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -108,9 +136,11 @@ final class PolicyResolver: Resolver, Sendable {
         hints.ai_socktype = SOCK_STREAM
         #endif
         hints.ai_protocol = Int32(IPPROTO_TCP)
+        if numericOnly { hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV }
         var list: UnsafeMutablePointer<addrinfo>?
         let status = getaddrinfo(host, String(port), &hints, &list)
         guard status == 0, let first = list else {
+            if numericOnly { return nil }
             return .failure(LookupError(host: host, reason: String(cString: gai_strerror(status))))
         }
         defer { freeaddrinfo(list) }

@@ -79,7 +79,7 @@ extension ProxyConnectionHandler {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let isHead = head.method == .HEAD
         let started = NIODeadline.now()
-        let resolver = self.shared.resolver(on: context.eventLoop)
+        let resolver = self.shared.resolver(on: context.eventLoop, user: self.exchange?.user ?? "")
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: configuration, halfClosure: false)
             .resolver(resolver)
             .channelInitializer { channel in
@@ -110,7 +110,7 @@ extension ProxyConnectionHandler {
                 self.upstreamConnected(channel, head: upstreamHead, context: context)
             case .failure(let error):
                 self.logger.debug("upstream connect failed", metadata: ["error": "\(error)", "target": "\(uri.authority)"])
-                let reason = resolver.refusal(explaining: error) ?? UpstreamConnector.reason(for: error)
+                let reason = resolver.reason(for: error)
                 if reason == .outOfDescriptors { self.shared.reportOutOfDescriptors("connecting to an origin", error: error) }
                 self.upstreamConnectFailed(reason: reason, context: context)
             }

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The `host[:port]` part of a URI (RFC 3986 §3.2.2–3.2.3), as found in absolute-form request
 /// targets and in the authority-form target of `CONNECT` (RFC 9112 §3.2.3).
 ///
@@ -32,7 +38,9 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
         if count > 0 && bytes[0] == UInt8(ascii: "[") {
             guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { return nil }
             let inner = UnsafeBufferPointer(rebasing: bytes[1..<close])
-            guard !inner.isEmpty, inner.allSatisfy(Self.isIPv6LiteralByte), inner.contains(UInt8(ascii: ":")) else { return nil }
+            guard !inner.isEmpty, inner.allSatisfy(Self.isIPv6LiteralByte), inner.contains(UInt8(ascii: ":")),
+                Self.isIPv6Address(inner)
+            else { return nil }
             hostRange = 1..<close
             rest = close + 1
         } else {
@@ -56,6 +64,21 @@ public struct Authority: Sendable, Hashable, CustomStringConvertible {
             guard port <= 65535 else { return nil }
         }
         return Authority(host: host, port: port)
+    }
+
+    /// Whether `bytes` is an IPv6 address (RFC 4291 §2.2, as `inet_pton` reads it: at most
+    /// eight groups, one `::`, an embedded IPv4 address only at the end and in four decimal
+    /// parts). Checked here, not left to the resolver: `[::10001]` or `[::ffff:127.1]` went to
+    /// `getaddrinfo`, asked for credentials and failed as `upstream_dns` instead of a 400.
+    static func isIPv6Address(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        // INET6_ADDRSTRLEN (46) with its NUL: the longest form, IPv4 tail included.
+        guard bytes.count < 46 else { return false }
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 46) { text in
+            for (index, byte) in bytes.enumerated() { text[index] = CChar(bitPattern: byte) }
+            text[bytes.count] = 0
+            var address = in6_addr()
+            return inet_pton(AF_INET6, text.baseAddress, &address) == 1
+        }
     }
 
     static func isIPv6LiteralByte(_ c: UInt8) -> Bool {

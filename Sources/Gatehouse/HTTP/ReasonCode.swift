@@ -34,6 +34,8 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     case upstreamProxyAuth = "upstream_proxy_auth"
     case upstreamClosed = "upstream_closed"
     case upstreamConnectTimeout = "upstream_connect_timeout"
+    /// `--connect-timeout` ran out while the origin's name was still being resolved.
+    case upstreamDNSTimeout = "upstream_dns_timeout"
     case upstreamTimeout = "upstream_timeout"
     case versionNotSupported = "version_not_supported"
     case bodyTooLarge = "body_too_large"
@@ -90,7 +92,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .httpsAbsoluteForm, .unknownMethod: return .notImplemented
         case .upstreamDNS, .upstreamRefused, .upstreamUnreachable, .upstreamBadResponse, .upstreamProxyAuth, .upstreamClosed:
             return .badGateway
-        case .upstreamConnectTimeout, .upstreamTimeout: return .gatewayTimeout
+        case .upstreamConnectTimeout, .upstreamDNSTimeout, .upstreamTimeout: return .gatewayTimeout
         case .versionNotSupported: return .httpVersionNotSupported
         case .bodyTooLarge: return .payloadTooLarge
         case .badTransferEncoding: return .badRequest
@@ -138,6 +140,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .upstreamProxyAuth: return "The destination asked for proxy authentication, which cannot be passed on through this proxy."
         case .upstreamClosed: return "The destination closed the connection without a response."
         case .upstreamConnectTimeout: return "Connecting to the destination timed out."
+        case .upstreamDNSTimeout: return "Resolving the destination host name timed out."
         case .upstreamTimeout: return "The destination did not respond in time."
         case .versionNotSupported: return "Only HTTP/1.0 and HTTP/1.1 are supported."
         case .bodyTooLarge: return "The request body is larger than this proxy accepts."

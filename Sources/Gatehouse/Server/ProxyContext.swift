@@ -110,9 +110,10 @@ final class ProxyContext: Sendable {
         return configuration.destinations.permits(remote) ? nil : .destinationDenied
     }
 
-    /// A resolver for a new origin connection that leaves out what ``refusal(remote:local:)`` refuses.
-    func resolver(on loop: EventLoop) -> PolicyResolver {
-        PolicyResolver(loop: loop) { address in
+    /// A resolver for a new origin connection of `user` that leaves out what
+    /// ``refusal(remote:local:)`` refuses.
+    func resolver(on loop: EventLoop, user: String) -> PolicyResolver {
+        PolicyResolver(loop: loop, user: user) { address in
             self.refusal(remote: address, local: nil)
         }
     }

@@ -17,7 +17,7 @@ extension ProxyConnectionHandler {
 
     private func connectTunnel(to authority: Authority, context: ChannelHandlerContext) {
         let started = NIODeadline.now()
-        let resolver = self.shared.resolver(on: context.eventLoop)
+        let resolver = self.shared.resolver(on: context.eventLoop, user: self.exchange?.user ?? "")
         let connect = UpstreamConnector.bootstrap(on: context.eventLoop, configuration: self.configuration, halfClosure: true)
             .resolver(resolver)
             .channelOption(.autoRead, value: false)
@@ -44,7 +44,7 @@ extension ProxyConnectionHandler {
             case .failure(let error):
                 self.logger.debug("tunnel connect failed", metadata: ["error": "\(error)", "target": "\(authority)"])
                 guard self.context != nil, case .connecting = self.machine.state else { return }
-                let reason = resolver.refusal(explaining: error) ?? UpstreamConnector.reason(for: error)
+                let reason = resolver.reason(for: error)
                 if reason == .outOfDescriptors { self.shared.reportOutOfDescriptors("connecting a tunnel", error: error) }
                 self.answer(reason, context: context)
             }

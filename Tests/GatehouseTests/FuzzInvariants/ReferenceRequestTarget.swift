@@ -21,7 +21,9 @@ enum ReferenceRequestTarget {
         if bytes.first == UInt8(ascii: "[") {
             guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { return nil }
             let inner = bytes[bytes.index(after: bytes.startIndex)..<close]
-            guard !inner.isEmpty, inner.allSatisfy(isIPv6LiteralByte), inner.contains(UInt8(ascii: ":")) else { return nil }
+            guard !inner.isEmpty, inner.allSatisfy(isIPv6LiteralByte), inner.contains(UInt8(ascii: ":")),
+                Array(inner).withUnsafeBufferPointer(Authority.isIPv6Address)
+            else { return nil }
             host = Substring(inner)
             rest = bytes[bytes.index(after: close)...]
         } else {

@@ -75,6 +75,17 @@ struct RequestTargetTests {
         let connect = try RequestTarget.parseConnect("[2001:db8::1]:443").get()
         #expect(connect.host == "2001:db8::1")
         #expect(connect.port == 443)
+        for valid in ["::", "::ffff:127.0.0.1", "1:2:3:4:5:6:7:8", "0:0:0:0:0:0:0:1", "fe80::1", "::FFFF:7f00:1"] {
+            #expect((try? RequestTarget.parseAbsolute("http://[\(valid)]:80/").get()) != nil, "\(valid)")
+        }
+    }
+
+    @Test(
+        "bracketed text that is not an IPv6 address is a bad target, not a name for the resolver (they got 407, then 502 upstream_dns)",
+        arguments: ["::10001", "00000::1", "1:2:3:4:5:6:7:8:9", "::1::", ":::1", "::ffff:256.0.0.1", "::ffff:127.1", "::ffff:0177.0.0.1", "1:2"])
+    func malformedIPv6(inner: String) {
+        #expect(throws: RequestTarget.ParseError.invalid) { try RequestTarget.parseAbsolute("http://[\(inner)]:80/").get() }
+        #expect(throws: RequestTarget.ParseError.invalid) { try RequestTarget.parseConnect("[\(inner)]:443").get() }
     }
 
     @Test("origin form, https and junk are told apart", arguments: [
