@@ -48,7 +48,7 @@ public struct MemoryTrimmer: Sendable {
     /// How often to look.
     public var interval: TimeAmount
 
-    public init(threshold: Int = 16 << 20, interval: TimeAmount = .seconds(5)) {
+    public init(threshold: Int = 4 << 20, interval: TimeAmount = .seconds(5)) {
         self.threshold = threshold
         self.interval = interval
     }
