@@ -16,6 +16,11 @@ import NIOCore
 /// every answer after it on that connection by one, and with shared connections the next
 /// user got the previous user's response. Per-user pools keep such a fault within one user's
 /// own traffic; the cost is more origin connections when many users reach the same origin.
+///
+/// Up to 128 idle connections per origin and user on each loop (1,024 in all). With 32, a
+/// load of 200 keep-alive clients returned more connections at once than fit, closed the rest,
+/// and opened new ones for the next requests: 30,000 origin connects in 5 s and 40% fewer
+/// requests a second (18k against 28k; about 200 connects with 128).
 final class UpstreamPool: @unchecked Sendable {
     struct Key: Hashable {
         var host: String
@@ -30,7 +35,7 @@ final class UpstreamPool: @unchecked Sendable {
     let maximumPerOrigin: Int
     let maximumTotal: Int
 
-    init(eventLoop: EventLoop, maximumPerOrigin: Int = 32, maximumTotal: Int = 1024) {
+    init(eventLoop: EventLoop, maximumPerOrigin: Int = 128, maximumTotal: Int = 1024) {
         self.eventLoop = eventLoop
         self.maximumPerOrigin = maximumPerOrigin
         self.maximumTotal = maximumTotal
