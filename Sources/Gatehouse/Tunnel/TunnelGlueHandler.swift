@@ -130,7 +130,6 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let context = self.context else { return }
         self.partnerGone = true
         self.closeAfterFlushing(context: context)
-        self.closeOncePeerStopsTaking(context: context)
         // Read on, and drop what arrives: a peer blocked sending to us (an echo that the gone
         // side stopped reading) would otherwise never read what is still queued for it, and
         // both would wait for the idle timeout.
@@ -151,27 +150,6 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.writeAndFlush(self.wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
             fallback.cancel()
             context.close(promise: nil)
-        }
-    }
-
-    /// How often a side whose partner is gone looks whether its peer still takes what is
-    /// queued for it.
-    static let gonePartnerCheck = TimeAmount.seconds(5)
-
-    /// With the other side gone, this side's peer is owed only the bytes still queued for it,
-    /// and what it sends is dropped. A peer that takes none of them between two looks
-    /// ``gonePartnerCheck`` apart is closed. Waiting for `lingerTimeout` (the tunnel idle
-    /// timeout, 10 min) held the connection and its buffers, and, for an origin that went on
-    /// sending to a client that had reset, a core reading and dropping (a review: 50 such
-    /// tunnels, 1.5 cores and 84 MB for 10 minutes).
-    private func closeOncePeerStopsTaking(context: ChannelHandlerContext) {
-        context.eventLoop.assumeIsolated().scheduleTask(in: Self.gonePartnerCheck) {
-            guard self.context != nil, context.channel.isActive else { return }
-            if self.stillTaking() {
-                self.closeOncePeerStopsTaking(context: context)
-            } else {
-                context.close(promise: nil)
-            }
         }
     }
 

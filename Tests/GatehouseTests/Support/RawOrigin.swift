@@ -36,10 +36,6 @@ final class RawOrigin: Sendable {
         /// Accept and never read (an origin that stopped taking an upload), with a small
         /// receive buffer so that little of what is sent fits in its kernel.
         case readNothing
-        /// Send without end, 64 KiB every 5 ms while the peer takes it, and never read (an
-        /// origin streaming to a client that went away, which takes nothing the client sent).
-        /// Paced, so that a proxy reading and dropping it does not load the machine.
-        case floodUnread
         /// Read until the end of a request head, then wait for ``release()``: send these bytes
         /// (none: say nothing) and close. For an answer at a moment the test chooses.
         case respondOnRelease(String)
@@ -85,10 +81,6 @@ final class RawOrigin: Sendable {
                     onConnection?()
                     if case .echo = behaviour, let options = channel.syncOptions {
                         try options.setOption(.autoRead, value: false)
-                    }
-                    if case .floodUnread = behaviour, let options = channel.syncOptions {
-                        try options.setOption(.autoRead, value: false)
-                        try options.setOption(.socketOption(.so_rcvbuf), value: 4_096)
                     }
                     if case .readNothing = behaviour, let options = channel.syncOptions {
                         try options.setOption(.autoRead, value: false)
@@ -151,14 +143,6 @@ final class RawOrigin: Sendable {
 
         func channelActive(context: ChannelHandlerContext) {
             if case .echo = self.behaviour { context.read() }
-            if case .floodUnread = self.behaviour {
-                let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-                let chunk = ByteBuffer(repeating: UInt8(ascii: "f"), count: 65_536)
-                self.reads = context.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(5)) { _ in
-                    let context = bound.value
-                    if context.channel.isWritable { context.writeAndFlush(NIOAny(chunk), promise: nil) }
-                }
-            }
             if case .slowReader(_, let every, _, _) = self.behaviour {
                 let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
                 self.reads = context.eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
@@ -247,7 +231,7 @@ final class RawOrigin: Sendable {
             case .respondOnRelease(let text):
                 let channel = context.channel
                 self.waiting.withLockedValue { $0.append((channel, text)) }
-            case .respondOnEOF, .keepAliveOnce, .keepAliveClosingOn, .captureUntil, .slowReader, .echo, .readNothing, .floodUnread:
+            case .respondOnEOF, .keepAliveOnce, .keepAliveClosingOn, .captureUntil, .slowReader, .echo, .readNothing:
                 break
             }
         }
