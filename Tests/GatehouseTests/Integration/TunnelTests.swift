@@ -132,6 +132,12 @@ struct TunnelTests {
         }
     }
 
+    /// `gatehouse serve` as a process (user u:p, no access log) that may tunnel to `port`.
+    static func tunnelProcess(to port: Int, _ extra: [String] = []) async throws -> GatehouseProcess {
+        try await GatehouseProcess.start(
+            ["--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "\(port)"] + extra)
+    }
+
     /// `count` tunnels (user u:p) whose clients send a request through and never read.
     static func stalledTunnels(_ count: Int, through proxy: GatehouseProcess, to port: Int) async throws -> [RawClient] {
         var clients: [RawClient] = []
@@ -147,9 +153,7 @@ struct TunnelTests {
     func stalledTunnelsMemory() async throws {
         let origin = try await RawOrigin.start(.respondAndHang(String(repeating: "x", count: 8 << 20)))
         defer { Task { await origin.stop() } }
-        let proxy = try await GatehouseProcess.start([
-            "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "\(origin.port)",
-        ])
+        let proxy = try await Self.tunnelProcess(to: origin.port)
         defer { Task { await proxy.stop() } }
         let before = proxy.residentKiB
         let clients = try await Self.stalledTunnels(10, through: proxy, to: origin.port)
@@ -165,10 +169,7 @@ struct TunnelTests {
         // 1 MiB per origin fills what each tunnel holds; more only loads the machine.
         let origin = try await RawOrigin.start(.respondAndHang(String(repeating: "x", count: 1 << 20)))
         defer { Task { await origin.stop() } }
-        let proxy = try await GatehouseProcess.start([
-            "--listen", "127.0.0.1:0", "--user", "u:p", "--access-log", "off", "--connect-ports", "\(origin.port)",
-            "--log-level", "debug",
-        ])
+        let proxy = try await Self.tunnelProcess(to: origin.port, ["--log-level", "debug"])
         defer { Task { await proxy.stop() } }
         let before = proxy.residentKiB
         let clients = try await Self.stalledTunnels(100, through: proxy, to: origin.port)
