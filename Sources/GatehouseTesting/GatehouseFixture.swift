@@ -19,6 +19,8 @@ import NIOPosix
 public final class GatehouseFixture: Sendable {
     /// The port the proxy listens on.
     public let port: Int
+    /// The port of its TLS listener, when `configuration.tlsFiles` is set.
+    public let tlsPort: Int?
     /// Always loopback.
     public let host = "127.0.0.1"
     private let recorded: NIOLockedValueBox<[AccessLogEntry]>
@@ -27,8 +29,9 @@ public final class GatehouseFixture: Sendable {
     /// The running server, for tests that reach into the authenticator.
     public let server: GatehouseServer
 
-    init(port: Int, recorded: NIOLockedValueBox<[AccessLogEntry]>, accessLog: AccessLog, server: GatehouseServer) {
+    init(port: Int, tlsPort: Int?, recorded: NIOLockedValueBox<[AccessLogEntry]>, accessLog: AccessLog, server: GatehouseServer) {
         self.port = port
+        self.tlsPort = tlsPort
         self.recorded = recorded
         self.accessLog = accessLog
         self.server = server
@@ -41,6 +44,12 @@ public final class GatehouseFixture: Sendable {
     /// RFC 3986 §3.2.1 requires (so `@`, `:` and `%` in a password survive).
     public func proxyURL(user: String, password: String) -> String {
         "http://\(Self.percentEncode(user)):\(Self.percentEncode(password))@\(self.host):\(self.port)"
+    }
+
+    /// `https://user:password@127.0.0.1:TLSPORT` for the TLS listener (nil without one); the
+    /// client must trust the certificate of `configuration.tlsFiles` (curl's `--proxy-cacert`).
+    public func tlsProxyURL(user: String, password: String) -> String? {
+        self.tlsPort.map { "https://\(Self.percentEncode(user)):\(Self.percentEncode(password))@\(self.host):\($0)" }
     }
 
     /// Every response the proxy sent so far, in order: method, target, status, reason, user.
@@ -68,7 +77,8 @@ public final class GatehouseFixture: Sendable {
     ///   - htpasswd: An optional htpasswd file, used in addition to `users`.
     ///   - configuration: Anything else (timeouts, CONNECT ports, realm — quotes and UTF-8
     ///     welcome, it is escaped per RFC 9110 §5.6.4). The listen address is always replaced
-    ///     with `127.0.0.1:0`, and the shutdown drain is capped at 5 s.
+    ///     with `127.0.0.1:0`, and the shutdown drain is capped at 5 s. With `tlsFiles` set, a
+    ///     TLS listener is added on another port of `127.0.0.1` (``tlsPort``).
     ///   - behaviours: Deliberate deviations for testing a client's 407 and failure handling:
     ///     extra challenges beside Basic, `Connection: close` on 407, credentials on CONNECT
     ///     only, a scripted 502/504 (see ``TestingBehaviours``).
@@ -85,6 +95,7 @@ public final class GatehouseFixture: Sendable {
     ) async throws -> T {
         var configuration = configuration
         configuration.listen = [ListenAddress(host: "127.0.0.1", port: 0)]
+        configuration.tlsListen = configuration.tlsFiles == nil ? [] : [ListenAddress(host: "127.0.0.1", port: 0)]
         if !behaviours.isDefault { configuration.testing = behaviours }
         if configuration.drainTimeout > .seconds(5) { configuration.drainTimeout = .seconds(5) }
         let recorded = NIOLockedValueBox<[AccessLogEntry]>([])
@@ -111,7 +122,8 @@ public final class GatehouseFixture: Sendable {
                 group.cancelAll()
                 throw FixtureError.didNotStart
             }
-            let fixture = GatehouseFixture(port: port, recorded: recorded, accessLog: accessLog, server: server)
+            let tlsPort = configuration.tlsListen.isEmpty ? nil : bound.last?.port
+            let fixture = GatehouseFixture(port: port, tlsPort: tlsPort, recorded: recorded, accessLog: accessLog, server: server)
             do {
                 let result = try await body(fixture)
                 group.cancelAll()

@@ -26,6 +26,15 @@ struct SettingsOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Address to listen on, HOST:PORT or [IPv6]:PORT (repeatable; default 127.0.0.1:3128).", valueName: "HOST:PORT"))
     var listen: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("Address where clients speak TLS to the proxy (an https:// proxy URL), HOST:PORT (repeatable; needs --tls-cert and --tls-key).", valueName: "HOST:PORT"))
+    var tlsListen: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("PEM certificate chain of the TLS listeners, the server's certificate first (re-read on SIGHUP).", valueName: "PATH"))
+    var tlsCert: String?
+
+    @Option(name: .long, help: ArgumentHelp("PEM private key of the TLS listeners (re-read on SIGHUP).", valueName: "PATH"))
+    var tlsKey: String?
+
     @Option(name: .long, help: ArgumentHelp("Apache htpasswd file with the users allowed through.", valueName: "PATH"))
     var htpasswd: String?
 
@@ -112,6 +121,9 @@ struct SettingsOptions: ParsableArguments {
         }
         if !self.listen.isEmpty { s.listen = .init(self.listen, origin: "--listen") }
         if !self.user.isEmpty { s.users = .init(self.user, origin: "--user") }
+        if !self.tlsListen.isEmpty { s.tlsListen = .init(self.tlsListen, origin: "--tls-listen") }
+        s.tlsCert = v(self.tlsCert, "tls-cert")
+        s.tlsKey = v(self.tlsKey, "tls-key")
         s.htpasswd = v(self.htpasswd, "htpasswd")
         s.htpasswdPollInterval = v(self.htpasswdPollInterval, "htpasswd-poll-interval")
         s.realm = v(self.realm, "realm")
@@ -211,7 +223,7 @@ struct ServeCommand: AsyncParsableCommand {
         let printAddress = self.printAddress
         let server = try GatehouseServer(
             configuration: settings.configuration, credentials: loaded.credentials, accessLog: accessLog, logger: logger,
-            adminListen: settings.adminListen, inheritedSockets: inherited,
+            adminListen: settings.adminListen, tls: loaded.tls, inheritedSockets: inherited,
             onServerRunning: { addresses in
                 let described = addresses.map(\.listenerDescription)
                 if printAddress {

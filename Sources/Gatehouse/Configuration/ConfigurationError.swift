@@ -20,6 +20,10 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
     case listenHostUnknown(String)
     case cannotListen(String, reason: String)
     case duplicateListenAddress(String)
+    /// `tls_listen` without both `tls_cert` and `tls_key`, or the other way round.
+    case tlsIncomplete(String)
+    /// The certificate chain or the key could not be read, or they do not belong together.
+    case tlsFiles(String)
 
     public var description: String {
         switch self {
@@ -54,6 +58,8 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
             return "cannot listen on \(address): \(reason)"
         case .duplicateListenAddress(let address):
             return "listen address \(address) is given more than once"
+        case .tlsIncomplete(let message), .tlsFiles(let message):
+            return message
         }
     }
 }

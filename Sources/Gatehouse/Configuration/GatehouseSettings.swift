@@ -28,6 +28,9 @@ public struct GatehouseSettings: Sendable, Equatable {
     }
 
     public var listen: Value<[String]>?
+    public var tlsListen: Value<[String]>?
+    public var tlsCert: Value<String>?
+    public var tlsKey: Value<String>?
     public var htpasswd: Value<String>?
     public var users: Value<[String]>?
     public var realm: Value<String>?
@@ -59,7 +62,7 @@ public struct GatehouseSettings: Sendable, Equatable {
 
     /// The keys of the YAML file; the environment variable is `GATEHOUSE_` + the key in upper case.
     public static let keys = [
-        "listen", "htpasswd", "users", "realm", "access_log", "log_format", "log_level", "connect_ports",
+        "listen", "tls_listen", "tls_cert", "tls_key", "htpasswd", "users", "realm", "access_log", "log_format", "log_level", "connect_ports",
         "connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout", "tunnel_idle_timeout",
         "drain_timeout", "admin_listen", "htpasswd_poll_interval", "max_body", "max_connections",
         "max_connections_per_client", "max_header_bytes", "max_header_fields", "max_uri_length", "deny_destination",
@@ -70,13 +73,15 @@ public struct GatehouseSettings: Sendable, Equatable {
     static let nullScalars: Set<String> = ["", "~", "null", "Null", "NULL"]
 
     /// Keys whose value is a list (a YAML sequence, or comma-separated in the environment).
-    static let listKeys: Set<String> = ["listen", "users", "deny_destination", "allow_destination"]
+    static let listKeys: Set<String> = ["listen", "tls_listen", "users", "deny_destination", "allow_destination"]
 
     /// Sets a scalar setting by its key.
     mutating func set(key: String, scalar: String, origin: String) {
         let v = Value(scalar, origin: origin)
         switch key {
         case "htpasswd": self.htpasswd = v
+        case "tls_cert": self.tlsCert = v
+        case "tls_key": self.tlsKey = v
         case "realm": self.realm = v
         case "access_log": self.accessLog = v
         case "log_format": self.logFormat = v
@@ -111,6 +116,7 @@ public struct GatehouseSettings: Sendable, Equatable {
         let v = Value(list, origin: origin, itemOrigins: itemOrigins)
         switch key {
         case "listen": self.listen = v
+        case "tls_listen": self.tlsListen = v
         case "users": self.users = v
         case "deny_destination": self.denyDestination = v
         case "allow_destination": self.allowDestination = v
@@ -122,6 +128,9 @@ public struct GatehouseSettings: Sendable, Equatable {
     public func overridden(by higher: GatehouseSettings) -> GatehouseSettings {
         var out = self
         out.listen = higher.listen ?? out.listen
+        out.tlsListen = higher.tlsListen ?? out.tlsListen
+        out.tlsCert = higher.tlsCert ?? out.tlsCert
+        out.tlsKey = higher.tlsKey ?? out.tlsKey
         out.htpasswd = higher.htpasswd ?? out.htpasswd
         out.users = higher.users ?? out.users
         out.realm = higher.realm ?? out.realm

@@ -8,6 +8,12 @@ public struct ProxyConfiguration: Sendable {
     /// Addresses to listen on. Default `127.0.0.1:3128`: loopback only, so a fresh install is
     /// never reachable from the network by accident.
     public var listen: [ListenAddress] = [ListenAddress(host: "127.0.0.1", port: 3128)]
+    /// Addresses where clients speak TLS to the proxy (an `https://` proxy URL), so that their
+    /// `Proxy-Authorization` never crosses the network in clear. Needs ``tlsFiles``. Empty by
+    /// default.
+    public var tlsListen: [ListenAddress] = []
+    /// The certificate chain and private key the ``tlsListen`` listeners present.
+    public var tlsFiles: TLSFiles? = nil
     /// The realm in the `Proxy-Authenticate` challenge (RFC 9110 §11.5).
     public var realm: String = "Gatehouse"
     /// Ports that `CONNECT` may reach.

@@ -12,6 +12,8 @@ public struct ResolvedSettings: Sendable {
     public var htpasswdPollInterval: TimeAmount
     /// Where the listen addresses were set (`--listen`, `file:line`), nil for the default.
     public var listenOrigin: String?
+    /// Where the TLS certificate chain was set, for problems with its files.
+    public var tlsCertOrigin: String?
     /// Where the access log was set (`--access-log`, `file:line`), nil for the default.
     public var accessLogOrigin: String?
 
@@ -51,27 +53,39 @@ extension GatehouseSettings {
             }
         }
 
-        if let listen = self.listen {
+        // Plain and TLS listeners together: one address cannot be both.
+        var listening: [ListenAddress] = []
+        func listenAddresses(_ list: Value<[String]>) -> [ListenAddress] {
             var addresses: [ListenAddress] = []
-            for (index, item) in listen.value.enumerated() {
+            for (index, item) in list.value.enumerated() {
                 do {
                     let address = try ListenAddress(parsing: item)
                     // Port 0 twice is two ephemeral ports, not one address twice.
-                    if address.port != 0 && addresses.contains(address) {
+                    if address.port != 0 && listening.contains(address) {
                         // The second listener on it failed to start ("address already in use").
                         problems.append(SettingsProblem(
-                            origin: listen.origin(ofItem: index), message: ConfigurationError.duplicateListenAddress(address.description).description))
+                            origin: list.origin(ofItem: index), message: ConfigurationError.duplicateListenAddress(address.description).description))
                     }
+                    listening.append(address)
                     addresses.append(address)
                 } catch {
-                    problems.append(SettingsProblem(origin: listen.origin(ofItem: index), message: error.description))
+                    problems.append(SettingsProblem(origin: list.origin(ofItem: index), message: error.description))
                 }
             }
-            if addresses.isEmpty && problems.isEmpty {
-                problems.append(SettingsProblem(origin: listen.origin, message: "listen needs at least one address"))
-            }
-            configuration.listen = addresses
+            return addresses
         }
+        if let listen = self.listen {
+            configuration.listen = listenAddresses(listen)
+        }
+        if let tlsListen = self.tlsListen {
+            configuration.tlsListen = listenAddresses(tlsListen)
+            // TLS listeners alone: the default plain listener is not added to them.
+            if self.listen == nil { configuration.listen = [] }
+        }
+        if configuration.listen.isEmpty && configuration.tlsListen.isEmpty && problems.isEmpty {
+            problems.append(SettingsProblem(origin: self.listen?.origin ?? self.tlsListen?.origin ?? "settings", message: "listen needs at least one address"))
+        }
+        problems += self.resolveTLSFiles(into: &configuration)
         if let realm = self.realm {
             // An empty realm (`GATEHOUSE_REALM=` from an unset shell variable, `--realm ""`)
             // would go out as `realm=""`, which names nothing for the user to pick a password by.
@@ -158,7 +172,7 @@ extension GatehouseSettings {
         if let value = self.adminListen, !value.value.isEmpty {
             do {
                 let address = try ListenAddress(parsing: value.value)
-                if configuration.listen.contains(where: { $0.port == address.port && $0.port != 0 }) {
+                if (configuration.listen + configuration.tlsListen).contains(where: { $0.port == address.port && $0.port != 0 }) {
                     problems.append(SettingsProblem(origin: value.origin, message: "admin_listen \(address) must not be a proxy listen port: metrics never share the proxy port"))
                 }
                 admin = address
@@ -203,6 +217,35 @@ extension GatehouseSettings {
         return (ResolvedSettings(
             configuration: configuration, htpasswdPath: self.htpasswd?.value, inlineUsers: inline, accessLog: accessLog,
             logFormat: format, logLevel: level, adminListen: admin, htpasswdPollInterval: poll,
-            listenOrigin: self.listen?.origin, accessLogOrigin: self.accessLog?.origin), [])
+            listenOrigin: self.listen?.origin, tlsCertOrigin: self.tlsCert?.origin, accessLogOrigin: self.accessLog?.origin), [])
+    }
+
+    /// `tls_cert` and `tls_key` come together, and with `tls_listen`. The files themselves are
+    /// read by `ListenerTLS.load`.
+    private func resolveTLSFiles(into configuration: inout ProxyConfiguration) -> [SettingsProblem] {
+        var problems: [SettingsProblem] = []
+        for value in [self.tlsCert, self.tlsKey].compactMap({ $0 }) where value.value.isEmpty {
+            problems.append(SettingsProblem(origin: value.origin, message: "the path is empty"))
+        }
+        guard problems.isEmpty else { return problems }
+        switch (self.tlsCert, self.tlsKey) {
+        case (let cert?, let key?):
+            configuration.tlsFiles = TLSFiles(certificateChainPath: cert.value, privateKeyPath: key.value)
+        case (let cert?, nil):
+            return [SettingsProblem(origin: cert.origin, message: ConfigurationError.tlsIncomplete("tls_cert is given without tls_key: give the private key too").description)]
+        case (nil, let key?):
+            return [SettingsProblem(origin: key.origin, message: ConfigurationError.tlsIncomplete("tls_key is given without tls_cert: give the certificate chain too").description)]
+        case (nil, nil):
+            break
+        }
+        if let tlsListen = self.tlsListen, !tlsListen.value.isEmpty, configuration.tlsFiles == nil {
+            problems.append(SettingsProblem(origin: tlsListen.origin, message: ConfigurationError.tlsIncomplete(
+                "tls_listen needs tls_cert and tls_key: the certificate chain and private key (PEM files) its listeners present").description))
+        }
+        if configuration.tlsListen.isEmpty, configuration.tlsFiles != nil, let cert = self.tlsCert {
+            problems.append(SettingsProblem(origin: cert.origin, message: ConfigurationError.tlsIncomplete(
+                "tls_cert and tls_key are given, but no tls_listen address would use them").description))
+        }
+        return problems
     }
 }

@@ -25,6 +25,9 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     case uriTooLong = "uri_too_long"
     case headerTooLarge = "header_too_large"
     case httpsAbsoluteForm = "https_absolute_form"
+    /// Plain HTTP sent to a TLS listener (`tls_listen`): an `http://` proxy URL where an
+    /// `https://` one was meant. Answered in clear, before the credentials are looked at.
+    case tlsRequired = "tls_required"
     case upstreamDNS = "upstream_dns"
     case upstreamRefused = "upstream_refused"
     case upstreamUnreachable = "upstream_unreachable"
@@ -83,7 +86,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
     public var status: HTTPResponseStatus {
         switch self {
         case .forwarded, .tunnel, .upstreamTruncated, .clientClosed, .clientStalled, .shutdown, .maxForwards: return .ok
-        case .badRequest, .missingHost, .originForm, .badTarget, .badFieldBytes: return .badRequest
+        case .badRequest, .missingHost, .originForm, .badTarget, .badFieldBytes, .tlsRequired: return .badRequest
         case .connectPortDenied: return .forbidden
         case .authMissing, .authScheme, .authMalformed, .authInvalid: return .proxyAuthenticationRequired
         case .headerTimeout, .bodyTimeout: return .requestTimeout
@@ -133,6 +136,8 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .headerTooLarge: return "The request header section is too large."
         case .httpsAbsoluteForm:
             return "Gatehouse does not forward https:// URLs in absolute form. Use CONNECT (https_proxy) for https."
+        case .tlsRequired:
+            return "This proxy port expects TLS: use an https:// proxy URL (curl: --proxy https://HOST:PORT). Your credentials were sent in clear and were not checked."
         case .upstreamDNS: return "The destination host name could not be resolved."
         case .upstreamRefused: return "The destination refused the connection."
         case .upstreamUnreachable: return "The destination could not be reached."

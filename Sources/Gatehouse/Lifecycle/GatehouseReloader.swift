@@ -29,6 +29,8 @@ public final class GatehouseReloader: Sendable {
         public var settings: ResolvedSettings
         public var credentials: CredentialStore
         public var htpasswdIdentity: FileIdentity?
+        /// The TLS listeners' certificate and key, read (nil without `tls_listen`).
+        public var tls: ListenerTLS?
         /// Non-fatal problems (unknown hash formats).
         public var warnings: [SettingsProblem]
     }
@@ -52,8 +54,23 @@ public final class GatehouseReloader: Sendable {
         guard let settings = resolved.settings, problems.isEmpty else { return (nil, problems) }
         switch Self.loadCredentials(settings, reloading: reloading) {
         case .success(let (store, identity, credentialWarnings)):
-            let warnings = Self.relativePathWarnings(merged) + credentialWarnings
-            return (Loaded(settings: settings, credentials: store, htpasswdIdentity: identity, warnings: warnings), warnings)
+            var warnings = Self.relativePathWarnings(merged) + credentialWarnings
+            var tls: ListenerTLS?
+            if let files = settings.configuration.tlsFiles {
+                let origin = settings.tlsCertOrigin ?? "tls_cert"
+                do {
+                    tls = try ListenerTLS.load(files)
+                } catch {
+                    return (nil, warnings.filter(\.isWarning) + [SettingsProblem(origin: origin, message: error.description)])
+                }
+                if let tls, tls.hasExpired() {
+                    // Served anyway (the operator may be renewing it), but every client will refuse it.
+                    warnings.append(SettingsProblem(
+                        origin: origin, message: "the certificate in \(files.certificateChainPath) has expired: clients will refuse the TLS listeners until it is renewed (then reload)",
+                        isWarning: true))
+                }
+            }
+            return (Loaded(settings: settings, credentials: store, htpasswdIdentity: identity, tls: tls, warnings: warnings), warnings)
         case .failure(let failure):
             return (nil, failure.problems)
         }
@@ -160,9 +177,12 @@ public final class GatehouseReloader: Sendable {
         }
         var configuration = loaded.settings.configuration
         configuration.listen = old.settings.configuration.listen
+        configuration.tlsListen = old.settings.configuration.tlsListen
         configuration.testing = self.server.configuration.testing
         self.server.update(configuration: configuration)
         self.server.replaceCredentials(loaded.credentials)
+        // New TLS connections get the files as they are now (a renewed certificate).
+        if let tls = loaded.tls { self.server.replaceTLS(tls) }
         self.logger.info("reloaded settings and users", metadata: ["users": "\(loaded.credentials.hashes.count + loaded.credentials.inlinePasswords.count)"])
         return true
     }
@@ -217,6 +237,7 @@ public final class GatehouseReloader: Sendable {
     static func restartOnlyChanges(_ old: ResolvedSettings, _ new: ResolvedSettings) -> [String] {
         var names: [String] = []
         if old.configuration.listen != new.configuration.listen { names.append("listen") }
+        if old.configuration.tlsListen != new.configuration.tlsListen { names.append("tls_listen") }
         if old.adminListen != new.adminListen { names.append("admin_listen") }
         if old.accessLog != new.accessLog { names.append("access_log") }
         if old.logFormat != new.logFormat { names.append("log_format") }

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOExtras
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 
 /// The Gatehouse proxy as a `Service`: binds its listeners, serves until graceful shutdown or
@@ -33,6 +34,8 @@ public final class GatehouseServer: Service, Sendable {
     ///     runs as an open proxy.
     ///   - accessLog: Where each response's log line goes.
     ///   - adminListen: Where `/metrics`, `/healthz` and `/readyz` are served; off when nil.
+    ///   - tls: The certificate and key of `configuration.tlsListen`, already loaded; when nil,
+    ///     they are loaded from `configuration.tlsFiles`.
     ///   - inheritedSockets: Listening sockets handed over by systemd socket activation; when
     ///     present they replace `configuration.listen`.
     ///   - onServerRunning: Called with the bound addresses once every listener accepts.
@@ -45,6 +48,7 @@ public final class GatehouseServer: Service, Sendable {
         eventLoopGroup: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         threadPool: NIOThreadPool = .singleton,
         adminListen: ListenAddress? = nil,
+        tls: ListenerTLS? = nil,
         inheritedSockets: [CInt] = [],
         onServerRunning: OnServerRunning? = nil,
         onDrainStarted: (@Sendable () -> Void)? = nil
@@ -63,6 +67,20 @@ public final class GatehouseServer: Service, Sendable {
         self.onDrainStarted = onDrainStarted
         self.adminListen = adminListen
         self.inheritedSockets = inheritedSockets
+        if !configuration.tlsListen.isEmpty {
+            guard let files = configuration.tlsFiles else {
+                throw .tlsIncomplete("tls_listen needs tls_cert and tls_key: the certificate chain and private key (PEM files) its listeners present")
+            }
+            let loaded: ListenerTLS
+            if let tls { loaded = tls } else { loaded = try ListenerTLS.load(files) }
+            self.context.tls.withLockedValue { $0 = loaded }
+        }
+    }
+
+    /// Serves `tls` to TLS connections opened from now on (a renewed certificate); open ones
+    /// keep theirs.
+    public func replaceTLS(_ tls: ListenerTLS) {
+        self.context.tls.withLockedValue { $0 = tls }
     }
 
     public var authenticator: Authenticator { self.context.authenticator }
@@ -125,8 +143,10 @@ public final class GatehouseServer: Service, Sendable {
         var channels: [Channel] = []
         var adminChannel: Channel?
         var addresses: [SocketAddress] = []
+        /// How many of `addresses`, the last ones, are TLS listeners.
+        var tlsBound = 0
         do {
-            func bootstrap(_ group: EventLoopGroup, reusePort: Bool) -> ServerBootstrap {
+            func bootstrap(_ group: EventLoopGroup, reusePort: Bool, tls: Bool = false) -> ServerBootstrap {
                 let quiesce = ServerQuiescingHelper(group: group)
                 quiescers.append(quiesce)
                 var bootstrap = ServerBootstrap(group: group)
@@ -148,43 +168,48 @@ public final class GatehouseServer: Service, Sendable {
                     }
                     .childChannelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
-                            try Self.configureClientPipeline(channel, shared: shared)
+                            if tls {
+                                try Self.configureTLSClientPipeline(channel, shared: shared)
+                            } else {
+                                try Self.configureClientPipeline(channel, shared: shared)
+                            }
                         }
                     }
             }
-            if self.inheritedSockets.isEmpty {
-                let loops = Self.reusePortSupported ? Array(self.group.makeIterator()) : []
-                for address in configuration.listen {
-                    try await Self.namingTheAddress(address) {
-                        try Self.refuseIfTaken(address)
-                        guard let first = loops.first else {
-                            let channel = try await bootstrap(self.group, reusePort: false).bind(host: address.host, port: address.port).get()
-                            channels.append(channel)
-                            addresses.append(contentsOf: channel.localAddress.map { [$0] } ?? [])
-                            return
-                        }
-                        // One listener per event loop on the same port (SO_REUSEPORT): the kernel
-                        // spreads new connections over them, and each connection lives on the loop
-                        // that accepted it. With one listener, every other accepted connection was
-                        // handed to another loop's thread, which cost a fifth of the CPU of a
-                        // connection-per-request load (S2: 113 → 88 µs per request).
-                        let channel = try await bootstrap(first, reusePort: true).bind(host: address.host, port: address.port).get()
+            for socket in self.inheritedSockets {
+                let backlog = Self.inheritedBacklog(socket)
+                let channel = try await bootstrap(self.group, reusePort: false).withBoundSocket(socket).get()
+                Self.restoreBacklog(socket, to: backlog ?? Self.listenBacklog)
+                channels.append(channel)
+                addresses.append(contentsOf: channel.localAddress.map { [$0] } ?? [])
+            }
+            // Socket activation hands over the plain listeners; TLS ones are always bound here.
+            let plain = self.inheritedSockets.isEmpty ? configuration.listen.map { ($0, false) } : []
+            let loops = Self.reusePortSupported ? Array(self.group.makeIterator()) : []
+            for (address, tls) in plain + configuration.tlsListen.map({ ($0, true) }) {
+                try await Self.namingTheAddress(address) {
+                    try Self.refuseIfTaken(address)
+                    guard let first = loops.first else {
+                        let channel = try await bootstrap(self.group, reusePort: false, tls: tls).bind(host: address.host, port: address.port).get()
                         channels.append(channel)
                         addresses.append(contentsOf: channel.localAddress.map { [$0] } ?? [])
-                        // Port 0 asks for any free port: the others take the one the first got.
-                        let port = channel.localAddress?.port ?? address.port
-                        for loop in loops.dropFirst() {
-                            channels.append(try await bootstrap(loop, reusePort: true).bind(host: address.host, port: port).get())
-                        }
+                        if tls { tlsBound += 1 }
+                        return
                     }
-                }
-            } else {
-                for socket in self.inheritedSockets {
-                    let backlog = Self.inheritedBacklog(socket)
-                    let channel = try await bootstrap(self.group, reusePort: false).withBoundSocket(socket).get()
-                    Self.restoreBacklog(socket, to: backlog ?? Self.listenBacklog)
+                    // One listener per event loop on the same port (SO_REUSEPORT): the kernel
+                    // spreads new connections over them, and each connection lives on the loop
+                    // that accepted it. With one listener, every other accepted connection was
+                    // handed to another loop's thread, which cost a fifth of the CPU of a
+                    // connection-per-request load (S2: 113 → 88 µs per request).
+                    let channel = try await bootstrap(first, reusePort: true, tls: tls).bind(host: address.host, port: address.port).get()
                     channels.append(channel)
                     addresses.append(contentsOf: channel.localAddress.map { [$0] } ?? [])
+                    if tls { tlsBound += 1 }
+                    // Port 0 asks for any free port: the others take the one the first got.
+                    let port = channel.localAddress?.port ?? address.port
+                    for loop in loops.dropFirst() {
+                        channels.append(try await bootstrap(loop, reusePort: true, tls: tls).bind(host: address.host, port: port).get())
+                    }
                 }
             }
             if let admin = self.adminListen {
@@ -198,8 +223,8 @@ public final class GatehouseServer: Service, Sendable {
         }
         self.state.withLockedValue { $0 = .serving }
         shared.listeners.withLockedValue { $0 = addresses }
-        for address in addresses {
-            logger.info("listening", metadata: ["address": "\(address.gatehouseDescription)"])
+        for (index, address) in addresses.enumerated() {
+            logger.info(index >= addresses.count - tlsBound ? "listening with TLS" : "listening", metadata: ["address": "\(address.gatehouseDescription)"])
         }
         if let address = adminChannel?.localAddress {
             logger.info("admin endpoints listening", metadata: ["address": "\(address.gatehouseDescription)"])
@@ -232,7 +257,8 @@ public final class GatehouseServer: Service, Sendable {
 
     /// The client pipeline: raw-byte observer, NIO's HTTP/1 encoder and decoder, pipelining
     /// assistance, and the proxy handler.
-    static func configureClientPipeline(_ channel: Channel, shared: ProxyContext) throws {
+    @discardableResult
+    static func configureClientPipeline(_ channel: Channel, shared: ProxyContext) throws -> ProxyConnectionHandler {
         // Set here rather than as bootstrap child options, which NIO applies one future at a
         // time: a new connection per request (S2) is where a proxy's fixed costs show.
         // No TCP_NODELAY here: NIO's ServerBootstrap sets it on the listening socket, and
@@ -282,5 +308,19 @@ public final class GatehouseServer: Service, Sendable {
             handler.rejection = .clientConnectionLimit
         }
         try sync.addHandler(handler)
+        return handler
+    }
+
+    /// A TLS listener's connection: TLS in front of the plain pipeline, and in front of TLS a
+    /// look at whether the client speaks plain HTTP instead (see `PlainHTTPDetector`).
+    static func configureTLSClientPipeline(_ channel: Channel, shared: ProxyContext) throws {
+        guard let tls = shared.tls.withLockedValue({ $0 }) else {
+            // Not reachable: the server does not start TLS listeners without it.
+            throw ChannelError.operationUnsupported
+        }
+        let handler = try configureClientPipeline(channel, shared: shared)
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(NIOSSLServerHandler(context: tls.context), position: .first)
+        try sync.addHandler(PlainHTTPDetector { handler.plainHTTPOnTLSListener = true }, position: .first)
     }
 }

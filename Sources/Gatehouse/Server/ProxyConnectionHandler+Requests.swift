@@ -29,6 +29,10 @@ extension ProxyConnectionHandler {
             // A chunked upload may end in trailers: the same Connection options apply to them.
             exchange.requestConnectionOptions = head.headers.connectionOptionNames()
         }
+        if self.plainHTTPOnTLSListener {
+            self.exchange = exchange
+            return self.answer(.tlsRequired, context: context, close: true)
+        }
         if head.version.major != 1 {
             self.exchange = exchange
             return self.answer(.versionNotSupported, context: context, close: true)

@@ -88,6 +88,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var replaceDecoderAgain = false
     /// Old decoders whose removal (and hand-over of their bytes) has not completed.
     var decoderRemovalsPending = 0
+    /// Set when the client spoke plain HTTP to a TLS listener: its request gets 400
+    /// `tls_required` and the connection closes.
+    var plainHTTPOnTLSListener = false
     /// Set when the connection is over a connection limit: it gets a 503 and is closed.
     var rejection: ReasonCode?
     /// The settings this connection runs under, fixed when it opened.

@@ -40,6 +40,8 @@ final class ProxyContext: Sendable {
     let connections: ConnectionRegistry
     /// Idle keep-alive origin connections, one pool per event loop.
     let pools = PerEventLoop { UpstreamPool(eventLoop: $0) }
+    /// The TLS listeners' certificate and key; replaced on reload, read once per TLS connection.
+    let tls = NIOLockedValueBox<ListenerTLS?>(nil)
     /// The addresses this server listens on, for loop detection.
     let listeners = NIOLockedValueBox([SocketAddress]())
     /// When running out of file descriptors was last reported (see `reportOutOfDescriptors`).

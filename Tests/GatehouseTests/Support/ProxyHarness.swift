@@ -2,6 +2,7 @@ import Foundation
 import Gatehouse
 import GatehouseTesting
 import NIOCore
+import NIOSSL
 
 /// The user every integration test authenticates as. The password has characters that must
 /// be percent-encoded in a proxy URL, so every curl test also checks that path.
@@ -58,5 +59,21 @@ enum TLSFixture {
     }
     static var keyPath: String {
         Bundle.module.path(forResource: "origin-key", ofType: "pem", inDirectory: "Fixtures") ?? ""
+    }
+    /// A second certificate and key (ECDSA, also for 127.0.0.1), for replacing the first.
+    static var otherCertificatePath: String {
+        Bundle.module.path(forResource: "proxy-cert", ofType: "pem", inDirectory: "Fixtures") ?? ""
+    }
+    static var otherKeyPath: String {
+        Bundle.module.path(forResource: "proxy-key", ofType: "pem", inDirectory: "Fixtures") ?? ""
+    }
+    static var files: TLSFiles { TLSFiles(certificateChainPath: certificatePath, privateKeyPath: keyPath) }
+    static var otherFiles: TLSFiles { TLSFiles(certificateChainPath: otherCertificatePath, privateKeyPath: otherKeyPath) }
+
+    /// A client context that trusts `certificatePath` only.
+    static func clientContext(trusting path: String = certificatePath) throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(path))
+        return try NIOSSLContext(configuration: configuration)
     }
 }

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// A TCP client that sends exact bytes and collects exact bytes: for pipelining, malformed
 /// requests, and checking what is on the wire rather than what a client library reports.
@@ -21,8 +22,12 @@ final class RawClient: Sendable {
     /// connects and then sends waits for its task to be scheduled in between, which on a
     /// loaded machine took longer than the short idle timeouts some tests set: the proxy then
     /// closed the silent connection, as it should, and the test saw an empty close.
+    ///
+    /// With `tls`, the bytes go inside TLS (to a TLS listener), and ``closeOutput()`` sends
+    /// TLS's close_notify before the FIN.
     static func connect(
-        port: Int, from source: String? = nil, reading: Bool = true, readSize: Int = 65_536, sending first: String? = nil
+        port: Int, from source: String? = nil, reading: Bool = true, readSize: Int = 65_536, sending first: String? = nil,
+        tls: NIOSSLContext? = nil
     ) async throws -> RawClient {
         let state = NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>(([], false))
         var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -34,6 +39,7 @@ final class RawClient: Sendable {
             .channelOption(.maxMessagesPerRead, value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil)) }
                     try channel.pipeline.syncOperations.addHandler(Collector(state: state))
                 }
             }

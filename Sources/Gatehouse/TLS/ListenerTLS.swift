@@ -1,0 +1,94 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import NIOCore
+import NIOSSL
+
+/// Where the certificate chain and private key of the TLS listeners are: PEM files, the chain
+/// with the server's own certificate first (what certbot writes as `fullchain.pem` and
+/// `privkey.pem`).
+public struct TLSFiles: Sendable, Hashable {
+    public var certificateChainPath: String
+    public var privateKeyPath: String
+
+    public init(certificateChainPath: String, privateKeyPath: String) {
+        self.certificateChainPath = certificateChainPath
+        self.privateKeyPath = privateKeyPath
+    }
+}
+
+/// The server side of TLS for the `tls_listen` listeners: clients that use an `https://` proxy
+/// URL (curl's `--proxy https://…`, `https_proxy=https://…`) send their `Proxy-Authorization`
+/// inside TLS instead of in clear, where anyone on the path could read the Basic password.
+///
+/// Loaded at start and again on every reload (`SIGHUP`), so a renewed certificate reaches new
+/// connections without a restart; open ones keep the one they started with. Loading reads
+/// files and may read the system's trust store (see `NIOSSLContext.init`): never on an event
+/// loop.
+public struct ListenerTLS: Sendable {
+    let context: NIOSSLContext
+    public let files: TLSFiles
+    /// When the first certificate of the chain (the server's own) stops being valid.
+    public let notValidAfter: time_t
+
+    /// Reads both files and checks that the key belongs to the certificate.
+    public static func load(_ files: TLSFiles) throws(ConfigurationError) -> ListenerTLS {
+        // NIOSSL says "failed to load" for a file it cannot open as well: the system's reason is clearer.
+        for path in [files.certificateChainPath, files.privateKeyPath] where access(path, R_OK) != 0 {
+            throw .tlsFiles("\(path): cannot read it (\(String(cString: strerror(errno))))")
+        }
+        let chain: [NIOSSLCertificate]
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(files.certificateChainPath)
+        } catch {
+            throw .tlsFiles("\(files.certificateChainPath): cannot read a PEM certificate chain (\(Self.explain(error)))")
+        }
+        guard let leaf = chain.first else {
+            throw .tlsFiles("\(files.certificateChainPath): no certificate in the file (expected PEM, \"-----BEGIN CERTIFICATE-----\")")
+        }
+        let key: NIOSSLPrivateKey
+        do {
+            key = try NIOSSLPrivateKey(file: files.privateKeyPath, format: .pem)
+        } catch {
+            throw .tlsFiles("\(files.privateKeyPath): cannot read a PEM private key (\(Self.explain(error)); a key protected by a passphrase is not supported)")
+        }
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        // TLS 1.0 and 1.1 are deprecated (RFC 8996); every client of a proxy that takes
+        // Basic credentials speaks 1.2.
+        configuration.minimumTLSVersion = .tlsv12
+        // Closing sends close_notify and waits for the client's before closing the socket
+        // (NIO's default: 5 s). Everything was sent before it; a client that keeps its side
+        // open (or is gone) held each connection, and a drain, that long.
+        configuration.shutdownTimeout = .seconds(1)
+        let context: NIOSSLContext
+        do {
+            context = try NIOSSLContext(configuration: configuration)
+        } catch {
+            // BoringSSL checks here that the key is the certificate's.
+            throw .tlsFiles("\(files.privateKeyPath): the private key does not belong to the certificate in \(files.certificateChainPath) (\(Self.explain(error)))")
+        }
+        return ListenerTLS(context: context, files: files, notValidAfter: leaf.notValidAfter)
+    }
+
+    /// Whether the server's certificate has expired at `now` (seconds since 1970).
+    public func hasExpired(at now: time_t = time(nil)) -> Bool { self.notValidAfter < now }
+
+    private static func explain(_ error: Error) -> String {
+        switch error {
+        case let error as NIOSSLError:
+            switch error {
+            case .noSuchFilesystemObject: return "no such file"
+            case .failedToLoadCertificate: return "not a PEM certificate"
+            case .failedToLoadPrivateKey: return "not a PEM private key"
+            default: return "\(error)"
+            }
+        case let error as IOError:
+            return error.description
+        default:
+            return "\(error)"
+        }
+    }
+}

@@ -1,0 +1,243 @@
+import Foundation
+import Gatehouse
+import GatehouseTesting
+import NIOSSL
+import Testing
+
+/// `tls_listen`: clients that use an `https://` proxy URL, so that their Basic credentials
+/// never cross the network in clear.
+@Suite("TLS listeners")
+struct TLSListenerTests {
+    /// A proxy with a plain and a TLS listener, the TLS one presenting `files`.
+    func withTLSProxy<T: Sendable>(
+        files: TLSFiles = TLSFixture.files, connectPort: Int? = nil,
+        _ body: @Sendable (GatehouseFixture) async throws -> T
+    ) async throws -> T {
+        var configuration = ProxyConfiguration()
+        configuration.tlsFiles = files
+        if let connectPort { configuration.connectPorts = try PortSet(parsing: "\(connectPort)") }
+        let frozen = configuration
+        return try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen, body)
+    }
+
+    @Test("curl with an https:// proxy URL: GETs are forwarded, and a request without credentials gets the same 407 as in clear")
+    func curlThroughTLSListener() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        try await withTLSProxy { proxy in
+            let url = try #require(proxy.tlsProxyURL(user: TestUser.name, password: TestUser.password))
+            #expect(url.hasPrefix("https://"))
+            let result = try await Curl.run([
+                "--proxy", url, "--proxy-cacert", TLSFixture.certificatePath, "http://127.0.0.1:\(origin.port)/bytes/300000",
+            ])
+            #expect(result.exitCode == 0, "\(result.stderr)")
+            #expect(TestData.sha256([UInt8](result.stdout)) == TestData.sha256(TestData.bytes(count: 300_000)))
+
+            let refused = try await Curl.run([
+                "-i", "--proxy", "https://127.0.0.1:\(proxy.tlsPort ?? 0)", "--proxy-cacert", TLSFixture.certificatePath,
+                "http://127.0.0.1:\(origin.port)/hello",
+            ])
+            #expect(refused.exitCode == 0, "\(refused.stderr)")
+            #expect(refused.body.hasPrefix("HTTP/1.1 407 Proxy Authentication Required\r\n"))
+            #expect(refused.body.contains("\r\nProxy-Authenticate: Basic realm=\"Gatehouse\", charset=\"UTF-8\"\r\n"))
+
+            // The plain listener is still there beside it.
+            let plain = try await Curl.run(["-x", proxy.authenticatedURL, "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(plain.body == "hello\n")
+
+            let records = await proxy.waitForRecords(count: 3)
+            #expect(records.map(\.status) == [200, 407, 200])
+            #expect(records.map(\.reason) == [.forwarded, .authMissing, .forwarded])
+            #expect(records.first?.user == TestUser.name)
+            #expect(records.first?.bytesOut ?? 0 > 300_000)
+        }
+    }
+
+    @Test("a 407 over TLS is well framed: the client retries on the same TLS connection")
+    func challengeThenRetryOnOneConnection() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        try await withTLSProxy { proxy in
+            let client = try await RawClient.connect(port: try #require(proxy.tlsPort), tls: try TLSFixture.clientContext())
+            defer { Task { await client.close() } }
+            let request = "GET http://127.0.0.1:\(origin.port)/hello HTTP/1.1\r\nHost: 127.0.0.1:\(origin.port)\r\n"
+            try await client.send(request + "\r\n")
+            _ = await client.waitFor { $0.contains("\r\n\r\nProxy authentication required") && $0.hasSuffix("\n") }
+            try await client.send(request + "Proxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("hello\n") }
+            #expect(statusCodes(in: text) == [407, 200])
+            #expect(!client.isClosed)
+        }
+    }
+
+    @Test("CONNECT inside TLS: curl reaches a TLS origin through the TLS listener (TLS in TLS)")
+    func connectInsideTLS() async throws {
+        let key = try NIOSSLPrivateKey(file: TLSFixture.keyPath, format: .pem)
+        let originTLS = try NIOSSLContext(configuration: .makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(TLSFixture.certificatePath).map { .certificate($0) },
+            privateKey: .privateKey(key)))
+        let origin = try await TestOrigin.start(tls: originTLS)
+        defer { Task { await origin.stop() } }
+        try await withTLSProxy(connectPort: origin.port) { proxy in
+            let url = try #require(proxy.tlsProxyURL(user: TestUser.name, password: TestUser.password))
+            let result = try await Curl.run([
+                "--proxy", url, "--proxy-cacert", TLSFixture.certificatePath, "--cacert", TLSFixture.certificatePath,
+                "https://127.0.0.1:\(origin.port)/bytes/1000000",
+            ])
+            #expect(result.exitCode == 0, "\(result.stderr)")
+            #expect(TestData.sha256([UInt8](result.stdout)) == TestData.sha256(TestData.bytes(count: 1_000_000)))
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.first?.method == "CONNECT")
+            #expect(records.first?.reason == .tunnel)
+            #expect(records.first?.bytesOut ?? 0 > 1_000_000)
+        }
+    }
+
+    @Test("half-close through a tunnel on a TLS listener: the client's close_notify reaches the origin as EOF, the reply still comes back")
+    func halfCloseInsideTLS() async throws {
+        let origin = try await RawOrigin.start(.respondOnEOF)
+        defer { Task { await origin.stop() } }
+        try await withTLSProxy(connectPort: origin.port) { proxy in
+            let client = try await RawClient.connect(port: try #require(proxy.tlsPort), tls: try TLSFixture.clientContext())
+            try await client.send(
+                "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            _ = await client.waitFor { $0.hasSuffix("\r\n\r\n") }
+            try await client.send("0123456789")
+            try await client.closeOutput()
+            let text = await client.waitFor { $0.hasSuffix("received 10") }
+            #expect(text.hasPrefix("HTTP/1.1 200 Connection established\r\n"))
+            #expect(text.hasSuffix("\r\n\r\nreceived 10"))
+            #expect(await client.waitForClose())
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.first?.bytesIn == 10)
+            #expect(records.first?.reason == .tunnel)
+        }
+    }
+
+    @Test("plain HTTP to a TLS listener gets 400 tls_required in clear, saying what to change, and a log line; the credentials are not checked")
+    func plainHTTPToTLSListener() async throws {
+        try await withTLSProxy { proxy in
+            let client = try await RawClient.connect(port: try #require(proxy.tlsPort))
+            try await client.send(
+                "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\nProxy-Authorization: Basic \(Data("nobody:wrong".utf8).base64EncodedString())\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("not checked.\n") }
+            #expect(text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(text)")
+            #expect(text.contains("\r\nConnection: close\r\n"))
+            #expect(text.contains("use an https:// proxy URL"))
+            #expect(await client.waitForClose())
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.first?.status == 400)
+            #expect(records.first?.reason == .tlsRequired)
+            #expect(records.first?.target == "http://127.0.0.1:1/")
+            #expect(records.first?.user == nil)
+        }
+    }
+
+    @Test("bytes that are neither TLS nor HTTP end the connection without an answer or a log line (no status was sent)")
+    func garbageToTLSListener() async throws {
+        try await withTLSProxy { proxy in
+            let client = try await RawClient.connect(port: try #require(proxy.tlsPort))
+            try await client.send(bytes: [0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07])
+            #expect(await client.waitForClose())
+            // At most a TLS alert: no HTTP answer.
+            #expect(!client.text(prefix: 4096).contains("HTTP/"))
+            // The proxy still serves TLS afterwards.
+            let good = try await RawClient.connect(port: try #require(proxy.tlsPort), tls: try TLSFixture.clientContext())
+            try await good.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+            let text = await good.waitFor { $0.hasSuffix("\n") && $0.contains("\r\n\r\n") }
+            #expect(statusCodes(in: text) == [407])
+            await good.close()
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.map(\.status) == [407])
+        }
+    }
+
+    @Test("a replaced certificate (a reload) reaches new connections; open ones keep theirs")
+    func certificateReplaced() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        try await withTLSProxy { proxy in
+            let url = try #require(proxy.tlsProxyURL(user: TestUser.name, password: TestUser.password))
+            let target = "http://127.0.0.1:\(origin.port)/hello"
+            let before = try await Curl.run(["--proxy", url, "--proxy-cacert", TLSFixture.otherCertificatePath, target])
+            #expect(before.exitCode == 60, "curl trusts only the other certificate: \(before.stderr)")
+            let open = try await RawClient.connect(port: try #require(proxy.tlsPort), tls: try TLSFixture.clientContext())
+            try await open.send("GET \(target) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            _ = await open.waitFor { $0.hasSuffix("hello\n") }
+
+            proxy.server.replaceTLS(try ListenerTLS.load(TLSFixture.otherFiles))
+            let after = try await Curl.run(["--proxy", url, "--proxy-cacert", TLSFixture.otherCertificatePath, target])
+            #expect(after.exitCode == 0, "\(after.stderr)")
+            #expect(after.body == "hello\n")
+            let old = try await Curl.run(["--proxy", url, "--proxy-cacert", TLSFixture.certificatePath, target])
+            #expect(old.exitCode == 60)
+            // The connection opened before goes on with the first certificate.
+            try await open.send("GET \(target) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            let text = await open.waitFor { statusCodes(in: $0).count == 2 && $0.hasSuffix("hello\n") }
+            #expect(statusCodes(in: text) == [200, 200])
+            await open.close()
+        }
+    }
+}
+
+@Suite("TLS listener settings")
+struct TLSListenerSettingsTests {
+    func resolve(_ settings: GatehouseSettings) -> (ResolvedSettings?, [String]) {
+        var settings = settings
+        settings.users = .init(["u:p"], origin: "--user")
+        let (resolved, problems) = settings.resolve()
+        return (resolved, problems.map(\.description))
+    }
+
+    @Test("tls_listen alone: TLS listeners only, without the default plain 127.0.0.1:3128")
+    func tlsListenAlone() throws {
+        var settings = GatehouseSettings()
+        settings.tlsListen = .init(["127.0.0.1:3129"], origin: "--tls-listen")
+        settings.tlsCert = .init("/c.pem", origin: "--tls-cert")
+        settings.tlsKey = .init("/k.pem", origin: "--tls-key")
+        let (resolved, problems) = self.resolve(settings)
+        #expect(problems.isEmpty)
+        #expect(resolved?.configuration.listen == [])
+        #expect(resolved?.configuration.tlsListen == [ListenAddress(host: "127.0.0.1", port: 3129)])
+        #expect(resolved?.configuration.tlsFiles == TLSFiles(certificateChainPath: "/c.pem", privateKeyPath: "/k.pem"))
+    }
+
+    @Test("each missing piece is named at its source")
+    func incomplete() {
+        var settings = GatehouseSettings()
+        settings.tlsListen = .init(["127.0.0.1:3129"], origin: "f.yaml:3")
+        #expect(self.resolve(settings).1 == ["f.yaml:3: tls_listen needs tls_cert and tls_key: the certificate chain and private key (PEM files) its listeners present"])
+        settings.tlsCert = .init("/c.pem", origin: "--tls-cert")
+        #expect(self.resolve(settings).1 == ["--tls-cert: tls_cert is given without tls_key: give the private key too"])
+        settings.tlsListen = nil
+        settings.tlsKey = .init("/k.pem", origin: "f.yaml:5")
+        #expect(self.resolve(settings).1 == ["--tls-cert: tls_cert and tls_key are given, but no tls_listen address would use them"])
+        settings.tlsListen = .init(["127.0.0.1:3128"], origin: "f.yaml:3")
+        #expect(self.resolve(settings).1 == [], "the default listen address is not added to TLS listeners")
+        settings.listen = .init(["127.0.0.1:3128"], origin: "f.yaml:2")
+        #expect(self.resolve(settings).1 == ["f.yaml:3: listen address 127.0.0.1:3128 is given more than once"])
+    }
+
+    @Test("the files are read and checked: a missing file, a key of another certificate")
+    func files() throws {
+        #expect(throws: Never.self) { try ListenerTLS.load(TLSFixture.files) }
+        do {
+            _ = try ListenerTLS.load(TLSFiles(certificateChainPath: "/nonexistent/cert.pem", privateKeyPath: TLSFixture.keyPath))
+            Issue.record("loaded a certificate that does not exist")
+        } catch {
+            #expect(error.description == "/nonexistent/cert.pem: cannot read it (No such file or directory)")
+        }
+        do {
+            _ = try ListenerTLS.load(TLSFiles(certificateChainPath: TLSFixture.certificatePath, privateKeyPath: TLSFixture.otherKeyPath))
+            Issue.record("loaded a key that is not the certificate's")
+        } catch {
+            #expect(error.description.hasPrefix("\(TLSFixture.otherKeyPath): the private key does not belong to the certificate in \(TLSFixture.certificatePath)"))
+        }
+        do {
+            _ = try ListenerTLS.load(TLSFiles(certificateChainPath: TLSFixture.keyPath, privateKeyPath: TLSFixture.keyPath))
+            Issue.record("loaded a key as a certificate")
+        } catch {
+            #expect(error.description.hasPrefix("\(TLSFixture.keyPath): "), "\(error.description)")
+        }
+    }
+}
