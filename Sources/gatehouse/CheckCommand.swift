@@ -32,7 +32,8 @@ struct CheckCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let users = loaded.credentials.hashes.count + loaded.credentials.inlinePasswords.count
-        let listen = loaded.settings.configuration.listen.map(\.description).joined(separator: ", ")
+        let configuration = loaded.settings.configuration
+        let listen = (configuration.listen.map(\.description) + configuration.tlsListen.map { "\($0) (TLS)" }).joined(separator: ", ")
         print("ok: \(users) user\(users == 1 ? "" : "s"), listening on \(listen)" + (sources.configPath.map { ", config \($0)" } ?? ""))
     }
 }

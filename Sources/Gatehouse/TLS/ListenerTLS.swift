@@ -67,8 +67,8 @@ public struct ListenerTLS: Sendable {
         do {
             context = try NIOSSLContext(configuration: configuration)
         } catch {
-            // BoringSSL checks here that the key is the certificate's.
-            throw .tlsFiles("\(files.privateKeyPath): the private key does not belong to the certificate in \(files.certificateChainPath) (\(Self.explain(error)))")
+            // BoringSSL reports a key of another certificate as a key that failed to load.
+            throw .tlsFiles("\(files.privateKeyPath): the private key does not belong to the certificate in \(files.certificateChainPath)")
         }
         return ListenerTLS(context: context, files: files, notValidAfter: leaf.notValidAfter)
     }

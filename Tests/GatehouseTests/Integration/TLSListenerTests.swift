@@ -241,3 +241,53 @@ struct TLSListenerSettingsTests {
         }
     }
 }
+
+@Suite("TLS listeners in the gatehouse process")
+struct TLSListenerProcessTests {
+    @Test("SIGHUP re-reads the certificate and key (a renewal), rejects a key of another certificate, and check names the TLS listener")
+    func reloadCertificate() async throws {
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        let directory = NSTemporaryDirectory() + "gatehouse-tls-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let cert = directory + "/fullchain.pem"
+        let key = directory + "/privkey.pem"
+        func install(_ files: TLSFiles) throws {
+            for (from, to) in [(files.certificateChainPath, cert), (files.privateKeyPath, key)] {
+                try? FileManager.default.removeItem(atPath: to)
+                try FileManager.default.copyItem(atPath: from, toPath: to)
+            }
+        }
+        try install(TLSFixture.files)
+        let arguments = ["--tls-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--user", "u:p", "--access-log", "off"]
+        let checked = try await CommandLineTests.run(["check"] + arguments)
+        #expect(checked.status == 0)
+        #expect(checked.stdout.hasPrefix("ok: 1 user, listening on 127.0.0.1:0 (TLS)"), "\(checked.stdout)")
+
+        let proxy = try await GatehouseProcess.start(arguments)
+        defer { Task { await proxy.stop() } }
+        #expect(proxy.addresses.count == 1, "only the TLS listener: \(proxy.addresses)")
+        let target = "http://127.0.0.1:\(origin.port)/hello"
+        func fetch(trusting path: String) async throws -> CurlResult {
+            try await Curl.run(["--proxy", "https://u:p@127.0.0.1:\(proxy.port)", "--proxy-cacert", path, target])
+        }
+        #expect(try await fetch(trusting: TLSFixture.certificatePath).body == "hello\n")
+
+        // A renewal half done (the new certificate, the old key) is refused as a whole.
+        try FileManager.default.removeItem(atPath: cert)
+        try FileManager.default.copyItem(atPath: TLSFixture.otherCertificatePath, toPath: cert)
+        proxy.signal(SIGHUP)
+        #expect(await proxy.waitForLog("reload rejected; the previous settings and users stay in force"))
+        #expect(proxy.stderr.contains("the private key does not belong to the certificate"), "\(proxy.stderr)")
+        #expect(try await fetch(trusting: TLSFixture.certificatePath).body == "hello\n")
+
+        try install(TLSFixture.otherFiles)
+        proxy.signal(SIGHUP)
+        #expect(await proxy.waitForLog("reloaded settings and users"))
+        let renewed = try await fetch(trusting: TLSFixture.otherCertificatePath)
+        #expect(renewed.exitCode == 0, "\(renewed.stderr)")
+        #expect(renewed.body == "hello\n")
+        #expect(try await fetch(trusting: TLSFixture.certificatePath).exitCode == 60)
+    }
+}
