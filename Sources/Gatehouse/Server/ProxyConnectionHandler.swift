@@ -147,11 +147,16 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func channelInactive(context: ChannelHandlerContext) {
         self.cancelTimer()
-        let wasForwarding: Bool
-        if case .forwarding = self.machine.state { wasForwarding = true } else { wasForwarding = false }
+        let midExchange: Bool
+        switch self.machine.state {
+        case .authenticating, .connecting, .forwarding: midExchange = true
+        case .idle, .answered, .tunnelling, .closed: midExchange = false
+        }
         self.machine.connectionClosed()
-        if wasForwarding {
-            // The client went away mid-exchange: log what happened and drop the origin connection.
+        if midExchange {
+            // The client went away mid-exchange (while its credentials were checked, the origin
+            // connected, or the response came): log what happened and drop the origin
+            // connection. Only `forwarding` was logged; the others left no line at all.
             self.recordClientClosed()
         }
         self.upstream?.close()

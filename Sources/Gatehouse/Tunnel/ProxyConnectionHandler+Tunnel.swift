@@ -51,22 +51,31 @@ extension ProxyConnectionHandler {
         }
     }
 
-    /// Sends `200 Connection established` and turns the connection into a byte tunnel
+    /// Turns the connection into a byte tunnel and sends `200 Connection established`
     /// (RFC 9110 §9.3.6). The 200 carries neither Content-Length nor Transfer-Encoding: the
     /// bytes that follow belong to the tunnel.
+    ///
+    /// The tunnel is in place before the 200 is written, and the 200 is written as bytes past
+    /// the HTTP handlers. Written first, through them, a failed write (the client's reset
+    /// already in) closed the connection inside the write, so the set-up that followed failed
+    /// on a closed channel: the tunnel was counted open for good and never logged. And during
+    /// a drain, NIO's pipelining handler added `connection: close` to the 200 and closed the
+    /// connection once it was written, a reset for a tunnel that was in flight.
     func startTunnel(with upstream: Channel, context: ChannelHandlerContext) {
         guard let exchange = self.exchange else { return }
+        guard upstream.isActive else {
+            // The origin closed between its connect and the CONNECT's end: nothing to tunnel to.
+            self.tunnelUpstream = nil
+            return self.answer(.upstreamClosed, context: context)
+        }
         self.cancelTimer()
         self.tunnelUpstream = nil
         self.exchange = nil
-        let head = HTTPResponseHead(
-            version: .http1_1, status: .custom(code: 200, reasonPhrase: "Connection established"), headers: ["Date": HTTPDate.now()])
+        let head = "HTTP/1.1 200 Connection established\r\nDate: \(HTTPDate.now())\r\n\r\n"
         exchange.status = 200
-        exchange.bytesOut += head.wireSize
+        exchange.bytesOut += head.utf8.count
         exchange.bytesIn = 0
         self.machine.tunnelStarted()
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
-        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
 
         let record = TunnelRecord(exchange: exchange, client: self.clientAddress, shared: self.shared, counts: self.counts)
         let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair(
@@ -76,6 +85,7 @@ extension ProxyConnectionHandler {
         // that preceded it.
         let clientInputClosed = self.observer.heldEndOfInput || self.clientInputClosed
         self.observer.holdsEndOfInput = false
+        var gluedSides = 0
         do {
             let pipeline = context.pipeline.syncOperations
             // The HTTP handlers go first, in an order that never lets raw bytes reach a handler
@@ -86,7 +96,9 @@ extension ProxyConnectionHandler {
             pipeline.removeHandler(context: try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self), promise: nil)
             try pipeline.addHandler(IdleStateHandler(allTimeout: self.configuration.tunnelIdleTimeout))
             try pipeline.addHandler(clientGlue)
+            gluedSides += 1
             try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
+            gluedSides += 1
             // The glue checks whether its partner still takes bytes only between read loops,
             // and a loop makes up to `maxMessagesPerRead` reads of up to 64 KiB: with NIO's 16,
             // about 1 MB queued behind a partner that had stopped taking them (1.3 MB of RSS
@@ -99,6 +111,9 @@ extension ProxyConnectionHandler {
             try upstream.syncOptions?.setOption(.autoRead, value: true)
             upstream.read()
             pipeline.removeHandler(context: context, promise: nil)
+            // From the pipeline's end, through the glue (which passes writes on) and TLS if
+            // any. A write that fails now closes the connection through the glue, which logs.
+            context.channel.writeAndFlush(ByteBuffer(string: head), promise: nil)
             // ByteToMessageHandler hands over its leftover bytes (anything the client sent
             // right after the CONNECT head) in a later event-loop tick, as a read without a
             // read-complete; flush them to the origin once they are through.
@@ -108,6 +123,8 @@ extension ProxyConnectionHandler {
             }
         } catch {
             self.logger.error("could not set up tunnel", metadata: ["error": "\(error)"])
+            // A side whose glue is in place ends the record when it closes; the others now.
+            for _ in gluedSides..<2 { record.sideClosed() }
             upstream.close(promise: nil)
             context.close(promise: nil)
         }

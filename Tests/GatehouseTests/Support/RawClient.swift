@@ -24,10 +24,11 @@ final class RawClient: Sendable {
     /// closed the silent connection, as it should, and the test saw an empty close.
     ///
     /// With `tls`, the bytes go inside TLS (to a TLS listener), and ``closeOutput()`` sends
-    /// TLS's close_notify before the FIN.
+    /// TLS's close_notify before the FIN. With `resettingAfter`, the connection is reset (see
+    /// ``reset()``) that long after `sending` went out, timed on the event loop.
     static func connect(
         port: Int, from source: String? = nil, reading: Bool = true, readSize: Int = 65_536, sending first: String? = nil,
-        tls: NIOSSLContext? = nil
+        tls: NIOSSLContext? = nil, resettingAfter resetDelay: TimeAmount? = nil
     ) async throws -> RawClient {
         let state = NIOLockedValueBox<(bytes: [UInt8], closed: Bool)>(([], false))
         var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -45,6 +46,9 @@ final class RawClient: Sendable {
             }
             .connect(host: "127.0.0.1", port: port)
             .flatMap { channel in
+                if let resetDelay {
+                    channel.eventLoop.scheduleTask(in: resetDelay) { Self.reset(channel) }
+                }
                 guard let first else { return channel.eventLoop.makeSucceededFuture(channel) }
                 return channel.writeAndFlush(ByteBuffer(string: first)).map { channel }
             }
@@ -132,6 +136,18 @@ final class RawClient: Sendable {
 
     func close() async {
         try? await self.channel.close()
+    }
+
+    /// Closes with a reset (SO_LINGER 0), as a client that crashed or gave up does.
+    func reset() async {
+        let channel = self.channel
+        try? await channel.eventLoop.submit { Self.reset(channel) }.get()
+        _ = try? await channel.closeFuture.get()
+    }
+
+    private static func reset(_ channel: Channel) {
+        guard let provider = channel as? SocketOptionProvider else { return channel.close(promise: nil) }
+        provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
     }
 
     private final class Collector: ChannelInboundHandler {
