@@ -93,26 +93,7 @@ struct TLSListenerTests {
         }
     }
 
-    @Test("half-close through a tunnel on a TLS listener: the client's close_notify reaches the origin as EOF, the reply still comes back")
-    func halfCloseInsideTLS() async throws {
-        let origin = try await RawOrigin.start(.respondOnEOF)
-        defer { Task { await origin.stop() } }
-        try await withTLSProxy(connectPort: origin.port) { proxy in
-            let client = try await RawClient.connect(port: try #require(proxy.tlsPort), tls: try TLSFixture.clientContext())
-            try await client.send(
-                "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
-            _ = await client.waitFor { $0.hasSuffix("\r\n\r\n") }
-            try await client.send("0123456789")
-            try await client.closeOutput()
-            let text = await client.waitFor { $0.hasSuffix("received 10") }
-            #expect(text.hasPrefix("HTTP/1.1 200 Connection established\r\n"))
-            #expect(text.hasSuffix("\r\n\r\nreceived 10"))
-            #expect(await client.waitForClose())
-            let records = await proxy.waitForRecords(count: 1)
-            #expect(records.first?.bytesIn == 10)
-            #expect(records.first?.reason == .tunnel)
-        }
-    }
+    // Half-close inside TLS: TunnelTests.halfClose(overTLS: true).
 
     @Test("plain HTTP to a TLS listener gets 400 tls_required in clear, saying what to change, and a log line; the credentials are not checked")
     func plainHTTPToTLSListener() async throws {

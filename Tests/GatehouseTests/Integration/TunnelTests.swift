@@ -78,13 +78,17 @@ struct TunnelTests {
         }
     }
 
-    @Test("half-close passes through the tunnel: the client's EOF reaches the origin, the reply still comes back")
-    func halfClose() async throws {
+    @Test(
+        "half-close passes through the tunnel: the client's EOF reaches the origin, the reply still comes back (on a TLS listener: its close_notify)",
+        arguments: [false, true])
+    func halfClose(overTLS: Bool) async throws {
         // This origin answers only once it has read EOF, with the number of bytes it received.
         let origin = try await RawOrigin.start(.respondOnEOF)
         defer { Task { await origin.stop() } }
-        try await withTunnelProxy(toPort: origin.port) { proxy in
-            let client = try await RawClient.connect(port: proxy.port)
+        try await withTunnelProxy(toPort: origin.port, tls: overTLS) { proxy in
+            let client = overTLS
+                ? try await RawClient.connect(port: try #require(proxy.tlsPort), tls: try TLSFixture.clientContext())
+                : try await RawClient.connect(port: proxy.port)
             try await client.send(
                 "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
             _ = await client.waitFor { $0.hasSuffix("\r\n\r\n") }

@@ -38,12 +38,14 @@ func withProxyAndOrigin<T: Sendable>(
     }
 }
 
-/// A proxy (with the test user) that allows `CONNECT` to `port` only.
+/// A proxy (with the test user) that allows `CONNECT` to `port` only; with `tls`, it has a
+/// TLS listener too (``GatehouseFixture/tlsPort``).
 func withTunnelProxy<T: Sendable>(
-    toPort port: Int, _ body: @Sendable (GatehouseFixture) async throws -> T
+    toPort port: Int, tls: Bool = false, _ body: @Sendable (GatehouseFixture) async throws -> T
 ) async throws -> T {
     var configuration = ProxyConfiguration()
     configuration.connectPorts = try PortSet(parsing: "\(port)")
+    if tls { configuration.tlsFiles = TLSFixture.files }
     let frozen = configuration
     return try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen, body)
 }
