@@ -246,6 +246,13 @@ struct TLSListenerProcessTests {
         #expect(checked.status == 0)
         #expect(checked.stdout.hasPrefix("ok: 1 user, listening on 127.0.0.1:0 (TLS)"), "\(checked.stdout)")
 
+        // An expired certificate passes, with a warning (a renewal may be on its way).
+        let expired = Bundle.module.path(forResource: "expired-cert", ofType: "pem", inDirectory: "Fixtures") ?? ""
+        let expiredKey = Bundle.module.path(forResource: "expired-key", ofType: "pem", inDirectory: "Fixtures") ?? ""
+        let warned = try await CommandLineTests.run(["check", "--tls-listen", "127.0.0.1:0", "--tls-cert", expired, "--tls-key", expiredKey, "--user", "u:p"])
+        #expect(warned.status == 0)
+        #expect((warned.stdout + warned.stderr).contains("--tls-cert: warning: the certificate in \(expired) has expired"), "\(warned)")
+
         let proxy = try await GatehouseProcess.start(arguments)
         defer { Task { await proxy.stop() } }
         #expect(proxy.addresses.count == 1, "only the TLS listener: \(proxy.addresses)")
