@@ -10,6 +10,7 @@ extension ProxyConnectionHandler {
         self.clearTimer()
         self.observer.awaitingRequest = false
         self.observer.forgetFirstLine()
+        if head.method == .CONNECT { self.observer.connectHeadsTaken += 1 }
         switch self.machine.requestHeadReceived() {
         case .start: break
         case .ignore: return
@@ -90,7 +91,6 @@ extension ProxyConnectionHandler {
         }
         var destination: Destination
         if isConnect {
-            self.observer.holdsEndOfInput = true
             switch RequestTarget.parseConnect(head.uri) {
             case .success(let authority):
                 exchange.target = authority.description

@@ -238,6 +238,8 @@ extension ProxyConnectionHandler {
         let pipeline = context.pipeline.syncOperations
         repeat {
             self.replaceDecoderAgain = false
+            // The CONNECTs refused by now; one taken later is not.
+            let refused = self.observer.connectHeadsTaken
             do {
                 guard let current = self.requestDecoder else { return context.close(promise: nil) }
                 let old = try pipeline.context(handler: current)
@@ -251,6 +253,7 @@ extension ProxyConnectionHandler {
                 let removed = context.eventLoop.makePromise(of: Void.self)
                 removed.futureResult.assumeIsolated().whenComplete { _ in
                     self.decoderRemovalsPending -= 1
+                    self.observer.settleConnects(upTo: refused)
                     if self.decoderRemovalsPending == 0 { self.observer.releaseEndOfInput() }
                 }
                 pipeline.removeHandler(context: old, promise: removed)

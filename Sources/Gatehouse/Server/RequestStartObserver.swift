@@ -222,15 +222,28 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
         self.context?.read()
     }
 
-    /// Set while a `CONNECT` awaits its tunnel: the client's end of input is held here, in
-    /// front of the HTTP decoder. Once NIO's decoder sees EOF after a `CONNECT` head it drops
-    /// the bytes that followed the head (it forwards them only when removed without EOF), so a
-    /// client that sends its first tunnel bytes and half-closes at once (`nc -N`, a scripted
-    /// request) would lose them. The tunnel passes the held EOF on to the origin itself, after
-    /// those bytes; a refused `CONNECT` releases it into the HTTP pipeline.
-    var holdsEndOfInput = false
+    /// Whether the client's end of input is held here, in front of the HTTP decoder: while a
+    /// `CONNECT` the decoder handed on (counted by `ConnectHeadWatcher`, whether the proxy
+    /// handler has taken it yet or it waits behind another request) is not settled yet.
+    /// Once NIO's decoder sees EOF after a `CONNECT` head it drops the bytes that followed the
+    /// head (it forwards them only when removed without EOF), so a client that sends its first
+    /// tunnel bytes and half-closes at once (`nc -N`, a scripted request) would lose them. The
+    /// tunnel passes the held EOF on to the origin itself, after those bytes; a refused
+    /// `CONNECT` releases it into the HTTP pipeline (``releaseEndOfInput()``).
+    var holdsEndOfInput: Bool { self.connectHeadsDecoded > self.connectHeadsSettled }
     /// The client's EOF arrived while held.
     private(set) var heldEndOfInput = false
+    /// `CONNECT` heads the decoder handed on.
+    var connectHeadsDecoded = 0
+    /// `CONNECT` heads the proxy handler has taken (see ``settleConnects(upTo:)``).
+    var connectHeadsTaken = 0
+    /// How many of the decoded `CONNECT` heads are settled: refused, or the tunnel.
+    private var connectHeadsSettled = 0
+
+    /// Every `CONNECT` so far is settled: the tunnel takes the held EOF, or the connection closes.
+    func settleConnects() {
+        self.connectHeadsSettled = self.connectHeadsDecoded
+    }
 
     /// Closing in stages (see `closeLingering`): when the stages end at the latest, how long
     /// the client may send nothing, when bytes last came, and the one timer for both limits.
@@ -257,7 +270,7 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     /// nginx's `lingering_time` and `lingering_timeout`; see `ProxyConfiguration.lingerTime`).
     func closeLingering(total: TimeAmount, idle: TimeAmount) {
         guard let context = self.context, self.linger == nil else { return }
-        self.holdsEndOfInput = false
+        self.settleConnects()
         if self.heldEndOfInput {
             // The client's EOF already came (held for a CONNECT): nothing more will arrive.
             context.close(promise: nil)
@@ -324,11 +337,18 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// Stops holding the client's EOF, and passes it on if it came (the `CONNECT` was refused:
-    /// the connection is HTTP again).
+    /// The `CONNECT`s taken up to `taken` (``connectHeadsTaken`` when their refusal began) are
+    /// settled: refused. One taken later, or still waiting, is not: settling all of them, a
+    /// refused `CONNECT`'s late release (see ``releaseEndOfInput()``) let the EOF past the
+    /// one behind it.
+    func settleConnects(upTo taken: Int) {
+        self.connectHeadsSettled = max(self.connectHeadsSettled, taken)
+    }
+
+    /// The connection is HTTP again after refused `CONNECT`s: the client's EOF, if it came,
+    /// is passed on, unless another `CONNECT` is not settled yet (its tunnel or refusal takes it).
     func releaseEndOfInput() {
-        self.holdsEndOfInput = false
-        guard self.heldEndOfInput else { return }
+        guard self.heldEndOfInput, !self.holdsEndOfInput else { return }
         self.heldEndOfInput = false
         self.context?.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
     }

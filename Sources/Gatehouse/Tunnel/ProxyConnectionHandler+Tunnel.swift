@@ -84,7 +84,7 @@ extension ProxyConnectionHandler {
         // `RequestStartObserver.holdsEndOfInput`): it goes to the origin after the bytes
         // that preceded it.
         let clientInputClosed = self.observer.heldEndOfInput || self.clientInputClosed
-        self.observer.holdsEndOfInput = false
+        self.observer.settleConnects()
         var gluedSides = 0
         do {
             let pipeline = context.pipeline.syncOperations
@@ -93,6 +93,7 @@ extension ProxyConnectionHandler {
             pipeline.removeHandler(context: try pipeline.context(handlerType: HTTPServerPipelineHandler.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: OwnResponseEncoder.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: RequestStartObserver.self), promise: nil)
+            pipeline.removeHandler(context: try pipeline.context(handlerType: ConnectHeadWatcher.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self), promise: nil)
             try pipeline.addHandler(IdleStateHandler(allTimeout: self.configuration.tunnelIdleTimeout))
             try pipeline.addHandler(clientGlue)

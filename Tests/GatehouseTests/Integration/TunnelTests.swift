@@ -240,6 +240,37 @@ struct TunnelTests {
         #expect(kill(proxy.pid, 0) == 0, "the proxy is still running")
     }
 
+    @Test(
+        "bytes right behind a CONNECT pipelined behind another request, then a half-close at once (nc -N): the origin gets them before EOF (it got EOF alone)",
+        arguments: ["GET", "407", "403"])
+    func earlyBytesBehindPipelinedConnect(ahead: String) async throws {
+        let origin = try await RawOrigin.start(.respondOnEOF)
+        defer { Task { await origin.stop() } }
+        let web = try await TestOrigin.start()
+        defer { Task { await web.stop() } }
+        var configuration = ProxyConfiguration()
+        configuration.connectPorts = try PortSet(parsing: "\(origin.port)")
+        let frozen = configuration
+        try await GatehouseFixture.withProxy(users: [TestUser.name: TestUser.password], configuration: frozen) { proxy in
+            let first: String
+            switch ahead {
+            case "GET": first = "GET http://127.0.0.1:\(web.port)/hello HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+            case "407": first = "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nHost: x\r\n\r\n"
+            default: first = "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n"
+            }
+            let client = try await RawClient.connect(
+                port: proxy.port,
+                sending: first + "CONNECT 127.0.0.1:\(origin.port) HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\nEARLY-BYTES")
+            try await client.closeOutput()
+            let text = await client.waitFor { $0.hasSuffix("received 11") }
+            #expect(text.hasSuffix("\r\n\r\nreceived 11"), "\(text)")
+            #expect(await client.waitForClose())
+            let records = await proxy.waitForRecords(count: 2)
+            #expect(records.last?.reason == .tunnel)
+            #expect(records.last?.bytesIn == 11)
+        }
+    }
+
     @Test("a request pipelined behind a forwarded one, then a half-close: both answered (neither arrived, though both were logged)")
     func halfCloseAfterPipeline() async throws {
         try await withProxyAndOrigin { proxy, origin in

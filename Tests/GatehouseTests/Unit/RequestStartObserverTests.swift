@@ -136,7 +136,7 @@ struct RequestStartObserverTests {
             try channel.writeInbound(ByteBuffer(string: "POST http://o/ HTTP/1.1\r\n"))
             #expect(catcher.bytes == 25)
             if ending == "held eof" {
-                observer.holdsEndOfInput = true
+                observer.connectHeadsDecoded += 1
                 channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
             }
             observer.closeLingering(total: .seconds(30), idle: .seconds(5))
@@ -171,14 +171,21 @@ struct RequestStartObserverTests {
         }
     }
 
-    @Test("a client's EOF is held while a CONNECT awaits its tunnel, and released if it is refused")
+    @Test("a client's EOF is held while a CONNECT awaits its tunnel, and released if it is refused; one refusal does not release the EOF of a CONNECT behind it")
     func heldEndOfInput() throws {
         let (observer, catcher, channel) = try Self.observed()
 
-        observer.holdsEndOfInput = true
+        // Two CONNECTs decoded (the second pipelined behind the first), then the client's EOF.
+        observer.connectHeadsDecoded = 2
         channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         #expect(catcher.events.isEmpty, "held back from the HTTP decoder")
         #expect(observer.heldEndOfInput)
+        // The first is taken and refused; the second was taken before that refusal's release.
+        observer.connectHeadsTaken = 2
+        observer.settleConnects(upTo: 1)
+        observer.releaseEndOfInput()
+        #expect(catcher.events.isEmpty, "still held for the second CONNECT")
+        observer.settleConnects(upTo: 2)
         observer.releaseEndOfInput()
         #expect(catcher.events.map(\.event) == ["\(ChannelEvent.inputClosed)"])
         #expect(!observer.heldEndOfInput)
