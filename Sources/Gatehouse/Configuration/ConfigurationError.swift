@@ -22,8 +22,10 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
     case duplicateListenAddress(String)
     /// `tls_listen` without both `tls_cert` and `tls_key`, or the other way round.
     case tlsIncomplete(String)
-    /// The certificate chain or the key could not be read, or they do not belong together.
+    /// The certificate chain could not be read.
     case tlsFiles(String)
+    /// The private key could not be read, or is not the certificate's.
+    case tlsKey(String)
 
     public var description: String {
         switch self {
@@ -58,7 +60,7 @@ public enum ConfigurationError: Error, Sendable, Equatable, CustomStringConverti
             return "cannot listen on \(address): \(reason)"
         case .duplicateListenAddress(let address):
             return "listen address \(address) is given more than once"
-        case .tlsIncomplete(let message), .tlsFiles(let message):
+        case .tlsIncomplete(let message), .tlsFiles(let message), .tlsKey(let message):
             return message
         }
     }

@@ -12,8 +12,9 @@ public struct ResolvedSettings: Sendable {
     public var htpasswdPollInterval: TimeAmount
     /// Where the listen addresses were set (`--listen`, `file:line`), nil for the default.
     public var listenOrigin: String?
-    /// Where the TLS certificate chain was set, for problems with its files.
+    /// Where the TLS certificate chain and key were set, for problems with their files.
     public var tlsCertOrigin: String?
+    public var tlsKeyOrigin: String?
     /// Where the access log was set (`--access-log`, `file:line`), nil for the default.
     public var accessLogOrigin: String?
 
@@ -217,7 +218,7 @@ extension GatehouseSettings {
         return (ResolvedSettings(
             configuration: configuration, htpasswdPath: self.htpasswd?.value, inlineUsers: inline, accessLog: accessLog,
             logFormat: format, logLevel: level, adminListen: admin, htpasswdPollInterval: poll,
-            listenOrigin: self.listen?.origin, tlsCertOrigin: self.tlsCert?.origin, accessLogOrigin: self.accessLog?.origin), [])
+            listenOrigin: self.listen?.origin, tlsCertOrigin: self.tlsCert?.origin, tlsKeyOrigin: self.tlsKey?.origin, accessLogOrigin: self.accessLog?.origin), [])
     }
 
     /// `tls_cert` and `tls_key` come together, and with `tls_listen`. The files themselves are

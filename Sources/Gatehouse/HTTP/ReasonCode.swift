@@ -137,7 +137,7 @@ public enum ReasonCode: String, Sendable, CaseIterable {
         case .httpsAbsoluteForm:
             return "Gatehouse does not forward https:// URLs in absolute form. Use CONNECT (https_proxy) for https."
         case .tlsRequired:
-            return "This proxy port expects TLS: use an https:// proxy URL (curl: --proxy https://HOST:PORT). Your credentials were sent in clear and were not checked."
+            return "This proxy port expects TLS: use an https:// proxy URL (curl: --proxy https://HOST:PORT). Nothing was checked or forwarded, but what was sent, credentials included, crossed the network in clear."
         case .upstreamDNS: return "The destination host name could not be resolved."
         case .upstreamRefused: return "The destination refused the connection."
         case .upstreamUnreachable: return "The destination could not be reached."

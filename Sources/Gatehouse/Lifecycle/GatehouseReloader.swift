@@ -58,17 +58,26 @@ public final class GatehouseReloader: Sendable {
             var tls: ListenerTLS?
             if let files = settings.configuration.tlsFiles {
                 let origin = settings.tlsCertOrigin ?? "tls_cert"
+                let loaded: ListenerTLS
                 do {
-                    tls = try ListenerTLS.load(files)
+                    loaded = try ListenerTLS.load(files)
                 } catch {
-                    return (nil, warnings.filter(\.isWarning) + [SettingsProblem(origin: origin, message: error.description)])
+                    let keyOrigin: String
+                    if case .tlsKey = error { keyOrigin = settings.tlsKeyOrigin ?? "tls_key" } else { keyOrigin = origin }
+                    return (nil, warnings.filter(\.isWarning) + [SettingsProblem(origin: keyOrigin, message: error.description)])
                 }
-                if let tls, tls.hasExpired() {
-                    // Served anyway (the operator may be renewing it), but every client will refuse it.
-                    warnings.append(SettingsProblem(
-                        origin: origin, message: "the certificate in \(files.certificateChainPath) has expired: clients will refuse the TLS listeners until it is renewed (then reload)",
-                        isWarning: true))
+                let when = loaded.hasExpired() ? "has expired" : loaded.isNotYetValid() ? "is not valid yet" : nil
+                if let when {
+                    // At start, served anyway with a warning (the plain listeners and everything
+                    // else work; a renewal may be on its way). A reload keeps the certificate
+                    // being served instead: applied, it cut every new client off.
+                    let problem = "the certificate in \(files.certificateChainPath) \(when): clients refuse it"
+                    if reloading {
+                        return (nil, warnings.filter(\.isWarning) + [SettingsProblem(origin: origin, message: problem)])
+                    }
+                    warnings.append(SettingsProblem(origin: origin, message: problem + " (reload once it is renewed)", isWarning: true))
                 }
+                tls = loaded
             }
             return (Loaded(settings: settings, credentials: store, htpasswdIdentity: identity, tls: tls, warnings: warnings), warnings)
         case .failure(let failure):
@@ -83,7 +92,7 @@ public final class GatehouseReloader: Sendable {
     /// in the service. Said as a warning (flags and environment are the caller's own).
     static func relativePathWarnings(_ settings: GatehouseSettings) -> [SettingsProblem] {
         var warnings: [SettingsProblem] = []
-        for value in [settings.htpasswd, settings.accessLog].compactMap({ $0 }) {
+        for value in [settings.htpasswd, settings.accessLog, settings.tlsCert, settings.tlsKey].compactMap({ $0 }) {
             let fromFile = !value.origin.hasPrefix("--") && !value.origin.hasPrefix("GATEHOUSE_")
             let path = value.value
             guard fromFile, !path.hasPrefix("/"), !["-", "off", "none"].contains(path) else { continue }

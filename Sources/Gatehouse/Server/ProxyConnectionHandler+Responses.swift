@@ -298,6 +298,10 @@ extension ProxyConnectionHandler {
         default: reason = .badRequest
         }
         self.logger.debug("malformed request", metadata: ["error": "\(error)"])
+        if self.plainHTTPOnTLSListener, error != .invalidEOFState {
+            // Whatever it is, it was not TLS: say what to change rather than what was wrong.
+            return self.answer(.tlsRequired, context: context, close: true)
+        }
         if error == .invalidEOFState, self.exchange == nil, self.machine.isIdle {
             // The client closed its side in the middle of its request head: an abandoned
             // request rather than a malformed one (it was logged 400 `bad_request`). Logged as

@@ -331,6 +331,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             // having left (`client_closed`). Reads stop meanwhile: the bytes wait in the socket.
             return
         }
+        // The EOF that follows is the client's half-close (see `ListenerTLS.isRaggedEOF`).
+        if ListenerTLS.isRaggedEOF(error) { return }
         self.logger.debug("client connection error", metadata: ["error": "\(Self.loggable(error))"])
         context.close(promise: nil)
     }

@@ -15,8 +15,16 @@ final class PlainHTTPDetector: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
-    /// The TLS record type that opens every handshake.
-    static let handshakeRecord: UInt8 = 22
+    /// A request line starts with a method's letters (upper case, but a lower-case one is a
+    /// plain-HTTP client all the same), perhaps after empty lines (RFC 9112 §2.2). Anything
+    /// else (a handshake, an SSLv2 hello with its high bit set, other bytes) goes to the TLS
+    /// handler, which refuses what is not TLS.
+    static func looksLikeHTTP(_ first: UInt8) -> Bool {
+        switch first {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "\r"), UInt8(ascii: "\n"): return true
+        default: return false
+        }
+    }
 
     private let onPlainHTTP: () -> Void
 
@@ -31,9 +39,7 @@ final class PlainHTTPDetector: ChannelInboundHandler, RemovableChannelHandler {
         guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else {
             return  // nothing to look at yet
         }
-        // Letters only: anything else (a handshake, or bytes that are neither) goes to the TLS
-        // handler, which refuses what is not TLS.
-        if first != Self.handshakeRecord, (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(first) {
+        if Self.looksLikeHTTP(first) {
             let pipeline = context.pipeline.syncOperations
             if let tls = try? pipeline.handler(type: NIOSSLServerHandler.self) {
                 pipeline.removeHandler(tls, promise: nil)

@@ -216,6 +216,8 @@ final class TunnelGlueHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // The EOF that follows is the client's half-close (see `ListenerTLS.isRaggedEOF`).
+        if ListenerTLS.isRaggedEOF(error) { return }
         context.close(promise: nil)
     }
 

@@ -95,13 +95,15 @@ struct TLSListenerTests {
 
     // Half-close inside TLS: TunnelTests.halfClose(overTLS: true).
 
-    @Test("plain HTTP to a TLS listener gets 400 tls_required in clear, saying what to change, and a log line; the credentials are not checked")
-    func plainHTTPToTLSListener() async throws {
+    @Test(
+        "plain HTTP to a TLS listener gets 400 tls_required in clear, saying what to change, and a log line; the credentials are not checked",
+        arguments: ["", "\r\n"])
+    func plainHTTPToTLSListener(before: String) async throws {
         try await withTLSProxy { proxy in
             let client = try await RawClient.connect(port: try #require(proxy.tlsPort))
             try await client.send(
-                "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\nProxy-Authorization: Basic \(Data("nobody:wrong".utf8).base64EncodedString())\r\n\r\n")
-            let text = await client.waitFor { $0.hasSuffix("not checked.\n") }
+                before + "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\nProxy-Authorization: Basic \(Data("nobody:wrong".utf8).base64EncodedString())\r\n\r\n")
+            let text = await client.waitFor { $0.hasSuffix("in clear.\n") }
             #expect(text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(text)")
             #expect(text.contains("\r\nConnection: close\r\n"))
             #expect(text.contains("use an https:// proxy URL"))
@@ -111,6 +113,72 @@ struct TLSListenerTests {
             #expect(records.first?.reason == .tlsRequired)
             #expect(records.first?.target == "http://127.0.0.1:1/")
             #expect(records.first?.user == nil)
+        }
+    }
+
+    @Test("plain text that does not parse as a request (lower case, HTTP/2's preface) gets tls_required too, not a parse error", arguments: [
+        "get http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ])
+    func plainNonsenseToTLSListener(text: String) async throws {
+        try await withTLSProxy { proxy in
+            let client = try await RawClient.connect(port: try #require(proxy.tlsPort), sending: text)
+            let answer = await client.waitFor { $0.hasSuffix("in clear.\n") }
+            #expect(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(answer)")
+            let records = await proxy.waitForRecords(count: 1)
+            #expect(records.map(\.reason) == [.tlsRequired])
+        }
+    }
+
+    @Test("a TCP FIN without close_notify first is a half-close like any other: a tunnel's reply and a request's answer still arrive (they were cut)")
+    func raggedEndOfInput() async throws {
+        let echo = try await RawOrigin.start(.respondOnEOF)
+        defer { Task { await echo.stop() } }
+        let origin = try await TestOrigin.start()
+        defer { Task { await origin.stop() } }
+        try await withTLSProxy(connectPort: echo.port) { proxy in
+            let tunnel = try await RawClient.connect(port: try #require(proxy.tlsPort), tls: try TLSFixture.clientContext())
+            try await tunnel.send("CONNECT 127.0.0.1:\(echo.port) HTTP/1.1\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            _ = await tunnel.waitFor { $0.hasSuffix("\r\n\r\n") }
+            try await tunnel.send("0123456789")
+            try await tunnel.closeOutputWithoutCloseNotify()
+            let text = await tunnel.waitFor { $0.hasSuffix("received 10") }
+            #expect(text.hasSuffix("\r\n\r\nreceived 10"), "\(text)")
+
+            let client = try await RawClient.connect(port: try #require(proxy.tlsPort), tls: try TLSFixture.clientContext())
+            try await client.send("GET http://127.0.0.1:\(origin.port)/bytes/200000 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: \(TestUser.basic)\r\n\r\n")
+            try await client.closeOutputWithoutCloseNotify()
+            // Random bytes: counted as bytes, not as text.
+            _ = await client.waitFor(timeout: .seconds(10)) { _ in client.byteCount > 200_000 }
+            #expect(client.text(prefix: 17) == "HTTP/1.1 200 OK\r\n")
+            let records = await proxy.waitForRecords(count: 2).map { "\($0.status) \($0.reason) \($0.bytesOut)" }
+            #expect(client.byteCount > 200_000, "\(client.byteCount) bytes; \(records)")
+            #expect(await client.waitForClose())
+        }
+    }
+
+    @Test("TLS 1.2 with an RSA certificate: forward secrecy and AEAD only; a client offering RSA key exchange or CBC suites alone is refused", arguments: [
+        "AES128-GCM-SHA256", "AES256-SHA", "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES128-GCM-SHA256",
+    ])
+    func cipherSuites(suite: String) async throws {
+        try await withTLSProxy(files: TLSFixture.rsaFiles) { proxy in
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(TLSFixture.rsaFiles.certificateChainPath))
+            configuration.maximumTLSVersion = .tlsv12
+            configuration.cipherSuites = suite
+            let client = try await RawClient.connect(port: try #require(proxy.tlsPort), tls: try NIOSSLContext(configuration: configuration))
+            if suite.hasPrefix("ECDHE-RSA-AES128-GCM") {
+                try await client.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                let text = await client.waitFor(timeout: .seconds(3)) { $0.contains("\r\n\r\n") }
+                #expect(statusCodes(in: text) == [407], "an ECDHE suite with AES-GCM is taken")
+            } else {
+                // The handshake fails: the write waiting for it fails with it.
+                await #expect(throws: (any Error).self, "\(suite) was accepted") {
+                    try await client.send("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                }
+                #expect(await client.waitForClose())
+                #expect(client.text(prefix: 100).isEmpty)
+            }
+            await client.close()
         }
     }
 
@@ -252,6 +320,10 @@ struct TLSListenerProcessTests {
         let warned = try await CommandLineTests.run(["check", "--tls-listen", "127.0.0.1:0", "--tls-cert", expired, "--tls-key", expiredKey, "--user", "u:p"])
         #expect(warned.status == 0)
         #expect((warned.stdout + warned.stderr).contains("--tls-cert: warning: the certificate in \(expired) has expired"), "\(warned)")
+        // A key of another certificate is named at the key's source.
+        let mismatched = try await CommandLineTests.run(["check", "--tls-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", TLSFixture.otherKeyPath, "--user", "u:p"])
+        #expect(mismatched.status == 1)
+        #expect((mismatched.stdout + mismatched.stderr).contains("--tls-key: \(TLSFixture.otherKeyPath): the private key does not belong"), "\(mismatched)")
 
         let proxy = try await GatehouseProcess.start(arguments)
         defer { Task { await proxy.stop() } }
@@ -268,6 +340,12 @@ struct TLSListenerProcessTests {
         proxy.signal(SIGHUP)
         #expect(await proxy.waitForLog("reload rejected; the previous settings and users stay in force"))
         #expect(proxy.stderr.contains("the private key does not belong to the certificate"), "\(proxy.stderr)")
+        #expect(try await fetch(trusting: TLSFixture.certificatePath).body == "hello\n")
+
+        // An expired certificate is not taken on a reload: every new client would refuse it.
+        try install(TLSFiles(certificateChainPath: expired, privateKeyPath: expiredKey))
+        proxy.signal(SIGHUP)
+        #expect(await proxy.waitForLog("has expired: clients refuse it"))
         #expect(try await fetch(trusting: TLSFixture.certificatePath).body == "hello\n")
 
         try install(TLSFixture.otherFiles)

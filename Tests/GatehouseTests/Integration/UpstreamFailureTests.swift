@@ -77,10 +77,7 @@ struct UpstreamFailureTests {
                 + "Proxy-Authorization: \(TestUser.basic)\r\nContent-Length: 100\r\n\r\n"
             // Steady: 100 bytes in five parts, 200 ms apart (each gap far shorter than the timeout).
             let steady = try await RawClient.connect(port: proxy.port, sending: head)
-            for _ in 0..<5 {
-                try await Task.sleep(for: .milliseconds(200))
-                try await steady.send(String(repeating: "a", count: 20))
-            }
+            try await steady.send(Array(repeating: String(repeating: "a", count: 20), count: 5), gap: .milliseconds(200))
             let text = await steady.waitFor { $0.hasSuffix(" 100") }
             #expect(statusCodes(in: text) == [200], "\(text)")
             await steady.close()

@@ -62,12 +62,18 @@ enum TLSFixture {
     static var keyPath: String {
         Bundle.module.path(forResource: "origin-key", ofType: "pem", inDirectory: "Fixtures") ?? ""
     }
-    /// A second certificate and key (ECDSA, also for 127.0.0.1), for replacing the first.
+    /// A second certificate and key (ECDSA like the first, also for 127.0.0.1), for replacing the first.
     static var otherCertificatePath: String {
         Bundle.module.path(forResource: "proxy-cert", ofType: "pem", inDirectory: "Fixtures") ?? ""
     }
     static var otherKeyPath: String {
         Bundle.module.path(forResource: "proxy-key", ofType: "pem", inDirectory: "Fixtures") ?? ""
+    }
+    /// An RSA certificate and key for 127.0.0.1 (the cipher suites offered depend on the key type).
+    static var rsaFiles: TLSFiles {
+        TLSFiles(
+            certificateChainPath: Bundle.module.path(forResource: "rsa-cert", ofType: "pem", inDirectory: "Fixtures") ?? "",
+            privateKeyPath: Bundle.module.path(forResource: "rsa-key", ofType: "pem", inDirectory: "Fixtures") ?? "")
     }
     static var files: TLSFiles { TLSFiles(certificateChainPath: certificatePath, privateKeyPath: keyPath) }
     static var otherFiles: TLSFiles { TLSFiles(certificateChainPath: otherCertificatePath, privateKeyPath: otherKeyPath) }

@@ -64,6 +64,25 @@ final class RawClient: Sendable {
         try await self.channel.writeAndFlush(ByteBuffer(bytes: bytes))
     }
 
+    /// Sends `parts` one at a time, `gap` apart, timed on the event loop (a test task's sleep
+    /// can be held up for seconds while the cooperative pool is busy); returns once the last
+    /// is written.
+    func send(_ parts: [String], gap: TimeAmount) async throws {
+        let channel = self.channel
+        let done = channel.eventLoop.makePromise(of: Void.self)
+        func next(_ index: Int) {
+            guard index < parts.count else { return done.succeed() }
+            channel.eventLoop.scheduleTask(in: gap) {
+                channel.writeAndFlush(ByteBuffer(string: parts[index])).whenComplete { result in
+                    if case .failure(let error) = result { return done.fail(error) }
+                    next(index + 1)
+                }
+            }
+        }
+        channel.eventLoop.execute { next(0) }
+        try await done.futureResult.get()
+    }
+
     /// Queues bytes without waiting for them to get out (to a peer that may never take them).
     func queue(bytes: [UInt8]) {
         self.channel.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil)
@@ -136,6 +155,20 @@ final class RawClient: Sendable {
 
     func close() async {
         try? await self.channel.close()
+    }
+
+    /// With `tls`: sends a TCP FIN without TLS's close_notify first (a "ragged" EOF, as many
+    /// TLS clients end), by closing the output below the TLS handler.
+    func closeOutputWithoutCloseNotify() async throws {
+        let channel = self.channel
+        try await channel.eventLoop.flatSubmit {
+            do {
+                let below = try channel.pipeline.syncOperations.context(handlerType: NIOSSLClientHandler.self)
+                return below.close(mode: .output)
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }.get()
     }
 
     /// Closes with a reset (SO_LINGER 0), as a client that crashed or gave up does.
