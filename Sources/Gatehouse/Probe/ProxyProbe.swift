@@ -130,6 +130,16 @@ public struct ProxyProbe: Sendable {
                              details: ["\(error)"]), failing: .challenge)
             return report
         }
+        if anonymous.head.status == .badRequest {
+            // A well-formed request refused outright: not a proxy that lets it through. Gatehouse's
+            // TLS listeners answer plain HTTP so (`tls_required`); read as an open proxy and the
+            // destination's own 400 before, which passed.
+            report.add(.init(name: "challenge", outcome: .failed, summary: "the proxy refused a well-formed request: 400 Bad Request",
+                             details: Self.bodyLines(anonymous) + [
+                                "if this port speaks TLS, the proxy URL is https://; probe does not speak TLS to proxies yet (try curl --proxy https://…)",
+                             ]), failing: .challenge)
+            return report
+        }
         let requiresAuth = anonymous.head.status == .proxyAuthenticationRequired
         report.add(Self.challengeStep(anonymous), failing: .challenge)
         if report.exitCode != .ok { return report }

@@ -38,6 +38,18 @@ struct ProbeTests {
         }
     }
 
+    @Test("an http:// proxy URL for a TLS listener fails at the challenge with the proxy's advice (it passed, as an open proxy)")
+    func tlsListenerOverPlainHTTP() async throws {
+        try await withProxyAndOrigin(configure: { $0.tlsFiles = TLSFixture.files }) { proxy, origin in
+            let port = try #require(proxy.tlsPort)
+            let result = try await Self.probe(["--proxy", "http://\(TestUser.name):x@127.0.0.1:\(port)", "http://127.0.0.1:\(origin.port)/hello"])
+            #expect(result.status != 0, "\(result.stdout)")
+            #expect(result.stdout.contains("challenge: the proxy refused a well-formed request: 400 Bad Request"), "\(result.stdout)")
+            #expect(result.stdout.contains("This proxy port expects TLS"))
+            #expect(!result.stdout.contains("all steps passed"))
+        }
+    }
+
     @Test("a wrong password fails at credentials, exit 4, in JSON too")
     func wrongPassword() async throws {
         try await withProxyAndOrigin { proxy, origin in
