@@ -7,8 +7,8 @@ import Testing
 /// answer: every request that was read gets its line, and nothing stays counted open.
 @Suite("clients gone mid-request")
 struct ClientGoneTests {
-    /// An htpasswd file with bcrypt users `slow` and `slow2` of `cost` (cost 13 takes about
-    /// half a second to check), and their `Proxy-Authorization` values.
+    /// An htpasswd file with bcrypt users `slow` and `slow2` of `cost` (cost 12 takes about a
+    /// quarter of a second to check), and their `Proxy-Authorization` values.
     static func slowUser(cost: Int) throws -> (path: String, basic: String, basic2: String) {
         let path = OperationsTests.temporaryPath("htpasswd")
         for name in ["slow", "slow2"] {
@@ -19,7 +19,7 @@ struct ClientGoneTests {
 
     @Test("a client that resets while its credentials are checked, or while its CONNECT's origin connects, is logged client_closed 499 (no line at all before)")
     func resetWhileAuthenticating() async throws {
-        let user = try Self.slowUser(cost: 13)
+        let user = try Self.slowUser(cost: 12)
         defer { try? FileManager.default.removeItem(atPath: user.path) }
         let origin = try await TestOrigin.start()
         defer { Task { await origin.stop() } }
@@ -58,7 +58,9 @@ struct ClientGoneTests {
             // The reset has to land between the origin's connect and the 200: on loopback that
             // is a narrow window, hit about once in 150 (11 tunnels left open by 1,600).
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for worker in 0..<8 {
+                // Four at a time: more kept both event loops busy long enough for other tests'
+                // timers to run seconds late.
+                for worker in 0..<4 {
                     group.addTask {
                         for i in 0..<100 {
                             let client = try await RawClient.connect(port: proxy.port, sending: request)
@@ -77,17 +79,17 @@ struct ClientGoneTests {
             #expect(proxy.server.metrics.open.tunnels == 0, "tunnels counted open for good")
             #expect(proxy.server.metrics.open.connections == 0)
             let records = proxy.records
-            #expect(records.count <= 800)
+            #expect(records.count <= 400)
             // All of them in runs here (611 of 1,600 before): one whose reset came before the
             // proxy read it has none.
-            #expect(records.count > 700, "\(records.count) lines for 800 CONNECTs")
+            #expect(records.count > 350, "\(records.count) lines for 400 CONNECTs")
             #expect(records.allSatisfy { $0.method == "CONNECT" && ($0.reason == .tunnel || $0.reason == .clientClosed) })
         }
     }
 
     @Test("a CONNECT still being authenticated when SIGTERM starts the drain gets its tunnel: a 200 without Connection: close, and the tunnel works until it ends (it got the 200 with close, then a reset)")
     func connectInFlightAtDrain() async throws {
-        let user = try Self.slowUser(cost: 13)
+        let user = try Self.slowUser(cost: 12)
         defer { try? FileManager.default.removeItem(atPath: user.path) }
         let origin = try await RawOrigin.start(.respondOnEOF)
         defer { Task { await origin.stop() } }
