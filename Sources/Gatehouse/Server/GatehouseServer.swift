@@ -255,8 +255,8 @@ public final class GatehouseServer: Service, Sendable {
         logger.info("stopped")
     }
 
-    /// The client pipeline: raw-byte observer, NIO's HTTP/1 encoder and decoder, pipelining
-    /// assistance, and the proxy handler.
+    /// The client pipeline: raw-byte observer, NIO's HTTP/1 encoder and decoder, the
+    /// `CONNECT` head watcher, pipelining assistance, and the proxy handler.
     @discardableResult
     static func configureClientPipeline(_ channel: Channel, shared: ProxyContext) throws -> ProxyConnectionHandler {
         // Set here rather than as bootstrap child options, which NIO applies one future at a
@@ -293,6 +293,7 @@ public final class GatehouseServer: Service, Sendable {
         try sync.addHandler(encoder)
         let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: shared.snapshot.decoderLimits))
         try sync.addHandler(decoder)
+        try sync.addHandler(ConnectHeadWatcher(observer: observer))
         try sync.addHandler(HTTPServerPipelineHandler())
         // No NIOHTTPResponseHeadersValidator: every header Gatehouse writes is either its own
         // (constant, or the realm with control characters removed) or relayed from an origin

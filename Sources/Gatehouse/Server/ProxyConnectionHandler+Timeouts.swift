@@ -11,12 +11,6 @@ extension ProxyConnectionHandler {
     /// nothing would otherwise hold a connection slot for the whole idle timeout (a slowloris
     /// that never starts its head). It is closed quietly; there is no request to answer.
     func awaitRequest(context: ChannelHandlerContext, first: Bool = false) {
-        // The client's EOF, held while an answer was pending, goes on now that none is.
-        if self.observer.heldEndOfInput, self.heldInbound == nil {
-            self.observer.releaseEndOfInput()
-            // Through the HTTP handlers to `inputClosed`, which closes once the answers are out.
-            if self.clientInputClosed { return }
-        }
         if self.clientInputClosed {
             self.closeOnceWritten(context: context)
             return

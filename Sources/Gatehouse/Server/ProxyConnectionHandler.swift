@@ -88,9 +88,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var replaceDecoderAgain = false
     /// Old decoders whose removal (and hand-over of their bytes) has not completed.
     var decoderRemovalsPending = 0
-    /// An answer is still to come for a request that has fully arrived, or requests wait held:
-    /// the client's EOF is held meanwhile (see `RequestStartObserver.holdsEndOfInput`).
-    var answerPending: Bool { self.machine.awaitingResponse || self.heldInbound != nil }
     /// Set when the client spoke plain HTTP to a TLS listener: its request gets 400
     /// `tls_required` and the connection closes.
     var plainHTTPOnTLSListener = false

@@ -223,32 +223,26 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     /// Whether the client's end of input is held here, in front of the HTTP decoder: while a
-    /// `CONNECT` the proxy handler took is not settled yet, and while an answer is still to
-    /// come for a request that has fully arrived (a `CONNECT` may wait behind it in NIO's
-    /// pipelining handler).
-    ///
+    /// `CONNECT` the decoder handed on (counted by `ConnectHeadWatcher`, whether the proxy
+    /// handler has taken it yet or it waits behind another request) is not settled yet.
     /// Once NIO's decoder sees EOF after a `CONNECT` head it drops the bytes that followed the
     /// head (it forwards them only when removed without EOF), so a client that sends its first
     /// tunnel bytes and half-closes at once (`nc -N`, a scripted request) would lose them. The
     /// tunnel passes the held EOF on to the origin itself, after those bytes; a refused
-    /// `CONNECT` releases it into the HTTP pipeline (``releaseEndOfInput()``), and so does the
-    /// proxy handler once it has nothing left to answer. Holding it while an answer is pending
-    /// changes nothing for the proxy handler: NIO's pipelining handler, behind the decoder,
-    /// held it back until then anyway. (It was held only from when the proxy handler took the
-    /// `CONNECT`; one pipelined behind a GET or a refused `CONNECT` lost its bytes.)
-    var holdsEndOfInput: Bool {
-        self.connectHeadsTaken > self.connectHeadsSettled || (self.connection?.answerPending ?? false)
-    }
+    /// `CONNECT` releases it into the HTTP pipeline (``releaseEndOfInput()``).
+    var holdsEndOfInput: Bool { self.connectHeadsDecoded > self.connectHeadsSettled }
     /// The client's EOF arrived while held.
     private(set) var heldEndOfInput = false
+    /// `CONNECT` heads the decoder handed on.
+    var connectHeadsDecoded = 0
     /// `CONNECT` heads the proxy handler has taken (see ``settleConnects(upTo:)``).
     var connectHeadsTaken = 0
-    /// How many of them are settled: refused, or the tunnel.
+    /// How many of the decoded `CONNECT` heads are settled: refused, or the tunnel.
     private var connectHeadsSettled = 0
 
     /// Every `CONNECT` so far is settled: the tunnel takes the held EOF, or the connection closes.
     func settleConnects() {
-        self.connectHeadsSettled = self.connectHeadsTaken
+        self.connectHeadsSettled = self.connectHeadsDecoded
     }
 
     /// Closing in stages (see `closeLingering`): when the stages end at the latest, how long
@@ -344,14 +338,15 @@ final class RequestStartObserver: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     /// The `CONNECT`s taken up to `taken` (``connectHeadsTaken`` when their refusal began) are
-    /// settled: refused. One taken later is not: settling all of them, a refused `CONNECT`'s
-    /// late release (see ``releaseEndOfInput()``) let the EOF past the one behind it.
+    /// settled: refused. One taken later, or still waiting, is not: settling all of them, a
+    /// refused `CONNECT`'s late release (see ``releaseEndOfInput()``) let the EOF past the
+    /// one behind it.
     func settleConnects(upTo taken: Int) {
         self.connectHeadsSettled = max(self.connectHeadsSettled, taken)
     }
 
-    /// The connection is HTTP again after refused `CONNECT`s, or has nothing left to answer:
-    /// the client's EOF, if it came, is passed on, unless it is still to be held.
+    /// The connection is HTTP again after refused `CONNECT`s: the client's EOF, if it came,
+    /// is passed on, unless another `CONNECT` is not settled yet (its tunnel or refusal takes it).
     func releaseEndOfInput() {
         guard self.heldEndOfInput, !self.holdsEndOfInput else { return }
         self.heldEndOfInput = false

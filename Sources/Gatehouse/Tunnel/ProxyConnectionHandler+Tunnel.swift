@@ -93,6 +93,7 @@ extension ProxyConnectionHandler {
             pipeline.removeHandler(context: try pipeline.context(handlerType: HTTPServerPipelineHandler.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: OwnResponseEncoder.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: RequestStartObserver.self), promise: nil)
+            pipeline.removeHandler(context: try pipeline.context(handlerType: ConnectHeadWatcher.self), promise: nil)
             pipeline.removeHandler(context: try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self), promise: nil)
             try pipeline.addHandler(IdleStateHandler(allTimeout: self.configuration.tunnelIdleTimeout))
             try pipeline.addHandler(clientGlue)

@@ -136,7 +136,7 @@ struct RequestStartObserverTests {
             try channel.writeInbound(ByteBuffer(string: "POST http://o/ HTTP/1.1\r\n"))
             #expect(catcher.bytes == 25)
             if ending == "held eof" {
-                observer.connectHeadsTaken += 1
+                observer.connectHeadsDecoded += 1
                 channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
             }
             observer.closeLingering(total: .seconds(30), idle: .seconds(5))
@@ -175,13 +175,12 @@ struct RequestStartObserverTests {
     func heldEndOfInput() throws {
         let (observer, catcher, channel) = try Self.observed()
 
-        // A CONNECT taken, then the client's EOF.
-        observer.connectHeadsTaken = 1
+        // Two CONNECTs decoded (the second pipelined behind the first), then the client's EOF.
+        observer.connectHeadsDecoded = 2
         channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         #expect(catcher.events.isEmpty, "held back from the HTTP decoder")
         #expect(observer.heldEndOfInput)
-        // It is refused, but a second one (pipelined behind it) was taken before that
-        // refusal's release.
+        // The first is taken and refused; the second was taken before that refusal's release.
         observer.connectHeadsTaken = 2
         observer.settleConnects(upTo: 1)
         observer.releaseEndOfInput()
