@@ -13,8 +13,11 @@ struct ProbeCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: ArgumentHelp("The proxy, with credentials if it needs them.", valueName: "http://[user:pass@]host:port"))
+    @Option(name: .long, help: ArgumentHelp("The proxy, with credentials if it needs them; https:// for a TLS listener.", valueName: "http://[user:pass@]host:port"))
     var proxy: String
+
+    @Option(name: .long, help: ArgumentHelp("For an https:// proxy: PEM certificates to trust for it (default: the system's).", valueName: "PATH"))
+    var proxyCacert: String?
 
     @Argument(help: ArgumentHelp("The URL to fetch through the proxy (http:// or https://).", valueName: "URL"))
     var url: String = "http://example.com/"
@@ -38,7 +41,7 @@ struct ProbeCommand: AsyncParsableCommand {
         }
         let probe: ProxyProbe
         do {
-            probe = try ProxyProbe(proxy: self.proxy, url: self.url, timeout: timeout)
+            probe = try ProxyProbe(proxy: self.proxy, url: self.url, timeout: timeout, proxyCACertificates: self.proxyCacert)
         } catch {
             throw CommandError(error.description, exitCode: ProbeReport.ExitCode.usage.rawValue)
         }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// A one-request-per-connection HTTP client for the probe, on NIO's encoder and parser.
 struct ProbeClient: Sendable {
@@ -24,6 +25,8 @@ struct ProbeClient: Sendable {
     var port: Int
     var timeout: TimeAmount
     var group: EventLoopGroup
+    /// For an `https://` proxy: TLS to the proxy itself.
+    var tls: NIOSSLContext? = nil
 
     func connectOnly() async throws {
         let channel = try await ClientBootstrap(group: self.group).connectTimeout(self.timeout)
@@ -37,6 +40,12 @@ struct ProbeClient: Sendable {
         let channel = try await ClientBootstrap(group: loop).connectTimeout(self.timeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls = self.tls {
+                        // The name is checked against the certificate; an IP address is
+                        // checked against its IP entries (NIOSSL takes no IP as a server name).
+                        let name = Self.isIPAddress(self.host) ? nil : self.host
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: name))
+                    }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: self.timeout))
                     try channel.pipeline.syncOperations.addHandler(Collector(promise: promise))
@@ -47,6 +56,12 @@ struct ProbeClient: Sendable {
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         defer { channel.close(promise: nil) }
         return try await promise.futureResult.get()
+    }
+
+    static func isIPAddress(_ host: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
     }
 
     private final class Collector: ChannelInboundHandler {

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// Walks the proxy handshake the way a client does, and explains each step:
 ///
@@ -19,14 +20,18 @@ public struct ProxyProbe: Sendable {
         public var port: Int
         public var user: String?
         public var password: String?
+        /// An `https://` proxy URL: the probe speaks TLS to the proxy.
+        public var tls = false
     }
 
     public enum UsageError: Error, Sendable, CustomStringConvertible {
         case invalidProxy(String)
         case invalidURL(String)
+        case proxyCertificate(String)
         public var description: String {
             switch self {
-            case .invalidProxy(let p): return "invalid --proxy \"\(RequestTarget.withoutUserinfo(p))\": expected http://[user:password@]host:port"
+            case .invalidProxy(let p): return "invalid --proxy \"\(RequestTarget.withoutUserinfo(p))\": expected http:// or https://[user:password@]host:port"
+            case .proxyCertificate(let message): return message
             case .invalidURL(let u): return "invalid URL \"\(u)\": expected http://host[:port]/path or https://host[:port]/"
             }
         }
@@ -39,10 +44,30 @@ public struct ProxyProbe: Sendable {
     var isHTTPS: Bool
     var originForm: String
     public var timeout: TimeAmount
+    /// TLS to the proxy, for an `https://` proxy URL.
+    var tls: NIOSSLContext?
 
-    public init(proxy: String, url: String = "http://example.com/", timeout: TimeAmount = .seconds(10)) throws(UsageError) {
+    /// - Parameter proxyCACertificates: For an `https://` proxy: a PEM file of the certificates
+    ///   to trust for it (its own, or its CA's); the system's trust store when nil.
+    public init(
+        proxy: String, url: String = "http://example.com/", timeout: TimeAmount = .seconds(10), proxyCACertificates: String? = nil
+    ) throws(UsageError) {
         guard let endpoint = Self.parseProxy(proxy) else { throw .invalidProxy(proxy) }
         self.proxy = endpoint
+        if endpoint.tls {
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.minimumTLSVersion = .tlsv12
+            do {
+                if let path = proxyCACertificates {
+                    configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(path))
+                }
+                self.tls = try NIOSSLContext(configuration: configuration)
+            } catch {
+                throw .proxyCertificate("cannot use --proxy-cacert \"\(proxyCACertificates ?? "")\": \(error)")
+            }
+        } else {
+            self.tls = nil
+        }
         self.proxyDescription = Authority(host: endpoint.host, port: endpoint.port).description
         self.url = url
         self.timeout = timeout
@@ -66,8 +91,13 @@ public struct ProxyProbe: Sendable {
     /// `http://[user:password@]host[:port]` with percent-encoded userinfo; port 3128 if absent.
     static func parseProxy(_ text: String) -> Endpoint? {
         var rest = Substring(text)
+        var tls = false
         if let scheme = rest.firstRange(of: "://") {
-            guard rest[..<scheme.lowerBound].lowercased() == "http" else { return nil }
+            switch rest[..<scheme.lowerBound].lowercased() {
+            case "http": break
+            case "https": tls = true
+            default: return nil
+            }
             rest = rest[scheme.upperBound...]
         }
         if let slash = rest.firstIndex(of: "/") { rest = rest[..<slash] }
@@ -82,7 +112,7 @@ public struct ProxyProbe: Sendable {
             if user == nil || password == nil { return nil }
         }
         guard let authority = Authority(parsing: rest) else { return nil }
-        return Endpoint(host: authority.host, port: authority.port ?? 3128, user: user, password: password)
+        return Endpoint(host: authority.host, port: authority.port ?? 3128, user: user, password: password, tls: tls)
     }
 
     var basicHeader: String? {
@@ -105,7 +135,7 @@ public struct ProxyProbe: Sendable {
 
     public func run(group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async -> ProbeReport {
         var report = ProbeReport(proxy: self.proxyDescription, url: self.url)
-        let client = ProbeClient(host: self.proxy.host, port: self.proxy.port, timeout: self.timeout, group: group)
+        let client = ProbeClient(host: self.proxy.host, port: self.proxy.port, timeout: self.timeout, group: group, tls: self.tls)
 
         // 1. TCP
         let tcpStart = NIODeadline.now()
@@ -125,6 +155,17 @@ public struct ProxyProbe: Sendable {
         let anonymous: ProbeClient.Response
         do {
             anonymous = try await client.send(self.request(connect: self.isHTTPS, credentials: false))
+        } catch let error as NIOSSLError {
+            let text = "\(error)"
+            var hint = "check that this port speaks TLS and that the proxy's certificate is trusted"
+            if text.contains("CERTIFICATE_VERIFY_FAILED") {
+                hint = "the proxy's certificate is not trusted: give it (or its CA) with --proxy-cacert PATH"
+            } else if text.contains("WRONG_VERSION_NUMBER") {
+                hint = "this port does not speak TLS: use an http:// proxy URL"
+            }
+            report.add(.init(name: "challenge", outcome: .failed, summary: "TLS with the proxy failed",
+                             details: [text, hint]), failing: .challenge)
+            return report
         } catch {
             report.add(.init(name: "challenge", outcome: .failed, summary: "the proxy did not answer a request without credentials",
                              details: ["\(error)"]), failing: .challenge)
@@ -136,7 +177,7 @@ public struct ProxyProbe: Sendable {
             // destination's own 400 before, which passed.
             report.add(.init(name: "challenge", outcome: .failed, summary: "the proxy refused a well-formed request: 400 Bad Request",
                              details: Self.bodyLines(anonymous) + [
-                                "if this port speaks TLS, the proxy URL is https://; probe does not speak TLS to proxies yet (try curl --proxy https://…)",
+                                "if this port speaks TLS, the proxy URL is https:// (with --proxy-cacert for a certificate the system does not trust)",
                              ]), failing: .challenge)
             return report
         }

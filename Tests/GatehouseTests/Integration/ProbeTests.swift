@@ -50,6 +50,25 @@ struct ProbeTests {
         }
     }
 
+    @Test("an https:// proxy URL: probe speaks TLS to a TLS listener (--proxy-cacert); an untrusted certificate or a plain port fails at the challenge, saying why")
+    func overTLS() async throws {
+        try await withProxyAndOrigin(configure: { $0.tlsFiles = TLSFixture.files }) { proxy, origin in
+            let tlsURL = try #require(proxy.tlsProxyURL(user: TestUser.name, password: TestUser.password))
+            let target = "http://127.0.0.1:\(origin.port)/hello"
+            let good = try await Self.probe(["--proxy", tlsURL, "--proxy-cacert", TLSFixture.certificatePath, target])
+            #expect(good.status == 0, "\(good.stdout)")
+            #expect(good.stdout.contains("[ok  ] credentials: accepted for user \"\(TestUser.name)\""))
+            #expect(good.stdout.contains("[ok  ] upstream: 200 OK"))
+            let untrusted = try await Self.probe(["--proxy", tlsURL, "--proxy-cacert", TLSFixture.otherCertificatePath, target])
+            #expect(untrusted.status == 3)
+            #expect(untrusted.stdout.contains("challenge: TLS with the proxy failed"), "\(untrusted.stdout)")
+            #expect(untrusted.stdout.contains("--proxy-cacert"))
+            let plain = try await Self.probe(["--proxy", "https://127.0.0.1:\(proxy.port)", "--proxy-cacert", TLSFixture.certificatePath, target])
+            #expect(plain.status == 3)
+            #expect(plain.stdout.contains("this port does not speak TLS: use an http:// proxy URL"), "\(plain.stdout)")
+        }
+    }
+
     @Test("a wrong password fails at credentials, exit 4, in JSON too")
     func wrongPassword() async throws {
         try await withProxyAndOrigin { proxy, origin in
