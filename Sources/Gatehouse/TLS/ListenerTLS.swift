@@ -29,7 +29,6 @@ public struct TLSFiles: Sendable, Hashable {
 /// loop.
 public struct ListenerTLS: Sendable {
     let context: NIOSSLContext
-    public let files: TLSFiles
     /// When the first certificate of the chain (the server's own) stops being valid.
     public let notValidAfter: time_t
 
@@ -80,7 +79,7 @@ public struct ListenerTLS: Sendable {
             // BoringSSL reports a key of another certificate as a key that failed to load.
             throw .tlsKey("\(files.privateKeyPath): the private key does not belong to the certificate in \(files.certificateChainPath)")
         }
-        return ListenerTLS(context: context, files: files, notValidAfter: leaf.notValidAfter, notValidBefore: leaf.notValidBefore)
+        return ListenerTLS(context: context, notValidAfter: leaf.notValidAfter, notValidBefore: leaf.notValidBefore)
     }
 
     /// When the server's certificate starts being valid.

@@ -1,5 +1,5 @@
 import Foundation
-import Gatehouse
+@testable import Gatehouse
 import GatehouseTesting
 import NIOSSL
 import Testing
@@ -265,6 +265,18 @@ struct TLSListenerSettingsTests {
         #expect(self.resolve(settings).1 == [], "the default listen address is not added to TLS listeners")
         settings.listen = .init(["127.0.0.1:3128"], origin: "f.yaml:2")
         #expect(self.resolve(settings).1 == ["f.yaml:3: listen address 127.0.0.1:3128 is given more than once"])
+    }
+
+    @Test("relative TLS paths in a config file warn, as a relative htpasswd does (under systemd they are taken from /)")
+    func relativePaths() {
+        var settings = GatehouseSettings()
+        settings.tlsCert = .init("tls/fullchain.pem", origin: "f.yaml:4")
+        settings.tlsKey = .init("/etc/gatehouse/tls/privkey.pem", origin: "f.yaml:5")
+        #expect(GatehouseReloader.relativePathWarnings(settings).map(\.description) == [
+            "f.yaml:4: warning: relative path \"tls/fullchain.pem\" is resolved from the working directory (under systemd: /), not from the config file's; prefer an absolute path",
+        ])
+        settings.tlsKey = .init("privkey.pem", origin: "--tls-key")
+        #expect(GatehouseReloader.relativePathWarnings(settings).count == 1, "a flag's relative path is the caller's own")
     }
 
     @Test("the files are read and checked: a missing file, a key of another certificate")
