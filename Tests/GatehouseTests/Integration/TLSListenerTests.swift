@@ -281,7 +281,11 @@ struct TLSListenerSettingsTests {
 
     @Test("the files are read and checked: a missing file, a key of another certificate")
     func files() throws {
-        #expect(throws: Never.self) { try ListenerTLS.load(TLSFixture.files) }
+        let loaded = try ListenerTLS.load(TLSFixture.files)
+        // Validity as start and reload judge it (a reload refuses either).
+        #expect(!loaded.hasExpired() && !loaded.isNotYetValid())
+        #expect(loaded.hasExpired(at: loaded.notValidAfter + 1) && !loaded.hasExpired(at: loaded.notValidAfter))
+        #expect(loaded.isNotYetValid(at: loaded.notValidBefore - 1) && !loaded.isNotYetValid(at: loaded.notValidBefore))
         do {
             _ = try ListenerTLS.load(TLSFiles(certificateChainPath: "/nonexistent/cert.pem", privateKeyPath: TLSFixture.keyPath))
             Issue.record("loaded a certificate that does not exist")
